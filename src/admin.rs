@@ -1,0 +1,120 @@
+//! The admin port (SPEC section 8): liveness, readiness, pool state and the
+//! effective configuration. It answers only these endpoints, and only GET
+//! (HEAD too); everything else is 404 or 405.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::shutdown::ShutdownSignal;
+use crate::upstream::Pool;
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub config: Arc<Config>,
+    pub pool: Pool,
+    /// True once every listener is bound; false again while shutting down.
+    pub ready: AtomicBool,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: ShutdownSignal) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => return,
+        };
+        let state = state.clone();
+        let mut conn_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&req, &state)) }
+            });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = conn_shutdown.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/pools" => json(pools_json(&state.pool)),
+        "/config" => with_type(
+            StatusCode::OK,
+            state.config.to_toml(),
+            "application/toml; charset=utf-8",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/pools`: an object keyed by origin.
+pub fn pools_json(pool: &Pool) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = pool
+        .snapshot()
+        .into_iter()
+        .map(|s| {
+            let key = s.origin.clone();
+            (
+                key,
+                serde_json::to_value(s).unwrap_or(serde_json::Value::Null),
+            )
+        })
+        .collect();
+    serde_json::to_string_pretty(&map).unwrap_or_else(|_| "{}".into())
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    with_type(status, body.to_string(), "text/plain; charset=utf-8")
+}
+
+fn json(body: String) -> Response<Full<Bytes>> {
+    with_type(StatusCode::OK, body, "application/json")
+}
+
+fn with_type(
+    status: StatusCode,
+    body: String,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}

@@ -1,0 +1,242 @@
+//! The composition root: bind every socket, build the pool and the
+//! listeners, and take them down in order on shutdown.
+//!
+//! [`Eddy::start`] binds before it returns, so a caller (main, or a test
+//! with `127.0.0.1:0` addresses) learns the real ports and knows eddy is
+//! ready. Shutdown: readiness goes false, listeners close (new connections
+//! are refused), in-flight requests get `shutdown_grace` to finish, then
+//! idle upstream connections are closed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, ListenAddr, ListenerConfig};
+use crate::listener::{self, Bound};
+use crate::proxy::{forward_target, ListenerCtx, LoopGuard, Router, Target};
+use crate::shutdown::{self, ConnTracker, ShutdownTrigger};
+use crate::upstream::connect::Connector;
+use crate::upstream::Pool;
+
+/// A running eddy.
+pub struct Eddy {
+    /// Each listener's name and bound address, in configuration order.
+    pub listeners: Vec<(String, ListenAddr)>,
+    pub admin_addr: SocketAddr,
+    pool: Pool,
+    admin_state: Arc<AdminState>,
+    stop_listeners: ShutdownTrigger,
+    stop_admin: ShutdownTrigger,
+    tracker: ConnTracker,
+    grace: Duration,
+    tasks: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: io::Error },
+}
+
+impl Eddy {
+    /// Binds all sockets and starts serving.
+    pub async fn start(config: Config) -> Result<Eddy, StartError> {
+        let config = Arc::new(config);
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            bound.push((l.clone(), bind(&l.listen).await?));
+        }
+        let admin_listener = match &config.admin.listen {
+            ListenAddr::Tcp(addr) => {
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr: addr.to_string(),
+                        source,
+                    })?
+            }
+            ListenAddr::Unix(p) => {
+                return Err(StartError::Bind {
+                    addr: p.display().to_string(),
+                    source: io::Error::other("the admin port must be a TCP address"),
+                })
+            }
+        };
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.admin.listen.to_string(),
+                source,
+            })?;
+        if !admin_addr.ip().is_loopback() {
+            tracing::warn!(%admin_addr, "the admin port is reachable from other hosts");
+        }
+
+        let own: Vec<SocketAddr> = bound
+            .iter()
+            .filter_map(|(_, b)| match b {
+                Bound::Tcp(l) => l.local_addr().ok(),
+                Bound::Unix(..) => None,
+            })
+            .collect();
+        let loop_guard = Arc::new(LoopGuard::new(own));
+        let pool = Pool::new(
+            Connector::new(loop_guard.clone()),
+            config.pool.max_idle_total,
+        );
+        let router = Arc::new(Router::new(&config));
+        pool.prewarm(router.prewarm_routes());
+
+        let (stop_listeners, listeners_signal) = shutdown::channel();
+        let (stop_admin, admin_signal) = shutdown::channel();
+        let tracker = ConnTracker::default();
+        let mut listeners = Vec::new();
+        let mut tasks = Vec::new();
+        for (lc, b) in bound {
+            let addr = match &b {
+                Bound::Tcp(l) => l
+                    .local_addr()
+                    .map(ListenAddr::Tcp)
+                    .unwrap_or(lc.listen.clone()),
+                Bound::Unix(_, p) => ListenAddr::Unix(p.clone()),
+            };
+            listeners.push((lc.name.clone(), addr));
+            let ctx = Arc::new(ListenerCtx {
+                name: lc.name.clone(),
+                mode: lc.mode,
+                route_target: route_target(&lc),
+                router: router.clone(),
+                pool: pool.clone(),
+                loop_guard: loop_guard.clone(),
+                max_header_bytes: lc.max_header_bytes.as_usize(),
+                access_log: config.log.access_log,
+            });
+            let signal = listeners_signal.clone();
+            let tracker = tracker.clone();
+            tasks.push(tokio::spawn(async move {
+                listener::serve(b, &lc, ctx, signal, tracker).await;
+            }));
+        }
+        let admin_state = Arc::new(AdminState {
+            config: config.clone(),
+            pool: pool.clone(),
+            ready: true.into(),
+        });
+        let admin_task = tokio::spawn(admin::serve(
+            admin_listener,
+            admin_state.clone(),
+            admin_signal,
+        ));
+        for (name, addr) in &listeners {
+            tracing::info!(listener = %name, %addr, "listening");
+        }
+        tracing::info!(%admin_addr, "admin listening");
+        Ok(Eddy {
+            listeners,
+            admin_addr,
+            pool,
+            admin_state,
+            stop_listeners,
+            stop_admin,
+            tracker,
+            grace: config.shutdown_grace.get(),
+            tasks,
+            admin_task,
+        })
+    }
+
+    /// The first TCP listener's address (convenient for tests).
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.listeners.iter().find_map(|(_, a)| match a {
+            ListenAddr::Tcp(a) => Some(*a),
+            ListenAddr::Unix(_) => None,
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Open client connections across all listeners.
+    pub fn client_connections(&self) -> usize {
+        self.tracker.open()
+    }
+
+    /// Graceful shutdown; returns once everything is closed or the grace
+    /// period is over.
+    pub async fn shutdown(self) {
+        self.admin_state.ready.store(false, Ordering::Release);
+        self.stop_listeners.fire();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let open = self.tracker.open();
+        if open > 0 {
+            tracing::info!(open, grace = ?self.grace, "waiting for in-flight requests");
+        }
+        if tokio::time::timeout(self.grace, self.tracker.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.tracker.open(),
+                "shutdown grace period over; closing anyway"
+            );
+        }
+        self.pool.shutdown();
+        self.stop_admin.fire();
+        let _ = self.admin_task.await;
+    }
+}
+
+fn route_target(lc: &ListenerConfig) -> Option<Target> {
+    let url = lc.upstream.as_ref()?;
+    let uri: http::Uri = url.to_string().parse().ok()?;
+    let mut t = forward_target(&uri).ok()?;
+    let default_port = if url.tls { 443 } else { 80 };
+    if url.port == default_port {
+        t.authority = url.host.clone();
+    }
+    t.port = url.port;
+    Some(t)
+}
+
+async fn bind(addr: &ListenAddr) -> Result<Bound, StartError> {
+    let err = |source| StartError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    match addr {
+        ListenAddr::Tcp(a) => TcpListener::bind(a).await.map(Bound::Tcp).map_err(err),
+        ListenAddr::Unix(path) => {
+            remove_stale_socket(path).map_err(err)?;
+            let l = UnixListener::bind(path).map_err(err)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+            Ok(Bound::Unix(l, path.clone()))
+        }
+    }
+}
+
+/// Removes a socket file left by a previous run; refuses to remove anything
+/// that is not a socket.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "path exists and is not a socket",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}

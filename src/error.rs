@@ -1,0 +1,145 @@
+//! Every failure eddy answers for itself, and how it is answered.
+//!
+//! One enum, one row per line of SPEC section 7: each variant knows its HTTP
+//! status and its RFC 9209 `Proxy-Status` error type, so the response, the
+//! log line and (later) the `eddy_errors_total{error}` label can never
+//! disagree. Details are for the one-line body and the logs; they never carry
+//! secrets.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Why eddy answered a request itself instead of relaying the origin's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Malformed request (400).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// Request head larger than `max_header_bytes` (431).
+    #[error("request head exceeds max_header_bytes ({limit} bytes)")]
+    HeadTooLarge { limit: usize },
+    /// The origin's name did not resolve (502).
+    #[error("DNS lookup for {host} failed: {reason}")]
+    Dns { host: String, reason: String },
+    /// The origin refused (or could not be reached for) the connection (502).
+    #[error("connection to {origin} refused: {reason}")]
+    ConnectionRefused { origin: String, reason: String },
+    /// The upstream connection closed or reset mid-exchange (502).
+    #[error("upstream connection to {origin} terminated: {reason}")]
+    ConnectionTerminated { origin: String, reason: String },
+    /// The origin's response could not be parsed (502).
+    #[error("malformed response from {origin}: {reason}")]
+    HttpProtocol { origin: String, reason: String },
+    /// The per-origin wait queue was full (503).
+    #[error("connection pool for {origin} is full ({pending} requests waiting)")]
+    QueueFull { origin: String, pending: usize },
+    /// No connection became free within `pending_timeout` (503).
+    #[error("no connection to {origin} became free within pending_timeout")]
+    PendingTimeout { origin: String },
+    /// TCP connect did not finish within `connect_timeout` (504).
+    #[error("connecting to {origin} timed out")]
+    ConnectTimeout { origin: String },
+    /// No response head within `response_header_timeout` (504).
+    #[error("{origin} sent no response head within response_header_timeout")]
+    ResponseTimeout { origin: String },
+    /// The request is addressed to eddy itself (508).
+    #[error("request addressed to eddy's own listener {0}")]
+    Loop(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::Dns { .. }
+            | ProxyError::ConnectionRefused { .. }
+            | ProxyError::ConnectionTerminated { .. }
+            | ProxyError::HttpProtocol { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::QueueFull { .. } | ProxyError::PendingTimeout { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
+        }
+    }
+
+    /// The RFC 9209 error type, also the `error` metric label.
+    pub fn proxy_status(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::HeadTooLarge { .. } => "http_request_error",
+            ProxyError::Dns { .. } => "dns_error",
+            ProxyError::ConnectionRefused { .. } => "connection_refused",
+            ProxyError::ConnectionTerminated { .. } => "connection_terminated",
+            ProxyError::HttpProtocol { .. } => "http_protocol_error",
+            ProxyError::QueueFull { .. } | ProxyError::PendingTimeout { .. } => {
+                "connection_limit_reached"
+            }
+            ProxyError::ConnectTimeout { .. } => "connection_timeout",
+            ProxyError::ResponseTimeout { .. } => "http_response_timeout",
+            ProxyError::Loop(_) => "proxy_loop_detected",
+        }
+    }
+
+    /// Whether the client connection must be closed after the answer (the
+    /// request's framing can no longer be trusted).
+    pub fn closes_client(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::HeadTooLarge { .. }
+        )
+    }
+
+    /// The response eddy sends: status, `Proxy-Status`, one line of text.
+    pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
+        let status = self.status();
+        let body = format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self
+        );
+        let proxy_status = format!("eddy; error={}", self.proxy_status());
+        let mut resp = Response::new(B::from(Bytes::from(body)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&proxy_status) {
+            h.insert("proxy-status", v);
+        }
+        if self.closes_client() {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    #[test]
+    fn each_error_maps_onto_the_spec_table() {
+        let e = ProxyError::QueueFull {
+            origin: "http://a:80".into(),
+            pending: 3,
+        };
+        let r: Response<Full<Bytes>> = e.to_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(
+            r.headers()["proxy-status"],
+            "eddy; error=connection_limit_reached"
+        );
+        assert_eq!(ProxyError::Loop("x".into()).status(), 508);
+        assert_eq!(
+            ProxyError::ResponseTimeout { origin: "o".into() }.proxy_status(),
+            "http_response_timeout"
+        );
+    }
+}

@@ -1,0 +1,404 @@
+//! Accepting client connections and serving HTTP/1 on them.
+//!
+//! The accept loop takes a permit before each `accept`, so at
+//! `max_client_connections` it stops accepting (the kernel backlog holds
+//! the rest) instead of dropping connections it already took. Accept errors
+//! such as `EMFILE` back off and retry; they never end the loop.
+//!
+//! Each connection is watched by a small state machine ([`Activity`]):
+//! waiting for a request head is bounded by `client_header_timeout` (from the
+//! first byte, or from accept for the first request), the gap between
+//! requests by `client_idle_timeout`; while a request is in flight neither
+//! applies. hyper's own header timer cannot express both, so it is off.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::ListenerConfig;
+use crate::error::ProxyError;
+use crate::head_scan::HeadScan;
+use crate::proxy::{self, ListenerCtx, ProxyBody};
+use crate::shutdown::{ConnTracker, ShutdownSignal};
+
+/// A bound listening socket.
+pub enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Bound {
+    async fn accept(&self) -> io::Result<(ClientStream, SocketAddr)> {
+        match self {
+            Bound::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((ClientStream::Tcp(s), peer))
+            }
+            Bound::Unix(l, _) => {
+                let (s, _) = l.accept().await?;
+                Ok((ClientStream::Unix(s), SocketAddr::from(([0, 0, 0, 0], 0))))
+            }
+        }
+    }
+}
+
+/// Limits every connection of one listener shares.
+struct ClientLimits {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// Runs a listener until shutdown.
+pub async fn serve(
+    bound: Bound,
+    config: &ListenerConfig,
+    ctx: Arc<ListenerCtx>,
+    shutdown: ShutdownSignal,
+    tracker: ConnTracker,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_client_connections));
+    let limits = Arc::new(ClientLimits {
+        header_timeout: config.client_header_timeout.get(),
+        idle_timeout: config.client_idle_timeout.get(),
+    });
+    let builder = Arc::new(http1_builder(config.max_header_bytes.as_usize()));
+    let mut stop = shutdown.clone();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.wait() => break,
+        };
+        let accepted = tokio::select! {
+            r = bound.accept() => r,
+            _ = stop.wait() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                tracing::warn!(listener = %ctx.name, error = %e, "accept failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let conn = ClientConn {
+            ctx: ctx.clone(),
+            limits: limits.clone(),
+            builder: builder.clone(),
+            shutdown: shutdown.clone(),
+            _permit: permit,
+            _track: tracker.track(),
+        };
+        tokio::spawn(conn.serve(stream, peer));
+    }
+    if let Bound::Unix(_, path) = &bound {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn http1_builder(max_header_bytes: usize) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    // Heads up to twice the limit are parsed so eddy can answer 431 with a
+    // Proxy-Status itself; beyond that hyper stops reading and answers 431.
+    let hard_cap = max_header_bytes.saturating_mul(2).saturating_add(8192);
+    b.header_read_timeout(None)
+        .max_header_size(hard_cap)
+        .max_buf_size(hard_cap.saturating_add(8192).max(8192))
+        .keep_alive(true);
+    b
+}
+
+struct ClientConn {
+    ctx: Arc<ListenerCtx>,
+    limits: Arc<ClientLimits>,
+    builder: Arc<http1::Builder>,
+    shutdown: ShutdownSignal,
+    _permit: OwnedSemaphorePermit,
+    _track: crate::shutdown::TrackGuard,
+}
+
+impl ClientConn {
+    async fn serve(self, stream: ClientStream, peer: SocketAddr) {
+        let activity = Arc::new(Activity::new(&self.limits));
+        let ctx = self.ctx.clone();
+        let svc_activity = activity.clone();
+        let svc = service_fn(move |req| {
+            let ctx = ctx.clone();
+            let busy = BusyGuard::begin(svc_activity.clone());
+            let smuggling = svc_activity
+                .conflicting_framing
+                .swap(false, Ordering::Relaxed);
+            async move {
+                let resp = if smuggling {
+                    let e =
+                        ProxyError::BadRequest("conflicting Content-Length and Transfer-Encoding");
+                    proxy::reject(req, &ctx, peer, e)
+                } else {
+                    proxy::handle(req, &ctx, peer).await
+                };
+                Ok::<_, Infallible>(resp.map(|body| ClientBody { body, _busy: busy }))
+            }
+        });
+        let io = TokioIo::new(WatchedIo {
+            inner: stream,
+            activity: activity.clone(),
+            scan: HeadScan::default(),
+        });
+        let mut conn = pin!(self.builder.serve_connection(io, svc));
+        let mut shutdown = self.shutdown.clone();
+        let mut stop = pin!(shutdown.wait());
+        let mut stopping = false;
+        let mut armed = activity.deadline_ms();
+        let mut timer = pin!(tokio::time::sleep_until(activity.instant(armed)));
+        let timed_out = poll_fn(|cx| {
+            if !stopping && stop.as_mut().poll(cx).is_ready() {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                return Poll::Ready(false);
+            }
+            // The connection's phase can only change while it is polled,
+            // so re-arming here keeps the timer exact.
+            let deadline = activity.deadline_ms();
+            if deadline != armed {
+                armed = deadline;
+                timer.as_mut().reset(activity.instant(deadline));
+            }
+            timer.as_mut().poll(cx).map(|()| true)
+        })
+        .await;
+        if timed_out {
+            tracing::debug!(%peer, listener = %self.ctx.name, "client connection timed out");
+        }
+    }
+}
+
+/// The response body, holding the connection's "request in flight" mark
+/// until hyper has finished writing it.
+struct ClientBody {
+    body: ProxyBody,
+    _busy: BusyGuard,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+const NO_DEADLINE: u64 = u64::MAX;
+const PHASE_IDLE: u8 = 0;
+const PHASE_HEAD: u8 = 1;
+const PHASE_BUSY: u8 = 2;
+
+/// Which timeout applies to a client connection right now. Touched only
+/// from the connection's own task; atomics make it `Sync` for hyper.
+struct Activity {
+    epoch: Instant,
+    phase: AtomicU8,
+    in_flight: AtomicU32,
+    /// Milliseconds since `epoch`, or [`NO_DEADLINE`].
+    deadline: AtomicU64,
+    header_ms: u64,
+    idle_ms: u64,
+    /// The head being served carried both Content-Length and
+    /// Transfer-Encoding (see [`HeadScan`]).
+    conflicting_framing: AtomicBool,
+}
+
+impl Activity {
+    fn new(limits: &ClientLimits) -> Activity {
+        let header_ms = limits.header_timeout.as_millis() as u64;
+        Activity {
+            epoch: Instant::now(),
+            phase: AtomicU8::new(PHASE_HEAD),
+            in_flight: AtomicU32::new(0),
+            deadline: AtomicU64::new(header_ms),
+            header_ms,
+            idle_ms: limits.idle_timeout.as_millis() as u64,
+            conflicting_framing: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn deadline_ms(&self) -> u64 {
+        self.deadline.load(Ordering::Relaxed)
+    }
+
+    fn instant(&self, ms: u64) -> Instant {
+        if ms == NO_DEADLINE {
+            // Far enough to never fire, near enough not to overflow.
+            self.epoch + Duration::from_secs(86_400 * 365)
+        } else {
+            self.epoch + Duration::from_millis(ms)
+        }
+    }
+
+    /// Bytes arrived: an idle connection starts receiving a head. Returns
+    /// true when this read starts a new head.
+    fn on_read(&self) -> bool {
+        if self.phase.load(Ordering::Relaxed) == PHASE_IDLE {
+            self.phase.store(PHASE_HEAD, Ordering::Relaxed);
+            self.deadline.store(
+                self.now_ms().saturating_add(self.header_ms),
+                Ordering::Relaxed,
+            );
+            return true;
+        }
+        false
+    }
+}
+
+/// Marks a request in flight from head parsed to response written.
+struct BusyGuard(Arc<Activity>);
+
+impl BusyGuard {
+    fn begin(activity: Arc<Activity>) -> BusyGuard {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.phase.store(PHASE_BUSY, Ordering::Relaxed);
+        activity.deadline.store(NO_DEADLINE, Ordering::Relaxed);
+        BusyGuard(activity)
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        if a.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            a.phase.store(PHASE_IDLE, Ordering::Relaxed);
+            a.deadline
+                .store(a.now_ms().saturating_add(a.idle_ms), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A client socket of either kind.
+enum ClientStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// The client socket, reporting reads to the connection's [`Activity`].
+struct WatchedIo {
+    inner: ClientStream,
+    activity: Arc<Activity>,
+    scan: HeadScan,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let res = match &mut this.inner {
+            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        };
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            if this.activity.on_read() {
+                this.scan = HeadScan::default();
+            }
+            this.scan.feed(&buf.filled()[before..]);
+            if this.scan.conflicting_framing() {
+                this.activity
+                    .conflicting_framing
+                    .store(true, Ordering::Relaxed);
+            }
+        }
+        res
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.inner {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.inner {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.inner {
+            ClientStream::Tcp(s) => s.is_write_vectored(),
+            ClientStream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! One client request's path through eddy:
+//! target → route (origin + pool settings) → rewrite → checkout → send →
+//! response with the connection's lease in its body.
+//!
+//! Each stage is a function that makes one decision and fails with a
+//! [`ProxyError`], which becomes the client's answer; nothing here touches
+//! sockets or pool internals directly.
+
+mod headers;
+mod router;
+mod target;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::{HeaderValue, Method, Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+pub use headers::{head_size, strip_hop_by_hop};
+pub use router::Router;
+pub use target::{forward_target, origin_form, LoopGuard, Target};
+
+use crate::config::ListenerMode;
+use crate::error::ProxyError;
+use crate::upstream::{Pool, ReqBody, UpstreamBody};
+
+/// What a listener's requests share.
+pub struct ListenerCtx {
+    pub name: String,
+    pub mode: ListenerMode,
+    /// For route listeners: where every request goes.
+    pub route_target: Option<Target>,
+    pub router: Arc<Router>,
+    pub pool: Pool,
+    pub loop_guard: Arc<LoopGuard>,
+    pub max_header_bytes: usize,
+    pub access_log: bool,
+}
+
+/// The body of a response to the client: relayed from an origin, or made by
+/// eddy itself.
+pub enum ProxyBody {
+    Upstream(UpstreamBody),
+    Full(Option<Bytes>),
+}
+
+impl From<Bytes> for ProxyBody {
+    fn from(b: Bytes) -> Self {
+        ProxyBody::Full(Some(b))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// What the access log records about one request.
+#[derive(Default)]
+struct Outcome {
+    target: Option<Target>,
+    reused: Option<bool>,
+}
+
+/// Serves one client request; never fails (errors become responses).
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: &ListenerCtx,
+    client: SocketAddr,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let mut outcome = Outcome::default();
+    let (response, error) = match proxy(req, ctx, &mut outcome).await {
+        Ok(resp) => (resp, None),
+        Err(e) => (e.to_response(), Some(e)),
+    };
+    if ctx.access_log {
+        log_access(
+            ctx,
+            client,
+            &method,
+            &outcome,
+            &response,
+            error.as_ref(),
+            started,
+        );
+    } else if let Some(e) = &error {
+        tracing::debug!(listener = %ctx.name, %client, error = %e, "request failed");
+    }
+    response
+}
+
+/// Answers a request with eddy's own error, without proxying it.
+pub fn reject(
+    req: Request<Incoming>,
+    ctx: &ListenerCtx,
+    client: SocketAddr,
+    error: ProxyError,
+) -> Response<ProxyBody> {
+    let response = error.to_response();
+    if ctx.access_log {
+        let outcome = Outcome::default();
+        log_access(
+            ctx,
+            client,
+            req.method(),
+            &outcome,
+            &response,
+            Some(&error),
+            Instant::now(),
+        );
+    }
+    response
+}
+
+async fn proxy(
+    req: Request<Incoming>,
+    ctx: &ListenerCtx,
+    outcome: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let uri_text = parts.uri.to_string();
+    if head_size(parts.method.as_str(), &uri_text, &parts.headers) > ctx.max_header_bytes {
+        return Err(ProxyError::HeadTooLarge {
+            limit: ctx.max_header_bytes,
+        });
+    }
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::BadRequest(
+            "CONNECT tunnels are not supported yet",
+        ));
+    }
+    let target = match (&ctx.mode, &ctx.route_target) {
+        (ListenerMode::Route, Some(t)) => t.clone(),
+        _ => forward_target(&parts.uri)?,
+    };
+    if ctx.loop_guard.is_own_target(&target) {
+        return Err(ProxyError::Loop(format!("{}:{}", target.host, target.port)));
+    }
+    let route = ctx.router.route(&target);
+    let host = HeaderValue::from_str(&target.authority)
+        .map_err(|_| ProxyError::BadRequest("the target's host is not a valid header value"))?;
+    outcome.target = Some(target);
+
+    parts.uri = origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(HOST, host);
+    let (body, body_done) = ReqBody::from_incoming(body);
+    let upstream_req = Request::from_parts(parts, body);
+
+    let pooled = ctx.pool.checkout(&route).await?;
+    outcome.reused = Some(pooled.is_reused());
+    let timeout = route.settings.response_header_timeout.get();
+    let (resp, lease) = pooled.send(upstream_req, body_done, timeout).await?;
+
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::Upstream(UpstreamBody::new(incoming, lease)),
+    ))
+}
+
+fn log_access(
+    ctx: &ListenerCtx,
+    client: SocketAddr,
+    method: &Method,
+    outcome: &Outcome,
+    response: &Response<ProxyBody>,
+    error: Option<&ProxyError>,
+    started: Instant,
+) {
+    let host = outcome
+        .target
+        .as_ref()
+        .map_or("-", |t| t.authority.as_str());
+    let connection = match outcome.reused {
+        Some(true) => "reused",
+        Some(false) => "new",
+        None => "-",
+    };
+    tracing::info!(
+        target: "eddy::access",
+        listener = %ctx.name,
+        client = %client,
+        method = %method,
+        host,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        upstream_connection = connection,
+        proxy_status = error.map_or("-", |e| e.proxy_status()),
+        detail = %error.map(|e| e.to_string()).unwrap_or_default(),
+    );
+}

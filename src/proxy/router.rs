@@ -1,0 +1,86 @@
+//! From the host a client asked for to the [`Route`] it takes: the origin to
+//! connect to and the pool settings for it, per SPEC section 2's
+//! `[[upstream]]` tables (`match` on `host:port` first, then on `host`).
+//! Hosts with no entry use the global `[pool]` settings, shared by pointer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::target::Target;
+use crate::config::{Config, PoolConfig};
+use crate::upstream::{Origin, Route};
+
+pub struct Router {
+    default_settings: Arc<PoolConfig>,
+    /// Keyed by (host, port); a `None` port matches any port.
+    entries: HashMap<(String, Option<u16>), Entry>,
+}
+
+struct Entry {
+    /// `connect =`: where to connect instead of the requested origin.
+    connect: Option<Origin>,
+    settings: Arc<PoolConfig>,
+    min_idle: usize,
+    default_port: u16,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Router {
+        let default_settings = Arc::new(config.pool.clone());
+        let entries = config
+            .upstreams
+            .iter()
+            .filter_map(|u| {
+                let (host, port) = u.match_host_port()?;
+                let settings = u.pool.apply(&config.pool);
+                let entry = Entry {
+                    connect: u.connect.as_ref().map(Origin::from_url),
+                    min_idle: settings.min_idle_per_host,
+                    settings: Arc::new(settings),
+                    default_port: port.unwrap_or(80),
+                };
+                Some(((host, port), entry))
+            })
+            .collect();
+        Router {
+            default_settings,
+            entries,
+        }
+    }
+
+    pub fn route(&self, target: &Target) -> Route {
+        let entry = self
+            .entries
+            .get(&(target.host.clone(), Some(target.port)))
+            .or_else(|| self.entries.get(&(target.host.clone(), None)));
+        match entry {
+            Some(e) => Route {
+                origin: e
+                    .connect
+                    .clone()
+                    .unwrap_or_else(|| Origin::new(false, &target.host, target.port)),
+                settings: e.settings.clone(),
+            },
+            None => Route {
+                origin: Origin::new(false, &target.host, target.port),
+                settings: self.default_settings.clone(),
+            },
+        }
+    }
+
+    /// The routes to keep warm: `[[upstream]]` entries with
+    /// `min_idle_per_host > 0`.
+    pub fn prewarm_routes(&self) -> Vec<Route> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.min_idle > 0)
+            .map(|((host, port), e)| Route {
+                origin: e
+                    .connect
+                    .clone()
+                    .unwrap_or_else(|| Origin::new(false, host, port.unwrap_or(e.default_port))),
+                settings: e.settings.clone(),
+            })
+            .collect()
+    }
+}

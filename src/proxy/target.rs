@@ -1,0 +1,158 @@
+//! Where a client's request is going, and whether that is eddy itself.
+//!
+//! A forward listener takes absolute-form targets (`GET http://host:port/p`),
+//! as every `HTTP_PROXY` client sends them; a route listener sends everything
+//! to its configured upstream. The [`LoopGuard`] knows eddy's own bound
+//! listener addresses, so a request for eddy itself is answered with 508
+//! instead of being relayed to itself until file descriptors run out.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use http::uri::PathAndQuery;
+use http::Uri;
+
+use crate::config::split_host_port;
+use crate::error::ProxyError;
+
+/// The origin a request asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Lower-case, without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+    /// The `Host` header to send upstream.
+    pub authority: String,
+}
+
+/// Parses an absolute-form `http://` target.
+pub fn forward_target(uri: &Uri) -> Result<Target, ProxyError> {
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => {}
+        Some(s) if s.eq_ignore_ascii_case("https") => {
+            return Err(ProxyError::BadRequest(
+                "https:// targets go through a CONNECT tunnel, not a plain proxy request",
+            ))
+        }
+        Some(_) => {
+            return Err(ProxyError::BadRequest(
+                "only http:// targets can be proxied",
+            ))
+        }
+        None => {
+            return Err(ProxyError::BadRequest(
+                "a forward proxy expects absolute-form targets (GET http://host/path)",
+            ))
+        }
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(ProxyError::BadRequest("the target has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(ProxyError::BadRequest(
+            "user information in the target is not allowed",
+        ));
+    }
+    let Some((host, port)) = split_host_port(authority.as_str()) else {
+        return Err(ProxyError::BadRequest(
+            "the target's host or port is malformed",
+        ));
+    };
+    Ok(Target {
+        host,
+        port: port.unwrap_or(80),
+        authority: authority.as_str().to_string(),
+    })
+}
+
+/// The origin-form (`/path?query`) of a request target.
+pub fn origin_form(uri: &Uri) -> Uri {
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if pq.as_str().is_empty() || !pq.as_str().starts_with('/') {
+        return Uri::from_static("/");
+    }
+    Uri::from(pq)
+}
+
+/// eddy's own proxy listener addresses.
+#[derive(Debug, Default)]
+pub struct LoopGuard {
+    own: Vec<SocketAddr>,
+}
+
+impl LoopGuard {
+    pub fn new(own: Vec<SocketAddr>) -> LoopGuard {
+        LoopGuard { own }
+    }
+
+    /// Whether connecting to `addr` would reach one of eddy's listeners.
+    pub fn is_own_address(&self, addr: SocketAddr) -> bool {
+        self.own.iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip()
+                    || (own.ip().is_unspecified()
+                        && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+        })
+    }
+
+    /// A cheap check before any DNS lookup: IP literals and `localhost`.
+    pub fn is_own_target(&self, target: &Target) -> bool {
+        let ips: &[IpAddr] = if target.host == "localhost" {
+            &[
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ]
+        } else {
+            match target.host.parse::<IpAddr>() {
+                Ok(ip) => return self.is_own_address(SocketAddr::new(ip, target.port)),
+                Err(_) => return false,
+            }
+        };
+        ips.iter()
+            .any(|ip| self.is_own_address(SocketAddr::new(*ip, target.port)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Target, ProxyError> {
+        forward_target(&s.parse::<Uri>().expect("uri"))
+    }
+
+    #[test]
+    fn absolute_form_targets_parse() {
+        let t = parse("http://Example.COM:8080/a?b").expect("target");
+        assert_eq!((t.host.as_str(), t.port), ("example.com", 8080));
+        assert_eq!(parse("http://example.com/").expect("t").port, 80);
+        assert_eq!(parse("http://[::1]:81/").expect("t").host, "::1");
+    }
+
+    #[test]
+    fn other_targets_are_bad_requests() {
+        assert!(parse("/just/a/path").is_err());
+        assert!(parse("https://example.com/").is_err());
+        assert!(parse("http://user:pw@example.com/").is_err());
+    }
+
+    #[test]
+    fn own_addresses_are_recognised() {
+        let g = LoopGuard::new(vec!["127.0.0.1:3128".parse().expect("addr")]);
+        assert!(g.is_own_target(&parse("http://127.0.0.1:3128/").expect("t")));
+        assert!(g.is_own_target(&parse("http://localhost:3128/").expect("t")));
+        assert!(!g.is_own_target(&parse("http://127.0.0.1:3129/").expect("t")));
+        let any = LoopGuard::new(vec!["0.0.0.0:3128".parse().expect("addr")]);
+        assert!(any.is_own_address("127.0.0.5:3128".parse().expect("addr")));
+    }
+
+    #[test]
+    fn origin_form_keeps_path_and_query() {
+        let u: Uri = "http://h/a/b?c=d".parse().expect("uri");
+        assert_eq!(origin_form(&u), "/a/b?c=d");
+        let bare: Uri = "http://h".parse().expect("uri");
+        assert_eq!(origin_form(&bare), "/");
+    }
+}

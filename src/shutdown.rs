@@ -1,0 +1,78 @@
+//! Graceful shutdown plumbing: a signal every task can wait on, and a count
+//! of open client connections that shutdown waits to reach zero.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
+
+/// Fires once; every clone sees it.
+#[derive(Clone)]
+pub struct ShutdownSignal(watch::Receiver<bool>);
+
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+pub fn channel() -> (ShutdownTrigger, ShutdownSignal) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger(tx), ShutdownSignal(rx))
+}
+
+impl ShutdownTrigger {
+    pub fn fire(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl ShutdownSignal {
+    /// Resolves once shutdown has started (or the trigger is gone).
+    pub async fn wait(&mut self) {
+        // An error means the trigger was dropped: treat it as shutdown.
+        let _ = self.0.wait_for(|fired| *fired).await;
+    }
+
+    pub fn is_fired(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Counts live client connections.
+#[derive(Clone, Default)]
+pub struct ConnTracker(Arc<TrackerInner>);
+
+#[derive(Default)]
+struct TrackerInner {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+pub struct TrackGuard(ConnTracker);
+
+impl ConnTracker {
+    pub fn track(&self) -> TrackGuard {
+        self.0.open.fetch_add(1, Ordering::AcqRel);
+        TrackGuard(self.clone())
+    }
+
+    pub fn open(&self) -> usize {
+        self.0.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves when no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.0.idle.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        if self.0 .0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0 .0.idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Opening an upstream connection: DNS, TCP connect, the HTTP/1 handshake.
+//!
+//! The whole sequence runs under one deadline (`connect_timeout`) so a slow
+//! resolver and a slow SYN cannot add up. Names under `.invalid` fail at once
+//! as RFC 6761 asks, without a resolver round trip. Every resolved address is
+//! checked against eddy's own listeners before it is dialled, so a name that
+//! resolves to eddy itself is a 508, not an infinite loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use super::body::ReqBody;
+use super::origin::Origin;
+use crate::error::ProxyError;
+use crate::proxy::LoopGuard;
+
+/// What a successful connect hands to the pool.
+pub(crate) struct Connected {
+    pub sender: http1::SendRequest<ReqBody>,
+    pub connection: http1::Connection<TokioIo<TcpStream>, ReqBody>,
+    /// A second handle on the same socket, for the liveness probe and for
+    /// shutting the socket down whatever state hyper's task is in.
+    pub socket: socket2::Socket,
+}
+
+pub(crate) struct Connector {
+    loop_guard: Arc<LoopGuard>,
+    h1: http1::Builder,
+}
+
+impl Connector {
+    pub(crate) fn new(loop_guard: Arc<LoopGuard>) -> Connector {
+        let mut h1 = http1::Builder::new();
+        // Origins on the same machine are often slow to read large heads;
+        // hyper's defaults (100 headers, ~400 KiB buffer) bound memory.
+        h1.max_headers(200);
+        Connector { loop_guard, h1 }
+    }
+
+    pub(crate) async fn connect(
+        &self,
+        origin: &Origin,
+        deadline: Instant,
+    ) -> Result<Connected, ProxyError> {
+        let addrs = resolve(origin, deadline).await?;
+        for addr in &addrs {
+            if self.loop_guard.is_own_address(*addr) {
+                return Err(ProxyError::Loop(addr.to_string()));
+            }
+        }
+        let stream = dial(origin, &addrs, deadline).await?;
+        let _ = stream.set_nodelay(true);
+        let socket = socket2::SockRef::from(&stream)
+            .try_clone()
+            .map_err(|e| refused(origin, &e))?;
+        let (sender, connection) =
+            match timeout_at(deadline, self.h1.handshake(TokioIo::new(stream))).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
+                    return Err(ProxyError::ConnectionTerminated {
+                        origin: origin.to_string(),
+                        reason: e.to_string(),
+                    })
+                }
+                Err(_) => {
+                    return Err(ProxyError::ConnectTimeout {
+                        origin: origin.to_string(),
+                    })
+                }
+            };
+        Ok(Connected {
+            sender,
+            connection,
+            socket,
+        })
+    }
+}
+
+async fn resolve(origin: &Origin, deadline: Instant) -> Result<Vec<SocketAddr>, ProxyError> {
+    let host = origin.host();
+    let dns_error = |reason: String| ProxyError::Dns {
+        host: host.to_string(),
+        reason,
+    };
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, origin.port())]);
+    }
+    let bare = host.trim_end_matches('.');
+    if bare == "invalid" || bare.ends_with(".invalid") {
+        return Err(dns_error(
+            "names under .invalid never resolve (RFC 6761)".into(),
+        ));
+    }
+    match timeout_at(deadline, tokio::net::lookup_host((host, origin.port()))).await {
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<SocketAddr> = addrs.take(16).collect();
+            if addrs.is_empty() {
+                Err(dns_error("no addresses".into()))
+            } else {
+                Ok(addrs)
+            }
+        }
+        Ok(Err(e)) => Err(dns_error(e.to_string())),
+        Err(_) => Err(dns_error("lookup timed out".into())),
+    }
+}
+
+/// Tries each address in turn until one accepts; all share the deadline.
+async fn dial(
+    origin: &Origin,
+    addrs: &[SocketAddr],
+    deadline: Instant,
+) -> Result<TcpStream, ProxyError> {
+    let mut last_err = None;
+    for addr in addrs {
+        match timeout_at(deadline, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => last_err = Some(e),
+            Err(_) => {
+                return Err(ProxyError::ConnectTimeout {
+                    origin: origin.to_string(),
+                })
+            }
+        }
+    }
+    let e = last_err.unwrap_or_else(|| io::Error::other("no address to connect to"));
+    Err(refused(origin, &e))
+}
+
+fn refused(origin: &Origin, e: &io::Error) -> ProxyError {
+    ProxyError::ConnectionRefused {
+        origin: origin.to_string(),
+        reason: e.to_string(),
+    }
+}

@@ -1,0 +1,221 @@
+//! Learning an origin's keep-alive limit from the idle connections it closes.
+//!
+//! Many origins close idle keep-alive connections after a few seconds without
+//! saying so (no `Keep-Alive: timeout=N`). A proxy whose own idle timeout is
+//! longer reuses such a connection at the wrong moment and the request dies
+//! with EOF or a reset. The learner watches the idle age at which the origin
+//! closes connections and, once the evidence is consistent, makes the pool
+//! expire that origin's idle connections a safety margin earlier.
+//!
+//! The evidence rules (SPEC section 4, rule 7):
+//! - closes that arrive together (within [`BURST_WINDOW`]) are one event; if
+//!   their idle ages disagree it was a restart or a network event, not a
+//!   keep-alive limit, and the whole event is ignored;
+//! - one event teaches nothing; a second event at a consistent idle age
+//!   (within [`tolerance`]) sets the limit;
+//! - once a limit is known, any later event below it lowers it;
+//! - without new evidence the limit grows back by a quarter every
+//!   [`GROWTH_PERIOD`] (or 20× the limit, whichever is longer), so an origin
+//!   whose limit was raised is noticed; past the configured `idle_timeout`
+//!   it is forgotten.
+//!
+//! Pure logic over explicit `now` values, no clocks or sockets, so it is
+//! tested exhaustively below.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Closes this close together are one event.
+pub const BURST_WINDOW: Duration = Duration::from_millis(100);
+/// Minimum time without evidence before a learned limit grows back.
+pub const GROWTH_PERIOD: Duration = Duration::from_secs(60);
+/// Learned expiry never goes below this (SPEC section 4, rule 7).
+pub const FLOOR: Duration = Duration::from_millis(100);
+
+/// How far apart two idle ages may be and still count as "consistent".
+pub fn tolerance(age: Duration) -> Duration {
+    (age / 5).max(Duration::from_millis(100))
+}
+
+/// The idle age at which eddy closes a connection itself, given an origin
+/// limit: a safety margin (a quarter, between 50 ms and 1 s) before it,
+/// never below [`FLOOR`].
+pub fn expire_before(limit: Duration) -> Duration {
+    let margin = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    limit.saturating_sub(margin).max(FLOOR)
+}
+
+#[derive(Debug, Default)]
+pub struct IdleLearner {
+    /// The origin's confirmed idle-close age.
+    limit: Option<Duration>,
+    /// A single event's age, waiting for a second one to confirm it.
+    candidate: Option<Duration>,
+    burst: Option<Burst>,
+    /// When evidence last arrived (or the limit last grew).
+    last_evidence: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Burst {
+    started: Instant,
+    min_age: Duration,
+    max_age: Duration,
+    /// What the learner knew before this burst, restored if it was a restart.
+    before: (Option<Duration>, Option<Duration>),
+}
+
+impl IdleLearner {
+    /// The learned origin limit, if any.
+    pub fn limit(&self) -> Option<Duration> {
+        self.limit
+    }
+
+    /// True when there is nothing worth remembering about the origin.
+    pub fn is_empty(&self) -> bool {
+        self.limit.is_none() && self.candidate.is_none()
+    }
+
+    /// The origin closed an idle connection that had been idle for `age`.
+    pub fn observe_close(&mut self, now: Instant, age: Duration) {
+        if let Some(burst) = &mut self.burst {
+            if now.saturating_duration_since(burst.started) <= BURST_WINDOW {
+                burst.min_age = burst.min_age.min(age);
+                burst.max_age = burst.max_age.max(age);
+                let (before, min_age) = (burst.before, burst.min_age);
+                if burst.max_age - burst.min_age > tolerance(burst.min_age) {
+                    // Connections of very different idle ages closed at once:
+                    // a restart, not a keep-alive limit. Forget the event.
+                    (self.limit, self.candidate) = before;
+                } else {
+                    // Same event, consistent ages: the event's age is the
+                    // youngest connection it closed.
+                    self.apply_event(before, min_age);
+                }
+                return;
+            }
+        }
+        let before = (self.limit, self.candidate);
+        self.burst = Some(Burst {
+            started: now,
+            min_age: age,
+            max_age: age,
+            before,
+        });
+        self.last_evidence = Some(now);
+        self.apply_event(before, age);
+    }
+
+    /// Applies one event of idle age `age` to the state `before` it.
+    fn apply_event(&mut self, before: (Option<Duration>, Option<Duration>), age: Duration) {
+        let (limit, candidate) = before;
+        (self.limit, self.candidate) = match (limit, candidate) {
+            // A known limit: an event at or below it (within tolerance) is a
+            // repeat; it can only lower the limit.
+            (Some(l), _) if age <= l + tolerance(l) => (Some(l.min(age)), None),
+            // A close well above the known limit: the limit may have grown.
+            (Some(l), _) => (Some(l), Some(age)),
+            (None, Some(c)) if age.abs_diff(c) <= tolerance(c.min(age)) => (Some(c.min(age)), None),
+            (None, _) => (None, Some(age)),
+        };
+    }
+
+    /// Lets a learned limit grow back when no evidence has arrived for a
+    /// while; forgets it once it reaches `configured`.
+    pub fn grow(&mut self, now: Instant, configured: Duration) {
+        let (Some(limit), Some(last)) = (self.limit, self.last_evidence) else {
+            return;
+        };
+        let period = GROWTH_PERIOD.max(limit * 20);
+        if now.saturating_duration_since(last) < period {
+            return;
+        }
+        let grown = limit + limit / 4;
+        self.limit = if grown >= configured {
+            None
+        } else {
+            Some(grown)
+        };
+        self.candidate = None;
+        self.last_evidence = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn one_close_teaches_nothing_two_consistent_closes_do() {
+        let t0 = Instant::now();
+        let mut l = IdleLearner::default();
+        l.observe_close(t0, ms(810));
+        assert_eq!(l.limit(), None);
+        l.observe_close(t0 + ms(2_000), ms(805));
+        assert_eq!(l.limit(), Some(ms(805)));
+        assert!(expire_before(ms(805)) < ms(800));
+    }
+
+    #[test]
+    fn inconsistent_closes_teach_nothing() {
+        let t0 = Instant::now();
+        let mut l = IdleLearner::default();
+        l.observe_close(t0, ms(800));
+        l.observe_close(t0 + ms(5_000), ms(3_000));
+        assert_eq!(l.limit(), None);
+    }
+
+    #[test]
+    fn a_restart_closing_connections_of_any_age_at_once_is_ignored() {
+        let t0 = Instant::now();
+        let mut l = IdleLearner::default();
+        // A single earlier close leaves a candidate...
+        l.observe_close(t0, ms(400));
+        // ...then a restart closes three connections at once, one of them at
+        // a consistent age: the burst's spread marks it as a restart.
+        let t1 = t0 + ms(10_000);
+        l.observe_close(t1, ms(420));
+        l.observe_close(t1 + ms(1), ms(2_500));
+        l.observe_close(t1 + ms(2), ms(40));
+        assert_eq!(l.limit(), None);
+    }
+
+    #[test]
+    fn a_burst_of_consistent_closes_is_one_event() {
+        let t0 = Instant::now();
+        let mut l = IdleLearner::default();
+        l.observe_close(t0, ms(900));
+        l.observe_close(t0 + ms(5), ms(905));
+        assert_eq!(l.limit(), None, "two closes in one burst are one event");
+    }
+
+    #[test]
+    fn a_known_limit_only_goes_down_on_evidence_and_grows_back_without() {
+        let t0 = Instant::now();
+        let mut l = IdleLearner::default();
+        l.observe_close(t0, ms(1_000));
+        l.observe_close(t0 + ms(3_000), ms(1_000));
+        assert_eq!(l.limit(), Some(ms(1_000)));
+        l.observe_close(t0 + ms(6_000), ms(600));
+        assert_eq!(l.limit(), Some(ms(600)));
+        l.grow(t0 + ms(7_000), Duration::from_secs(30));
+        assert_eq!(l.limit(), Some(ms(600)), "too soon to grow");
+        let later = t0 + ms(6_000) + GROWTH_PERIOD;
+        l.grow(later, Duration::from_secs(30));
+        assert_eq!(l.limit(), Some(ms(750)));
+        l.grow(later + GROWTH_PERIOD, ms(800));
+        assert_eq!(l.limit(), None, "forgotten once it reaches idle_timeout");
+    }
+
+    #[test]
+    fn expiry_keeps_a_margin_and_a_floor() {
+        assert_eq!(expire_before(Duration::from_secs(1)), ms(750));
+        assert_eq!(expire_before(Duration::from_secs(60)), ms(59_000));
+        assert_eq!(expire_before(ms(120)), FLOOR);
+    }
+}

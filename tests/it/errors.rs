@@ -1,0 +1,217 @@
+//! SPEC section 7: every error eddy answers itself, and that none of them
+//! leaves anything stuck in the pool.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::client::{get, send_raw};
+use crate::support::eddy::{self, Proxy};
+use crate::support::eventually;
+use crate::support::origin::{Behavior, Origin};
+
+/// After an error: a normal request succeeds and nothing is left in use.
+async fn still_healthy(proxy: &Proxy, origin: &Origin) {
+    let r = get(proxy.addr, &origin.url()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(
+        "nothing in use or connecting",
+        Duration::from_secs(5),
+        || async {
+            proxy.pools_sum("in_use").await == 0
+                && proxy.pools_sum("connecting").await == 0
+                && proxy.pools_sum("pending").await == 0
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_port_is_502_connection_refused() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let r = get(proxy.addr, &format!("http://127.0.0.1:{port}/")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("connection_refused"));
+    assert_eq!(r.text().lines().count(), 1, "a one-line body");
+    still_healthy(&proxy, &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_name_is_502_dns_error() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    let r = get(proxy.addr, "http://no-such-host.invalid/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("dns_error"));
+    still_healthy(&proxy, &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_never_answers_is_504_http_response_timeout() {
+    let silent = Origin::start(Behavior {
+        never_respond: true,
+        ..Behavior::default()
+    })
+    .await;
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "[pool]\nresponse_header_timeout = \"300ms\"\n").await;
+    let r = get(proxy.addr, &silent.url()).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("http_response_timeout"));
+    // The timed-out connection is closed, not pooled.
+    let stats = silent.stats.clone();
+    eventually(
+        "the silent origin's connection is closed",
+        Duration::from_secs(5),
+        || {
+            let s = stats.clone();
+            async move { s.open() == 0 }
+        },
+    )
+    .await;
+    still_healthy(&proxy, &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_timeout_is_504_connection_timeout() {
+    // A listener whose backlog is full never completes new handshakes.
+    let full =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    full.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .expect("addr")
+            .into(),
+    )
+    .expect("bind");
+    full.listen(0).expect("listen");
+    let addr = full.local_addr().expect("addr").as_socket().expect("inet");
+    // Fill the backlog.
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "[pool]\nconnect_timeout = \"300ms\"\n").await;
+    let r = get(proxy.addr, &format!("http://{addr}/")).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("connection_timeout"));
+    still_healthy(&proxy, &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_head_is_431() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    let big = "a".repeat(100 * 1024);
+    let req = format!(
+        "GET {}/ HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n",
+        origin.url()
+    );
+    let r = send_raw(proxy.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 431, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("http_request_error"));
+    assert_eq!(origin.stats.requests(), 0);
+    still_healthy(&proxy, &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_eddy_itself_is_508_proxy_loop_detected() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    for url in [
+        format!("http://{}/", proxy.addr),
+        format!("http://localhost:{}/", proxy.addr.port()),
+    ] {
+        let r = get(proxy.addr, &url).await;
+        assert_eq!(r.status, 508, "{url}: {}", r.text());
+        assert_eq!(r.proxy_error().as_deref(), Some("proxy_loop_detected"));
+    }
+    still_healthy(&proxy, &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_400_or_closed_and_eddy_keeps_serving() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    // Origin-form on a forward listener: eddy's own 400.
+    let r = send_raw(
+        proxy.addr,
+        b"GET /path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.proxy_error().as_deref(), Some("http_request_error"));
+    // Garbage, half-sent heads, and clients vanishing at once.
+    for junk in [
+        &b"\x00\x01\x02garbage\r\n\r\n"[..],
+        b"GET http://x/ HTTP/1.1\r\nHost",
+        b"POST http://x/ HTTP/1.1\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"",
+    ] {
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        s.write_all(junk).await.expect("write");
+        let _ = s.shutdown().await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        if !buf.is_empty() {
+            let text = String::from_utf8_lossy(&buf);
+            assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        }
+    }
+    still_healthy(&proxy, &origin).await;
+    eventually(
+        "all client connections closed",
+        Duration::from_secs(5),
+        || async { proxy.eddy.client_connections() == 0 },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_response_does_not_poison_the_pool() {
+    let slow = Origin::start(Behavior {
+        slow_body: Some((200, 1024, Duration::from_millis(10))),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let req = format!("GET {}/big HTTP/1.1\r\nHost: x\r\n\r\n", slow.url());
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut first = vec![0u8; 4096];
+    let n = s.read(&mut first).await.expect("read");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    // The next request must not land on the half-read connection.
+    let r = get(proxy.addr, &format!("{}/small", slow.url())).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-conn").as_deref(),
+        Some("1"),
+        "served by a new connection"
+    );
+    let stats = slow.stats.clone();
+    eventually(
+        "the half-read connection is closed",
+        Duration::from_secs(10),
+        || {
+            let s = stats.clone();
+            async move { s.open() <= 1 }
+        },
+    )
+    .await;
+    eventually("nothing stuck in use", Duration::from_secs(10), || async {
+        proxy.pools_sum("in_use").await == 0
+    })
+    .await;
+}

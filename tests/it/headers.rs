@@ -1,0 +1,119 @@
+//! SPEC section 3: hop-by-hop headers stop at eddy in both directions;
+//! end-to-end headers and bodies arrive intact.
+
+use crate::support::client::send_raw;
+use crate::support::eddy;
+use crate::support::origin::{Behavior, Origin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_never_reach_the_origin() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    let req = format!(
+        "GET {}/h HTTP/1.1\r\nHost: ignored\r\nConnection: x-foo, close\r\nX-Foo: secret\r\n\
+         Proxy-Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Authorization: Basic dTpw\r\n\
+         TE: trailers\r\nX-End-To-End: kept\r\n\r\n",
+        origin.url()
+    );
+    let r = send_raw(proxy.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let head = origin.stats.recorded()[0].head.to_ascii_lowercase();
+    for gone in [
+        "x-foo",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authorization",
+        "te:",
+        "connection:",
+    ] {
+        assert!(!head.contains(gone), "{gone} reached the origin:\n{head}");
+    }
+    assert!(head.contains("x-end-to-end: kept"), "{head}");
+    assert!(
+        head.starts_with("get /h http/1.1"),
+        "origin-form upstream: {head}"
+    );
+    assert!(
+        head.contains(&format!("host: {}", origin.addr)),
+        "Host from the target: {head}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_never_reach_the_client() {
+    let origin = Origin::start(Behavior {
+        extra_headers: vec![
+            "Connection: x-bar".into(),
+            "X-Bar: internal".into(),
+            "Proxy-Authenticate: Basic".into(),
+            "X-Visible: yes".into(),
+        ],
+        keep_alive_timeout: Some(30),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    let r = crate::support::client::get(proxy.addr, &origin.url()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-bar"), None);
+    assert_eq!(r.header("keep-alive"), None);
+    assert_eq!(r.header("proxy-authenticate"), None);
+    assert_eq!(r.header("x-visible").as_deref(), Some("yes"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_arrive_intact_both_ways() {
+    let echo = Origin::start(Behavior {
+        echo: true,
+        ..Behavior::default()
+    })
+    .await;
+    let chunked_echo = Origin::start(Behavior {
+        echo: true,
+        chunked: true,
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    let payload: String = (0..5000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+
+    // Content-Length request, Content-Length response.
+    let req = format!(
+        "POST {}/upload HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        echo.url(),
+        payload.len()
+    );
+    let r = send_raw(proxy.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), payload);
+    assert_eq!(r.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(echo.stats.recorded()[0].body, payload.as_bytes());
+
+    // Chunked request, chunked response.
+    let (a, b) = payload.split_at(1234);
+    let req = format!(
+        "POST {}/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        chunked_echo.url(),
+        a.len(),
+        b.len()
+    );
+    let r = send_raw(proxy.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), payload);
+    assert_eq!(chunked_echo.stats.recorded()[0].body, payload.as_bytes());
+
+    // HTTP/1.0 client, chunked origin response: delimited by close.
+    let req = format!(
+        "POST {}/x HTTP/1.0\r\nContent-Length: {}\r\n\r\n{payload}",
+        chunked_echo.url(),
+        payload.len()
+    );
+    let r = send_raw(proxy.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), payload);
+
+    // The upstream connections stayed reusable throughout.
+    assert_eq!(chunked_echo.stats.accepted(), 1);
+}

@@ -1,0 +1,189 @@
+//! The client side: keep-alive and `Connection: close` clients, the
+//! header and idle timeouts, `max_client_connections`, graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::client::{get, parse, send_raw};
+use crate::support::eddy;
+use crate::support::origin::{find, Behavior, Origin};
+
+/// Reads one response with a Content-Length body from a kept-alive stream.
+async fn read_one(s: &mut TcpStream) -> crate::support::client::Response {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = crate::support::origin::header_value(&head, "content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return parse(&buf[..end + 4 + len]).expect("response");
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(n > 0, "connection closed early");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_client_sends_many_requests_on_one_connection() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    for i in 0..10 {
+        let req = format!("GET {}/{i} HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
+        s.write_all(req.as_bytes()).await.expect("write");
+        let r = read_one(&mut s).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(origin.stats.accepted(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_head_is_cut_off() {
+    let proxy = eddy::start("client_header_timeout = \"300ms\"\n", "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("eddy closes the connection");
+    assert!(n.is_ok() || buf.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_client_is_closed_after_client_idle_timeout() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start(
+        "client_idle_timeout = \"400ms\"\nclient_header_timeout = \"5s\"\n",
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let req = format!("GET {}/ HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
+    s.write_all(req.as_bytes()).await.expect("write");
+    assert_eq!(read_one(&mut s).await.status, 200);
+    let idle_from = Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("closed by the idle timeout")
+        .expect("clean close");
+    assert!(idle_from.elapsed() >= Duration::from_millis(350));
+    assert!(
+        idle_from.elapsed() < Duration::from_secs(4),
+        "not the header timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_client_connections_pauses_accept_without_dropping_anyone() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("max_client_connections = 2\n", "").await;
+    // Two keep-alive clients hold both slots.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        let req = format!("GET {}/ HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
+        s.write_all(req.as_bytes()).await.expect("write");
+        assert_eq!(read_one(&mut s).await.status, 200);
+        held.push(s);
+    }
+    // A third client waits in the kernel backlog...
+    let addr = proxy.addr;
+    let url = origin.url();
+    let third = tokio::spawn(async move { get(addr, &url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "served beyond max_client_connections");
+    // ...and is served, not dropped, once a slot frees.
+    held.pop();
+    let r = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("served after a slot freed")
+        .expect("task");
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
+    let origin = Origin::start(Behavior {
+        delay: Duration::from_millis(600),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    let addr = proxy.addr;
+    let admin = proxy.admin;
+    let url = origin.url();
+    let in_flight = tokio::spawn(async move { get(addr, &url).await });
+    let stats = origin.stats.clone();
+    crate::support::eventually("request reached the origin", Duration::from_secs(5), || {
+        let s = stats.clone();
+        async move { s.requests() == 1 }
+    })
+    .await;
+    let shutdown = tokio::spawn(proxy.eddy.shutdown());
+    // Readiness drops while draining.
+    crate::support::eventually("readyz turns 503", Duration::from_secs(5), || async move {
+        let r = send_raw(
+            admin,
+            b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        r.status == 503
+    })
+    .await;
+    let r = in_flight.await.expect("in-flight task");
+    assert_eq!(r.status, 200, "the in-flight request finished");
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown completes")
+        .expect("shutdown task");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+    let stats = origin.stats.clone();
+    crate::support::eventually(
+        "upstream connections closed",
+        Duration::from_secs(5),
+        || {
+            let s = stats.clone();
+            async move { s.open() == 0 }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_answers_health_readiness_and_config() {
+    let proxy = eddy::start("", "").await;
+    let get_admin = |path: &'static str| {
+        let admin = proxy.admin;
+        async move {
+            send_raw(
+                admin,
+                format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+        }
+    };
+    assert_eq!(get_admin("/healthz").await.status, 200);
+    assert_eq!(get_admin("/readyz").await.status, 200);
+    let config = get_admin("/config").await;
+    assert_eq!(config.status, 200);
+    assert!(::eddy::Config::from_toml(&config.text(), "/config").is_ok());
+    assert_eq!(get_admin("/nope").await.status, 404);
+}

@@ -1,0 +1,12 @@
+//! Integration tests over real loopback sockets: eddy in-process, origins
+//! and clients from `tests/support`. One binary, so it links once.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli;
+mod errors;
+mod headers;
+mod idle;
+mod listener;
+mod pool;

@@ -1,0 +1,175 @@
+//! SPEC section 4, rules 1 and 2: few upstream connections for many
+//! short-lived clients, a hard per-origin bound, and a bounded wait queue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::client::{get, get10};
+use crate::support::eddy;
+use crate::support::origin::{Behavior, Origin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_short_lived_clients_share_one_upstream_connection() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    let url = format!("{}/item", origin.url());
+    for i in 0..500 {
+        let r = if i % 2 == 0 {
+            get10(proxy.addr, &url).await
+        } else {
+            get(proxy.addr, &url).await
+        };
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    assert_eq!(origin.stats.requests(), 500);
+    assert_eq!(
+        origin.stats.accepted(),
+        1,
+        "every request reused one connection"
+    );
+    let pools = proxy.pools().await;
+    let o = &pools[origin.url().as_str()];
+    assert_eq!(o["opened_total"], 1);
+    assert_eq!(o["reused_total"], 499);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_clients_never_exceed_the_per_host_bound() {
+    let origin = Origin::start(Behavior {
+        delay: Duration::from_millis(5),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "[pool]\nmax_connections_per_host = 4\n").await;
+    let url = Arc::new(format!("{}/", origin.url()));
+    let mut clients = Vec::new();
+    for c in 0..50 {
+        let url = url.clone();
+        let addr = proxy.addr;
+        clients.push(tokio::spawn(async move {
+            for i in 0..8 {
+                let r = get(addr, &url).await;
+                assert_eq!(r.status, 200, "client {c} request {i}: {}", r.text());
+            }
+        }));
+    }
+    for c in clients {
+        c.await.expect("client task");
+    }
+    assert_eq!(origin.stats.requests(), 400);
+    assert!(
+        origin.stats.max_open() <= 4,
+        "max open {}",
+        origin.stats.max_open()
+    );
+    assert!(
+        origin.stats.accepted() <= 4,
+        "accepted {}",
+        origin.stats.accepted()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_connection_limit_reached() {
+    let origin = Origin::start(Behavior {
+        delay: Duration::from_millis(800),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start(
+        "",
+        "[pool]\nmax_connections_per_host = 1\nmax_pending_per_host = 2\n",
+    )
+    .await;
+    let url = Arc::new(format!("{}/", origin.url()));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let url = url.clone();
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move { get(addr, &url).await }));
+    }
+    let mut ok = 0;
+    let mut rejected = 0;
+    for t in tasks {
+        let r = t.await.expect("task");
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(r.proxy_error().as_deref(), Some("connection_limit_reached"));
+                rejected += 1;
+            }
+            s => panic!("unexpected status {s}: {}", r.text()),
+        }
+    }
+    assert_eq!(
+        (ok, rejected),
+        (3, 3),
+        "one in flight and two waiting are served"
+    );
+    assert_eq!(origin.stats.accepted(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_gets_503_after_pending_timeout() {
+    let origin = Origin::start(Behavior {
+        delay: Duration::from_millis(1500),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start(
+        "",
+        "[pool]\nmax_connections_per_host = 1\npending_timeout = \"200ms\"\n",
+    )
+    .await;
+    let url = format!("{}/", origin.url());
+    let first = {
+        let url = url.clone();
+        let addr = proxy.addr;
+        tokio::spawn(async move { get(addr, &url).await })
+    };
+    // Wait until the first request holds the only connection.
+    let stats = origin.stats.clone();
+    crate::support::eventually(
+        "first request at the origin",
+        Duration::from_secs(5),
+        || {
+            let s = stats.clone();
+            async move { s.requests() == 1 }
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let second = get(proxy.addr, &url).await;
+    assert_eq!(second.status, 503, "{}", second.text());
+    assert_eq!(
+        second.proxy_error().as_deref(),
+        Some("connection_limit_reached")
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(first.await.expect("first").status, 200);
+    assert_eq!(proxy.pools_sum("pending").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_connection_goes_to_the_oldest_waiter() {
+    // With one connection and a queue, every request is served in order on
+    // the same upstream connection: hand-off, not a new connect per waiter.
+    let origin = Origin::start(Behavior {
+        delay: Duration::from_millis(50),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "[pool]\nmax_connections_per_host = 1\n").await;
+    let url = Arc::new(format!("{}/", origin.url()));
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let url = url.clone();
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move { get(addr, &url).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task").status, 200);
+    }
+    assert_eq!(origin.stats.accepted(), 1);
+    assert_eq!(origin.stats.per_conn(), vec![10]);
+}

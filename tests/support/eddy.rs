@@ -1,0 +1,47 @@
+//! Runs eddy in-process with every socket on port 0.
+
+use std::net::SocketAddr;
+
+use eddy::{Config, Eddy};
+
+pub struct Proxy {
+    pub eddy: Eddy,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts eddy; `listener` is extra keys for the one `[[listener]]`, `rest`
+/// any further tables (`[pool]`, `[[upstream]]`, ...).
+pub async fn start(listener: &str, rest: &str) -> Proxy {
+    let toml = format!(
+        "shutdown_grace = \"3s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess_log = false\n\
+         [[listener]]\nlisten = \"127.0.0.1:0\"\n{listener}\n{rest}\n"
+    );
+    let config = Config::from_toml(&toml, "test.toml").unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let eddy = Eddy::start(config).await.expect("eddy starts");
+    let addr = eddy.proxy_addr().expect("a TCP listener");
+    let admin = eddy.admin_addr;
+    Proxy { eddy, addr, admin }
+}
+
+impl Proxy {
+    /// `GET /pools` from the admin port, parsed.
+    pub async fn pools(&self) -> serde_json::Value {
+        let r = super::client::send_raw(
+            self.admin,
+            b"GET /pools HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice(&r.body).expect("/pools is JSON")
+    }
+
+    /// Sum of a `/pools` field over all origins.
+    pub async fn pools_sum(&self, field: &str) -> u64 {
+        let pools = self.pools().await;
+        pools
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v[field].as_u64()).sum())
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,373 @@
+//! A raw-TCP HTTP/1.1 origin whose every misbehaviour is a switch.
+//!
+//! It parses just enough HTTP (head, Content-Length and chunked bodies) to
+//! serve a real proxy, counts what a test needs to assert (connections
+//! accepted and open at once, requests per connection, who closed an idle
+//! connection and after how long), and records each request head.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// What the origin does. The default: HTTP/1.1 keep-alive, 200, a short
+/// body naming the connection and request, no delays, never closes.
+#[derive(Clone, Debug, Default)]
+pub struct Behavior {
+    /// Wait this long before answering each request.
+    pub delay: Duration,
+    /// Close, silently, any connection idle for this long.
+    pub idle_close: Option<Duration>,
+    /// Answer with `Connection: close` and close.
+    pub connection_close: bool,
+    /// Answer as an HTTP/1.0 server without keep-alive and close.
+    pub http10: bool,
+    /// Send `Keep-Alive: timeout=N`.
+    pub keep_alive_timeout: Option<u64>,
+    /// Read requests, never answer.
+    pub never_respond: bool,
+    /// Echo the request body (and its content type) back.
+    pub echo: bool,
+    /// Answer with a chunked body.
+    pub chunked: bool,
+    /// Stream a body of `chunks` × `size` bytes with `interval` between.
+    pub slow_body: Option<(usize, usize, Duration)>,
+    /// Extra response header lines (`"Name: value"`).
+    pub extra_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub conn: usize,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub accepted: AtomicUsize,
+    pub open: AtomicUsize,
+    pub max_open: AtomicUsize,
+    pub requests: AtomicUsize,
+    /// Idle connections the origin closed itself (`idle_close`).
+    pub origin_idle_closes: AtomicUsize,
+    /// Idle times after which the client (eddy) closed a connection.
+    pub client_closes: Mutex<Vec<Duration>>,
+    /// Requests served on each connection, by connection number.
+    pub per_conn: Mutex<Vec<usize>>,
+    pub recorded: Mutex<Vec<Recorded>>,
+    /// Signalled on every accept, request and close.
+    pub changed: Notify,
+}
+
+impl Stats {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+    pub fn max_open(&self) -> usize {
+        self.max_open.load(Ordering::SeqCst)
+    }
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+    pub fn origin_idle_closes(&self) -> usize {
+        self.origin_idle_closes.load(Ordering::SeqCst)
+    }
+    pub fn client_closes(&self) -> Vec<Duration> {
+        self.client_closes.lock().expect("stats").clone()
+    }
+    pub fn per_conn(&self) -> Vec<usize> {
+        self.per_conn.lock().expect("stats").clone()
+    }
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.recorded.lock().expect("stats").clone()
+    }
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Origin {
+    pub async fn start(behavior: Behavior) -> Origin {
+        Origin::start_on("127.0.0.1:0", behavior).await
+    }
+
+    pub async fn start_on(addr: &str, behavior: Behavior) -> Origin {
+        let listener = TcpListener::bind(addr).await.expect("bind origin");
+        let addr = listener.local_addr().expect("origin addr");
+        let stats = Arc::new(Stats::default());
+        let b = Arc::new(behavior);
+        let s = stats.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let n = s.accepted.fetch_add(1, Ordering::SeqCst);
+                let open = s.open.fetch_add(1, Ordering::SeqCst) + 1;
+                s.max_open.fetch_max(open, Ordering::SeqCst);
+                s.per_conn.lock().expect("stats").push(0);
+                s.changed.notify_waiters();
+                let (s, b) = (s.clone(), b.clone());
+                conns.push(tokio::spawn(async move {
+                    serve_conn(stream, n, &s, &b).await;
+                    s.open.fetch_sub(1, Ordering::SeqCst);
+                    s.changed.notify_waiters();
+                }));
+                conns.retain(|h| !h.is_finished());
+            }
+        });
+        Origin { addr, stats, task }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+enum Head {
+    Request {
+        head: String,
+        body: Vec<u8>,
+    },
+    /// The client closed the connection while it was idle.
+    ClientClosed,
+    /// `idle_close` elapsed.
+    IdleTimeout,
+    Broken,
+}
+
+async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behavior) {
+    let mut buf = Vec::new();
+    let mut idle_since = Instant::now();
+    let mut served = 0usize;
+    loop {
+        match read_request(&mut stream, &mut buf, b.idle_close).await {
+            Head::Request { head, body } => {
+                served += 1;
+                stats.requests.fetch_add(1, Ordering::SeqCst);
+                stats.per_conn.lock().expect("stats")[conn] = served;
+                stats.recorded.lock().expect("stats").push(Recorded {
+                    conn,
+                    head: head.clone(),
+                    body: body.clone(),
+                });
+                stats.changed.notify_waiters();
+                if b.never_respond {
+                    // Hold the connection until the client gives up.
+                    let mut sink = [0u8; 1024];
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                    return;
+                }
+                if !b.delay.is_zero() {
+                    tokio::time::sleep(b.delay).await;
+                }
+                if respond(&mut stream, conn, served, &head, &body, b)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if b.connection_close || b.http10 {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                idle_since = Instant::now();
+            }
+            Head::ClientClosed => {
+                if served > 0 || buf.is_empty() {
+                    stats
+                        .client_closes
+                        .lock()
+                        .expect("stats")
+                        .push(idle_since.elapsed());
+                    stats.changed.notify_waiters();
+                }
+                return;
+            }
+            Head::IdleTimeout => {
+                stats.origin_idle_closes.fetch_add(1, Ordering::SeqCst);
+                stats.changed.notify_waiters();
+                return;
+            }
+            Head::Broken => return,
+        }
+    }
+}
+
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, idle: Option<Duration>) -> Head {
+    let head_end = loop {
+        if let Some(pos) = find(buf, b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let mut chunk = [0u8; 8192];
+        let read = stream.read(&mut chunk);
+        let n = match idle {
+            Some(limit) if buf.is_empty() => match tokio::time::timeout(limit, read).await {
+                Ok(r) => r,
+                Err(_) => return Head::IdleTimeout,
+            },
+            _ => read.await,
+        };
+        match n {
+            Ok(0) if buf.is_empty() => return Head::ClientClosed,
+            Ok(0) | Err(_) => return Head::Broken,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    buf.drain(..head_end);
+    let lower = head.to_ascii_lowercase();
+    let body = if lower.contains("transfer-encoding: chunked") {
+        match read_chunked(stream, buf).await {
+            Some(b) => b,
+            None => return Head::Broken,
+        }
+    } else {
+        let len = header_value(&lower, "content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        while buf.len() < len {
+            let mut chunk = [0u8; 8192];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Head::Broken,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..len).collect()
+    };
+    Head::Request { head, body }
+}
+
+async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(p) = find(buf, b"\r\n") {
+                break p;
+            }
+            fill(stream, buf).await?;
+        };
+        let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // Trailers (none expected) end with an empty line.
+            loop {
+                if let Some(p) = find(buf, b"\r\n") {
+                    let empty = p == 0;
+                    buf.drain(..p + 2);
+                    if empty {
+                        return Some(body);
+                    }
+                } else {
+                    fill(stream, buf).await?;
+                }
+            }
+        }
+        while buf.len() < size + 2 {
+            fill(stream, buf).await?;
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 8192];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    conn: usize,
+    req: usize,
+    head: &str,
+    body: &[u8],
+    b: &Behavior,
+) -> std::io::Result<()> {
+    let version = if b.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let mut out = format!("{version} 200 OK\r\nX-Conn: {conn}\r\nX-Req: {req}\r\n");
+    if b.connection_close {
+        out.push_str("Connection: close\r\n");
+    }
+    if let Some(t) = b.keep_alive_timeout {
+        out.push_str(&format!("Keep-Alive: timeout={t}\r\n"));
+    }
+    for h in &b.extra_headers {
+        out.push_str(h);
+        out.push_str("\r\n");
+    }
+    let payload: Vec<u8> = if b.echo {
+        let lower = head.to_ascii_lowercase();
+        if let Some(ct) = header_value(&lower, "content-type") {
+            out.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        body.to_vec()
+    } else {
+        format!("conn={conn} req={req}\n").into_bytes()
+    };
+    if let Some((chunks, size, interval)) = b.slow_body {
+        out.push_str("Transfer-Encoding: chunked\r\n\r\n");
+        stream.write_all(out.as_bytes()).await?;
+        let piece = vec![b'x'; size];
+        for _ in 0..chunks {
+            stream.write_all(format!("{size:x}\r\n").as_bytes()).await?;
+            stream.write_all(&piece).await?;
+            stream.write_all(b"\r\n").await?;
+            tokio::time::sleep(interval).await;
+        }
+        return stream.write_all(b"0\r\n\r\n").await;
+    }
+    if b.chunked {
+        out.push_str("Transfer-Encoding: chunked\r\n\r\n");
+        let half = payload.len() / 2;
+        for part in [&payload[..half], &payload[half..]] {
+            if !part.is_empty() {
+                out.push_str(&format!("{:x}\r\n", part.len()));
+                out.push_str(&String::from_utf8_lossy(part));
+                out.push_str("\r\n");
+            }
+        }
+        out.push_str("0\r\n\r\n");
+        return stream.write_all(out.as_bytes()).await;
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&payload);
+    stream.write_all(&bytes).await
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The value of header `name` in a lower-cased head.
+pub fn header_value<'a>(lower_head: &'a str, name: &str) -> Option<&'a str> {
+    lower_head.lines().find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        (n.trim() == name).then(|| v.trim())
+    })
+}
