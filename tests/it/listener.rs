@@ -187,3 +187,52 @@ async fn admin_answers_health_readiness_and_config() {
     assert!(::eddy::Config::from_toml(&config.text(), "/config").is_ok());
     assert_eq!(get_admin("/nope").await.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_listener_serves_and_cleans_up() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let origin = Origin::start(Behavior::default()).await;
+    let dir = std::env::temp_dir().join(format!("eddy-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("eddy.sock");
+    // A stale socket file from an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).expect("stale socket"));
+    let toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess_log = false\n[[listener]]\nlisten = \"unix:{}\"\n",
+        path.display()
+    );
+    let eddy = ::eddy::Eddy::start(::eddy::Config::from_toml(&toml, "t").expect("config"))
+        .await
+        .expect("start");
+    let meta = std::fs::metadata(&path).expect("socket exists");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    let mut s = tokio::net::UnixStream::connect(&path).await.expect("connect");
+    let req = format!("GET {}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", origin.url());
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    assert_eq!(parse(&buf).expect("response").status, 200);
+    eddy.shutdown().await;
+    assert!(!path.exists(), "socket file removed at shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_content_length_and_transfer_encoding_is_400() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    for head in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5",
+    ] {
+        let req = format!(
+            "POST {}/ HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            origin.url()
+        );
+        let r = send_raw(proxy.addr, req.as_bytes()).await;
+        assert_eq!(r.status, 400, "{head}: {}", r.text());
+        assert_eq!(r.proxy_error().as_deref(), Some("http_request_error"));
+    }
+    assert_eq!(origin.stats.requests(), 0, "nothing reached the origin");
+    assert_eq!(get(proxy.addr, &origin.url()).await.status, 200);
+}
