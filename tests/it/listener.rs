@@ -207,8 +207,13 @@ async fn a_unix_socket_listener_serves_and_cleans_up() {
     let meta = std::fs::metadata(&path).expect("socket exists");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
-    let mut s = tokio::net::UnixStream::connect(&path).await.expect("connect");
-    let req = format!("GET {}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", origin.url());
+    let mut s = tokio::net::UnixStream::connect(&path)
+        .await
+        .expect("connect");
+    let req = format!(
+        "GET {}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        origin.url()
+    );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");

@@ -1,0 +1,272 @@
+//! Listener tables: where eddy accepts connections (`listen`), in which mode,
+//! and with which client-side limits; plus the origin URLs and `host:port`
+//! parsing that listeners and `[[upstream]]` share.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Dur, Size, DEFAULT_CLIENT_HEADER_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_PROXY_LISTEN,
+    MAX_CONNECTIONS_CEILING,
+};
+
+/// Where a listener accepts connections: a TCP socket address or a Unix
+/// socket path (`unix:/run/eddy.sock`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    pub fn parse(s: &str) -> Result<ListenAddr, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() || !path.starts_with('/') {
+                return Err(format!(
+                    "invalid listen address {s:?}: a Unix socket needs an absolute path, e.g. \"unix:/run/eddy.sock\""
+                ));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        if let Some(port) = s.strip_prefix("localhost:") {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("invalid listen address {s:?}: bad port"))?;
+            return Ok(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        s.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+            format!("invalid listen address {s:?}: expected \"HOST:PORT\" (an IP address, e.g. \"127.0.0.1:3128\" or \"[::1]:3128\") or \"unix:/path\"")
+        })
+    }
+}
+
+impl ListenAddr {
+    /// Port 0: the kernel picks a free port, so two such addresses differ.
+    pub fn is_ephemeral(&self) -> bool {
+        matches!(self, ListenAddr::Tcp(a) if a.port() == 0)
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ListenAddr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// `HTTP_PROXY` semantics: absolute-form targets (and later CONNECT).
+    Forward,
+    /// Every request goes to the listener's `upstream`.
+    Route,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: ListenAddr,
+    pub mode: ListenerMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<OriginUrl>,
+    pub max_client_connections: usize,
+    pub client_header_timeout: Dur,
+    pub client_idle_timeout: Dur,
+    pub max_header_bytes: Size,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            name: "proxy".into(),
+            listen: ListenAddr::parse(DEFAULT_PROXY_LISTEN).expect("default proxy address"),
+            mode: ListenerMode::Forward,
+            upstream: None,
+            max_client_connections: DEFAULT_MAX_CLIENT_CONNECTIONS,
+            client_header_timeout: DEFAULT_CLIENT_HEADER_TIMEOUT,
+            client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        }
+    }
+}
+
+/// The listener table as written; validated into [`ListenerConfig`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Option<String>,
+    listen: Option<ListenAddr>,
+    mode: Option<ListenerMode>,
+    upstream: Option<OriginUrl>,
+    max_client_connections: Option<usize>,
+    client_header_timeout: Option<Dur>,
+    client_idle_timeout: Option<Dur>,
+    max_header_bytes: Option<Size>,
+}
+
+impl<'de> Deserialize<'de> for ListenerConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawListener::deserialize(d)?;
+        let def = ListenerConfig::default();
+        let l = ListenerConfig {
+            name: raw.name.unwrap_or(def.name),
+            listen: raw.listen.unwrap_or(def.listen),
+            mode: raw.mode.unwrap_or(def.mode),
+            upstream: raw.upstream,
+            max_client_connections: raw
+                .max_client_connections
+                .unwrap_or(def.max_client_connections),
+            client_header_timeout: raw
+                .client_header_timeout
+                .unwrap_or(def.client_header_timeout),
+            client_idle_timeout: raw.client_idle_timeout.unwrap_or(def.client_idle_timeout),
+            max_header_bytes: raw.max_header_bytes.unwrap_or(def.max_header_bytes),
+        };
+        l.validate().map_err(serde::de::Error::custom)?;
+        Ok(l)
+    }
+}
+
+impl ListenerConfig {
+    fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        if name.is_empty() {
+            return Err("listener `name` must not be empty".into());
+        }
+        match (self.mode, &self.upstream) {
+            (ListenerMode::Route, None) => {
+                return Err(format!(
+                    "listener {name:?}: mode = \"route\" requires `upstream` (e.g. upstream = \"https://api.example.com\")"
+                ))
+            }
+            (ListenerMode::Forward, Some(_)) => {
+                return Err(format!(
+                    "listener {name:?}: `upstream` only applies to mode = \"route\""
+                ))
+            }
+            _ => {}
+        }
+        if self.max_client_connections == 0 || self.max_client_connections > MAX_CONNECTIONS_CEILING
+        {
+            return Err(format!(
+                "listener {name:?}: max_client_connections must be between 1 and {MAX_CONNECTIONS_CEILING}"
+            ));
+        }
+        if self.client_header_timeout.is_zero() || self.client_idle_timeout.is_zero() {
+            return Err(format!(
+                "listener {name:?}: client_header_timeout and client_idle_timeout must be above 0s"
+            ));
+        }
+        if self.max_header_bytes.bytes() < 1024 || self.max_header_bytes.bytes() > 16 << 20 {
+            return Err(format!(
+                "listener {name:?}: max_header_bytes must be between 1KiB and 16MiB"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://host[:port]` naming an origin server (no path).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OriginUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl OriginUrl {
+    pub fn parse(s: &str) -> Result<OriginUrl, String> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!(
+                "invalid origin {s:?}: expected \"http://host[:port]\" or \"https://host[:port]\""
+            ));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
+            return Err(format!(
+                "invalid origin {s:?}: only scheme, host and port are allowed (no path, query or user)"
+            ));
+        }
+        let (host, port) = split_host_port(rest).ok_or_else(|| format!("invalid origin {s:?}"))?;
+        let port = port.unwrap_or(if tls { 443 } else { 80 });
+        Ok(OriginUrl { tls, host, port })
+    }
+}
+
+impl fmt::Display for OriginUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Serialize for OriginUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for OriginUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        OriginUrl::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`; the host comes back
+/// lower-cased and without brackets. `None` for an empty host or bad port.
+pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = &rest[..end];
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse::<u16>().ok()?),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        (host, port)
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse::<u16>().ok()?)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_' || b == b':')
+    {
+        return None;
+    }
+    Some((host.to_ascii_lowercase(), port))
+}
