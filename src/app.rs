@@ -118,6 +118,7 @@ impl Eddy {
                 pool: pool.clone(),
                 loop_guard: loop_guard.clone(),
                 max_header_bytes: lc.max_header_bytes.as_usize(),
+                body_idle_timeout: lc.client_idle_timeout.get(),
                 access_log: config.log.access_log,
             });
             let signal = listeners_signal.clone();

@@ -257,6 +257,8 @@ impl Config {
             ));
         }
         let mut matches = HashSet::new();
+        let mut connects: Vec<(&OriginUrl, &PoolOverrides)> = Vec::new();
+        let mut prewarmed = 0usize;
         for u in &self.upstreams {
             let Some((host, port)) = u.match_host_port() else {
                 return Err(format!(
@@ -267,7 +269,19 @@ impl Config {
             if !matches.insert((host, port)) {
                 return Err(format!("[[upstream]] match = {:?} appears twice", u.match_));
             }
+            if let Some(connect) = &u.connect {
+                if let Some((_, other)) = connects.iter().find(|(c, _)| *c == connect) {
+                    if *other != &u.pool {
+                        return Err(format!(
+                            "[[upstream]] match = {:?}: another [[upstream]] also connects to {connect} with different [upstream.pool] settings; one origin has one pool",
+                            u.match_
+                        ));
+                    }
+                }
+                connects.push((connect, &u.pool));
+            }
             let effective = u.pool.apply(&self.pool);
+            prewarmed += effective.min_idle_per_host;
             effective
                 .validate()
                 .map_err(|e| format!("[[upstream]] match = {:?}: {e}", u.match_))?;
@@ -277,6 +291,12 @@ impl Config {
                     u.match_
                 ));
             }
+        }
+        if prewarmed > self.pool.max_idle_total {
+            return Err(format!(
+                "the [[upstream]] entries' min_idle_per_host add up to {prewarmed}, above pool.max_idle_total ({})",
+                self.pool.max_idle_total
+            ));
         }
         Ok(())
     }
@@ -362,6 +382,27 @@ mod tests {
         let effective = c.upstreams[0].pool.apply(&c.pool);
         assert_eq!(effective.max_connections_per_host, 2);
         assert_eq!(effective.idle_timeout, Dur::secs(30));
+    }
+
+    #[test]
+    fn prewarming_cannot_exceed_the_global_idle_bound() {
+        let err = Config::from_toml(
+            "[pool]\nmax_idle_total = 1\n[[upstream]]\nmatch = \"a\"\n[upstream.pool]\nmin_idle_per_host = 2\n",
+            "f.toml",
+        )
+        .expect_err("min idle above max_idle_total");
+        assert!(err.to_string().contains("max_idle_total"), "{err}");
+    }
+
+    #[test]
+    fn one_origin_cannot_have_two_pool_settings() {
+        let err = Config::from_toml(
+            "[[upstream]]\nmatch = \"a\"\nconnect = \"http://o:80\"\n[upstream.pool]\nmax_connections_per_host = 2\n\
+             [[upstream]]\nmatch = \"b\"\nconnect = \"http://o\"\n[upstream.pool]\nmax_connections_per_host = 3\n",
+            "f.toml",
+        )
+        .expect_err("conflicting pools");
+        assert!(err.to_string().contains("one origin has one pool"), "{err}");
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct ListenerCtx {
     pub pool: Pool,
     pub loop_guard: Arc<LoopGuard>,
     pub max_header_bytes: usize,
+    /// A request body silent this long fails (the listener's
+    /// `client_idle_timeout`).
+    pub body_idle_timeout: std::time::Duration,
     pub access_log: bool,
 }
 
@@ -177,7 +180,7 @@ async fn proxy(
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(HOST, host);
-    let (body, body_done) = ReqBody::from_incoming(body);
+    let (body, body_done) = ReqBody::from_incoming(body, ctx.body_idle_timeout);
     let upstream_req = Request::from_parts(parts, body);
 
     let pooled = ctx.pool.checkout(&route).await?;

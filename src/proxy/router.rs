@@ -12,6 +12,10 @@ use crate::upstream::{Origin, Route};
 
 pub struct Router {
     default_settings: Arc<PoolConfig>,
+    /// Settings of `[[upstream]]` entries by the origin they connect to, so
+    /// a request naming that origin directly shares the entry's pool
+    /// settings: one origin, one pool, one bound.
+    by_origin: HashMap<Origin, Arc<PoolConfig>>,
     /// Keyed by (host, port); a `None` port matches any port.
     entries: HashMap<(String, Option<u16>), Entry>,
 }
@@ -27,7 +31,7 @@ struct Entry {
 impl Router {
     pub fn new(config: &Config) -> Router {
         let default_settings = Arc::new(config.pool.clone());
-        let entries = config
+        let entries: HashMap<(String, Option<u16>), Entry> = config
             .upstreams
             .iter()
             .filter_map(|u| {
@@ -42,8 +46,20 @@ impl Router {
                 Some(((host, port), entry))
             })
             .collect();
+        let by_origin = entries
+            .iter()
+            .filter_map(|((host, port), e)| {
+                let origin = match (&e.connect, port) {
+                    (Some(c), _) => c.clone(),
+                    (None, Some(p)) => Origin::new(false, host, *p),
+                    (None, None) => return None,
+                };
+                Some((origin, e.settings.clone()))
+            })
+            .collect();
         Router {
             default_settings,
+            by_origin,
             entries,
         }
     }
@@ -61,10 +77,15 @@ impl Router {
                     .unwrap_or_else(|| Origin::new(false, &target.host, target.port)),
                 settings: e.settings.clone(),
             },
-            None => Route {
-                origin: Origin::new(false, &target.host, target.port),
-                settings: self.default_settings.clone(),
-            },
+            None => {
+                let origin = Origin::new(false, &target.host, target.port);
+                let settings = self
+                    .by_origin
+                    .get(&origin)
+                    .unwrap_or(&self.default_settings)
+                    .clone();
+                Route { origin, settings }
+            }
         }
     }
 

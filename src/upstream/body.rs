@@ -2,7 +2,9 @@
 //!
 //! [`ReqBody`] carries the client's request body upstream and records when
 //! hyper has consumed all of it: a connection is reusable only if the request
-//! was fully written, and `response_header_timeout` starts only then.
+//! was fully written, and `response_header_timeout` starts only then. A body
+//! that stops arriving fails after an inactivity timeout, so a stalled client
+//! cannot hold an upstream connection (a slot of a bounded pool) forever.
 //!
 //! [`UpstreamBody`] carries the origin's response body to the client and
 //! holds the connection's [`Lease`]. It is the only place a lease is
@@ -10,15 +12,18 @@
 //! body is dropped early (the client went away) or fails, the connection is
 //! closed. Returning a half-read connection is therefore not expressible.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 
 use super::pool::{CloseReason, Lease};
 
@@ -52,6 +57,14 @@ impl BodyDone {
     }
 }
 
+/// Errors a request body can end with.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client sent no body bytes for the inactivity timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body bytes for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
 /// A request body on its way upstream.
 #[derive(Debug)]
 pub enum ReqBody {
@@ -59,45 +72,64 @@ pub enum ReqBody {
     Stream {
         inner: Incoming,
         done: Arc<BodyDone>,
+        idle_timeout: Duration,
+        /// Fires when the client has been silent for `idle_timeout` while
+        /// hyper waits for more body.
+        idle: Pin<Box<Sleep>>,
     },
 }
 
 impl ReqBody {
     /// Wraps a client body; `None` for the completion flag when there is no
     /// body at all (the common GET), so nothing is allocated for it.
-    pub fn from_incoming(inner: Incoming) -> (ReqBody, Option<Arc<BodyDone>>) {
+    pub fn from_incoming(
+        inner: Incoming,
+        idle_timeout: Duration,
+    ) -> (ReqBody, Option<Arc<BodyDone>>) {
         if inner.is_end_stream() {
             return (ReqBody::Empty, None);
         }
         let done = Arc::new(BodyDone::default());
-        (
-            ReqBody::Stream {
-                inner,
-                done: done.clone(),
-            },
-            Some(done),
-        )
+        let body = ReqBody::Stream {
+            inner,
+            done: done.clone(),
+            idle_timeout,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+        };
+        (body, Some(done))
     }
 }
 
 impl Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
-            ReqBody::Stream { inner, done } => {
-                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+            ReqBody::Stream {
+                inner,
+                done,
+                idle_timeout,
+                idle,
+            } => {
+                let frame = match Pin::new(&mut *inner).poll_frame(cx) {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending => {
+                        ready!(idle.as_mut().poll(cx));
+                        return Poll::Ready(Some(Err(BodyStalled(*idle_timeout).into())));
+                    }
+                };
+                idle.as_mut().reset(Instant::now() + *idle_timeout);
                 match &frame {
                     None => done.set(),
                     Some(Ok(_)) if inner.is_end_stream() => done.set(),
                     _ => {}
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|r| r.map_err(BodyError::from)))
             }
         }
     }
@@ -105,7 +137,7 @@ impl Body for ReqBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Empty => true,
-            ReqBody::Stream { inner, done } => {
+            ReqBody::Stream { inner, done, .. } => {
                 let end = inner.is_end_stream();
                 if end {
                     done.set();

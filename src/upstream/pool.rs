@@ -460,13 +460,19 @@ impl Pool {
             closing.push((conn, CloseReason::Error));
             return;
         };
-        if let Some(reason) = closing_down
-            .then_some(CloseReason::Shutdown)
-            .or_else(|| conn.retirement(now, settings))
-        {
+        let reason = if closing_down {
+            Some(CloseReason::Shutdown)
+        } else if conn.sender.is_closed() {
+            // The origin closed it as the response ended.
+            Some(CloseReason::PeerClosed)
+        } else {
+            conn.retirement(now, settings)
+        };
+        if let Some(reason) = reason {
             os.in_use -= 1;
             closing.push((conn, reason));
             self.dispatch_permits(origin, os);
+            self.remove_if_unused(st, origin);
             return;
         }
         // Hand-off: the oldest live waiter gets it; it stays "in use".
@@ -482,11 +488,7 @@ impl Pool {
                     Some(c) => conn = c,
                     None => return,
                 },
-                Err(other) => {
-                    // Not reachable: we sent a connection.
-                    other.disarm();
-                    return;
-                }
+                Err(Grant::Permit(_)) => unreachable!("a oneshot returns the value it was given"),
             }
         }
         os.in_use -= 1;
@@ -531,6 +533,7 @@ impl Pool {
             st.idle_total -= 1;
             closing.push((evicted.conn, CloseReason::Evicted));
             self.dispatch_permits(&origin, os);
+            self.remove_if_unused(st, &origin);
         }
     }
 
@@ -545,14 +548,18 @@ impl Pool {
                 origin: origin.clone(),
                 settings: os.settings.clone(),
             };
-            if let Err(grant) = waiter
+            match waiter
                 .tx
                 .send(Grant::Permit(ConnectPermit::new(self.clone(), route)))
             {
-                // The waiter is gone; take the slot back without dropping
-                // anything armed under the lock.
-                grant.disarm();
-                os.connecting -= 1;
+                Ok(()) => {}
+                Err(Grant::Permit(mut permit)) => {
+                    // The waiter is gone; take the slot back without
+                    // dropping an armed permit under the lock.
+                    permit.armed = false;
+                    os.connecting -= 1;
+                }
+                Err(Grant::Conn(_)) => unreachable!("a oneshot returns the value it was given"),
             }
         }
     }
@@ -722,6 +729,14 @@ impl Pool {
                 {
                     return;
                 }
+                // Prewarming must never evict idle connections, its own or
+                // another origin's: that would be a connect/close loop.
+                if st.idle_total >= st.max_idle_total {
+                    return;
+                }
+                let Some(os) = st.origins.get_mut(&route.origin) else {
+                    return;
+                };
                 os.connecting += 1;
                 ConnectPermit::new(self.clone(), route.clone())
             };
@@ -823,21 +838,6 @@ impl Drop for WaiterGuard<'_> {
             }
         }
         self.pool.remove_if_unused(&mut st, self.origin);
-    }
-}
-
-impl Grant {
-    /// Makes dropping this grant a no-op (used under the lock, where an
-    /// armed drop would re-lock).
-    fn disarm(self) {
-        match self {
-            Grant::Conn(mut pooled) => {
-                // Closing the socket needs no lock; the slot is accounted
-                // for by the caller.
-                drop(pooled.conn.take());
-            }
-            Grant::Permit(mut permit) => permit.armed = false,
-        }
     }
 }
 
@@ -1022,7 +1022,10 @@ fn terminated(origin: &Origin, reason: String) -> ProxyError {
 
 /// Maps a failed exchange onto the Proxy-Status table.
 fn classify(origin: &Origin, e: &hyper::Error) -> ProxyError {
-    if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
+    if e.is_user() {
+        // Our request body failed: the client stalled or went away mid-body.
+        ProxyError::BadRequest("the request body stalled or was cut off")
+    } else if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
         ProxyError::HttpProtocol {
             origin: origin.to_string(),
             reason: e.to_string(),

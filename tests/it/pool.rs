@@ -173,3 +173,92 @@ async fn a_freed_connection_goes_to_the_oldest_waiter() {
     assert_eq!(origin.stats.accepted(), 1);
     assert_eq!(origin.stats.per_conn(), vec![10]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_request_and_an_alias_share_one_bounded_pool() {
+    let origin = Origin::start(Behavior {
+        delay: Duration::from_millis(20),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start(
+        "",
+        &format!(
+            "[[upstream]]\nmatch = \"alias.test\"\nconnect = \"{}\"\n[upstream.pool]\nmax_connections_per_host = 2\n",
+            origin.url()
+        ),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let url = if i % 2 == 0 {
+            "http://alias.test/".to_string()
+        } else {
+            format!("{}/", origin.url())
+        };
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move { get(addr, &url).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task").status, 200);
+    }
+    assert!(
+        origin.stats.max_open() <= 2,
+        "max open {}",
+        origin.stats.max_open()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_releases_its_upstream_connection() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start(
+        "client_idle_timeout = \"400ms\"\n",
+        "[pool]\nmax_connections_per_host = 1\npending_timeout = \"10s\"\n",
+    )
+    .await;
+    let mut stalled = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {}/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello",
+        origin.url()
+    );
+    stalled.write_all(head.as_bytes()).await.expect("write");
+    // The stalled upload holds the only connection until its body times
+    // out; then the next request gets through.
+    let r = get(proxy.addr, &format!("{}/next", origin.url())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarming_never_evicts_to_stay_warm() {
+    let warm = Origin::start(Behavior::default()).await;
+    let other = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start(
+        "",
+        &format!(
+            "[pool]\nmax_idle_total = 2\n[[upstream]]\nmatch = \"{}\"\n[upstream.pool]\nmin_idle_per_host = 2\n",
+            warm.addr
+        ),
+    )
+    .await;
+    let stats = warm.stats.clone();
+    crate::support::eventually("prewarmed", Duration::from_secs(5), || {
+        let s = stats.clone();
+        async move { s.open() == 2 }
+    })
+    .await;
+    // Another origin's idle connection pushes one warm connection out; the
+    // prewarmer must not fight back with a connect/close loop.
+    assert_eq!(get(proxy.addr, &other.url()).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        warm.stats.accepted() <= 3,
+        "connect storm: {} accepts",
+        warm.stats.accepted()
+    );
+    assert!(proxy.pools_sum("idle").await <= 2);
+}
