@@ -117,7 +117,6 @@ impl Eddy {
                 router: router.clone(),
                 pool: pool.clone(),
                 loop_guard: loop_guard.clone(),
-                max_header_bytes: lc.max_header_bytes.as_usize(),
                 body_idle_timeout: lc.client_idle_timeout.get(),
                 access_log: config.log.access_log,
             });

@@ -92,6 +92,27 @@ impl ProxyError {
         )
     }
 
+    /// The same response as raw HTTP/1.1 bytes, for answers written straight
+    /// to a client socket (request heads refused before hyper saw them).
+    /// Always closes the connection.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let status = self.status();
+        let body = format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self
+        );
+        format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nProxy-Status: eddy; error={}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.proxy_status(),
+            body.len()
+        )
+        .into_bytes()
+    }
+
     /// The response eddy sends: status, `Proxy-Status`, one line of text.
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
         let status = self.status();

@@ -17,7 +17,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::config::ListenerConfig;
 use crate::error::ProxyError;
-use crate::head_scan::HeadScan;
+use crate::head_scan::{HeadScan, Reject, Verdict};
 use crate::proxy::{self, ListenerCtx, ProxyBody};
 use crate::shutdown::{ConnTracker, ShutdownSignal};
 
@@ -64,6 +64,7 @@ impl Bound {
 struct ClientLimits {
     header_timeout: Duration,
     idle_timeout: Duration,
+    max_header_bytes: usize,
 }
 
 /// Runs a listener until shutdown.
@@ -78,6 +79,7 @@ pub async fn serve(
     let limits = Arc::new(ClientLimits {
         header_timeout: config.client_header_timeout.get(),
         idle_timeout: config.client_idle_timeout.get(),
+        max_header_bytes: config.max_header_bytes.as_usize(),
     });
     let builder = Arc::new(http1_builder(config.max_header_bytes.as_usize()));
     let mut stop = shutdown.clone();
@@ -123,8 +125,8 @@ pub async fn serve(
 
 fn http1_builder(max_header_bytes: usize) -> http1::Builder {
     let mut b = http1::Builder::new();
-    // Heads up to twice the limit are parsed so eddy can answer 431 with a
-    // Proxy-Status itself; beyond that hyper stops reading and answers 431.
+    // The head scanner enforces the exact limit on every head it sees; this
+    // is hyper's backstop for heads it does not see (pipelined requests).
     let hard_cap = max_header_bytes.saturating_mul(2).saturating_add(8192);
     b.header_read_timeout(None)
         .max_header_size(hard_cap)
@@ -150,24 +152,19 @@ impl ClientConn {
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
             let busy = BusyGuard::begin(svc_activity.clone());
-            let smuggling = svc_activity
-                .conflicting_framing
-                .swap(false, Ordering::Relaxed);
             async move {
-                let resp = if smuggling {
-                    let e =
-                        ProxyError::BadRequest("conflicting Content-Length and Transfer-Encoding");
-                    proxy::reject(req, &ctx, peer, e)
-                } else {
-                    proxy::handle(req, &ctx, peer).await
-                };
+                let resp = proxy::handle(req, &ctx, peer).await;
                 Ok::<_, Infallible>(resp.map(|body| ClientBody { body, _busy: busy }))
             }
         });
         let io = TokioIo::new(WatchedIo {
             inner: stream,
             activity: activity.clone(),
-            scan: HeadScan::default(),
+            scan: HeadScan::new(self.limits.max_header_bytes),
+            max_header_bytes: self.limits.max_header_bytes,
+            answered: false,
+            peer,
+            listener: self.ctx.name.clone(),
         });
         let mut conn = pin!(self.builder.serve_connection(io, svc));
         let mut shutdown = self.shutdown.clone();
@@ -244,9 +241,6 @@ struct Activity {
     deadline: AtomicU64,
     header_ms: u64,
     idle_ms: u64,
-    /// The head being served carried both Content-Length and
-    /// Transfer-Encoding (see [`HeadScan`]).
-    conflicting_framing: AtomicBool,
 }
 
 impl Activity {
@@ -259,7 +253,6 @@ impl Activity {
             deadline: AtomicU64::new(header_ms),
             header_ms,
             idle_ms: limits.idle_timeout.as_millis() as u64,
-            conflicting_framing: AtomicBool::new(false),
         }
     }
 
@@ -324,11 +317,48 @@ enum ClientStream {
     Unix(UnixStream),
 }
 
-/// The client socket, reporting reads to the connection's [`Activity`].
+/// The client socket: reports reads to the connection's [`Activity`] and
+/// checks each request head with a [`HeadScan`]. A head the scanner refuses
+/// is answered here, with eddy's own error response; hyper then sees end of
+/// stream and whatever it writes is discarded.
 struct WatchedIo {
     inner: ClientStream,
     activity: Arc<Activity>,
     scan: HeadScan,
+    max_header_bytes: usize,
+    /// A refused head was answered; the connection is finished.
+    answered: bool,
+    peer: SocketAddr,
+    listener: String,
+}
+
+impl WatchedIo {
+    /// Answers a refused head and ends the connection.
+    fn answer(&mut self, reject: Reject) {
+        let error = match reject {
+            Reject::TooLarge => ProxyError::HeadTooLarge {
+                limit: self.max_header_bytes,
+            },
+            Reject::Malformed(why) => ProxyError::BadRequest(why),
+        };
+        tracing::info!(
+            target: "eddy::access",
+            listener = %self.listener,
+            client = %self.peer,
+            status = error.status().as_u16(),
+            proxy_status = error.proxy_status(),
+            detail = %error,
+            "request head refused"
+        );
+        let bytes = error.to_wire();
+        // A fresh socket's send buffer takes a few hundred bytes; if it
+        // cannot, the client is not reading and gets the close alone.
+        let _ = match &self.inner {
+            ClientStream::Tcp(s) => s.try_write(&bytes),
+            ClientStream::Unix(s) => s.try_write(&bytes),
+        };
+        self.answered = true;
+    }
 }
 
 impl AsyncRead for WatchedIo {
@@ -339,19 +369,21 @@ impl AsyncRead for WatchedIo {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
+        if this.answered {
+            return Poll::Ready(Ok(()));
+        }
         let res = match &mut this.inner {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         };
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             if this.activity.on_read() {
-                this.scan = HeadScan::default();
+                this.scan = HeadScan::new(this.max_header_bytes);
             }
-            this.scan.feed(&buf.filled()[before..]);
-            if this.scan.conflicting_framing() {
-                this.activity
-                    .conflicting_framing
-                    .store(true, Ordering::Relaxed);
+            if let Verdict::Reject(reject) = this.scan.feed(&buf.filled()[before..]) {
+                // hyper never sees the refused head's last bytes.
+                buf.set_filled(before);
+                this.answer(reject);
             }
         }
         res
@@ -364,6 +396,9 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.answered {
+            return Poll::Ready(Ok(buf.len()));
+        }
         match &mut self.inner {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -375,6 +410,9 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.answered {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         match &mut self.inner {
             ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),

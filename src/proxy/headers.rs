@@ -42,17 +42,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// An estimate of the request head's size on the wire, for
-/// `max_header_bytes`: request line plus every header line.
-pub fn head_size(method: &str, target: &str, headers: &HeaderMap) -> usize {
-    let line = method.len() + 1 + target.len() + " HTTP/1.1\r\n".len();
-    let fields: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
-        .sum();
-    line + fields + 2
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

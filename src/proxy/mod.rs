@@ -22,7 +22,7 @@ use http::{HeaderValue, Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-pub use headers::{head_size, strip_hop_by_hop};
+pub use headers::strip_hop_by_hop;
 pub use router::Router;
 pub use target::{forward_target, origin_form, LoopGuard, Target};
 
@@ -39,7 +39,6 @@ pub struct ListenerCtx {
     pub router: Arc<Router>,
     pub pool: Pool,
     pub loop_guard: Arc<LoopGuard>,
-    pub max_header_bytes: usize,
     /// A request body silent this long fails (the listener's
     /// `client_idle_timeout`).
     pub body_idle_timeout: std::time::Duration,
@@ -124,41 +123,12 @@ pub async fn handle(
     response
 }
 
-/// Answers a request with eddy's own error, without proxying it.
-pub fn reject(
-    req: Request<Incoming>,
-    ctx: &ListenerCtx,
-    client: SocketAddr,
-    error: ProxyError,
-) -> Response<ProxyBody> {
-    let response = error.to_response();
-    if ctx.access_log {
-        let outcome = Outcome::default();
-        log_access(
-            ctx,
-            client,
-            req.method(),
-            &outcome,
-            &response,
-            Some(&error),
-            Instant::now(),
-        );
-    }
-    response
-}
-
 async fn proxy(
     req: Request<Incoming>,
     ctx: &ListenerCtx,
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let uri_text = parts.uri.to_string();
-    if head_size(parts.method.as_str(), &uri_text, &parts.headers) > ctx.max_header_bytes {
-        return Err(ProxyError::HeadTooLarge {
-            limit: ctx.max_header_bytes,
-        });
-    }
     if parts.method == Method::CONNECT {
         return Err(ProxyError::BadRequest(
             "CONNECT tunnels are not supported yet",

@@ -166,6 +166,10 @@ async fn malformed_requests_are_400_or_closed_and_eddy_keeps_serving() {
         if !buf.is_empty() {
             let text = String::from_utf8_lossy(&buf);
             assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+            assert!(
+                text.contains("Proxy-Status: eddy; error=http_request_error"),
+                "{text}"
+            );
         }
     }
     still_healthy(&proxy, &origin).await;
@@ -214,4 +218,66 @@ async fn a_client_leaving_mid_response_does_not_poison_the_pool() {
         proxy.pools_sum("in_use").await == 0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_heads_get_400_with_proxy_status_and_never_reach_the_origin() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    let url = origin.url();
+    for head in [
+        format!("GET {url}/ HTTP/1.1\r\nHost: x\r\n folded: value\r\nConnection: close\r\n\r\n"),
+        format!("GET {url}/ HTTP/1.1\r\nHost : x\r\nConnection: close\r\n\r\n"),
+        format!("GET {url}/caf\u{e9} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        format!("GET {url}/ HTTP/1.1\r\nX-Ctl: a\x01b\r\nConnection: close\r\n\r\n"),
+        "G@T / HTTP/1.1\r\n\r\n".to_string(),
+    ] {
+        let r = send_raw(proxy.addr, head.as_bytes()).await;
+        assert_eq!(r.status, 400, "{head:?}: {}", r.text());
+        assert_eq!(
+            r.proxy_error().as_deref(),
+            Some("http_request_error"),
+            "{head:?}"
+        );
+        assert_eq!(r.header("connection").as_deref(), Some("close"));
+    }
+    assert_eq!(origin.stats.requests(), 0);
+    still_healthy(&proxy, &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_header_bytes_is_exact() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("max_header_bytes = 2048\n", "").await;
+    let head_of = |pad: usize| {
+        let base = format!(
+            "GET {}/ HTTP/1.1\r\nConnection: close\r\nX-Pad: \r\n\r\n",
+            origin.url()
+        );
+        let pad = "p".repeat(pad - base.len());
+        format!(
+            "GET {}/ HTTP/1.1\r\nConnection: close\r\nX-Pad: {pad}\r\n\r\n",
+            origin.url()
+        )
+    };
+    let fits = head_of(2048);
+    assert_eq!(fits.len(), 2048);
+    assert_eq!(send_raw(proxy.addr, fits.as_bytes()).await.status, 200);
+    let over = head_of(2049);
+    let r = send_raw(proxy.addr, over.as_bytes()).await;
+    assert_eq!(r.status, 431, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("http_request_error"));
+    // Far over the limit: still eddy's own answer, and nothing read past it.
+    let huge = format!(
+        "GET {}/ HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        origin.url(),
+        "b".repeat(1 << 20)
+    );
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let _ = s.write_all(huge.as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert_eq!(origin.stats.requests(), 1);
 }
