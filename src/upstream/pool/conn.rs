@@ -1,0 +1,141 @@
+//! One upstream connection: its sender, a second handle on its socket for
+//! the liveness probe, and what decides whether it may be used again.
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, CONNECTION};
+use http::Version;
+use hyper::client::conn::http1::SendRequest;
+use tokio::time::Instant;
+
+use super::CloseReason;
+use crate::config::PoolConfig;
+use crate::upstream::body::ReqBody;
+
+/// A live upstream connection, owned by whoever holds it.
+pub(super) struct Conn {
+    pub(super) id: u64,
+    pub(super) sender: SendRequest<ReqBody>,
+    pub(super) socket: socket2::Socket,
+    pub(super) retire_at: Option<Instant>,
+    pub(super) requests: u64,
+    pub(super) keepalive_hint: Option<Duration>,
+}
+
+impl Conn {
+    /// Non-blocking probe of the socket: `Err` with the reason to discard it.
+    /// A readable EOF means the peer closed; unexpected bytes on an idle
+    /// HTTP/1 connection mean it cannot be trusted either.
+    pub(super) fn probe(&self) -> Result<(), CloseReason> {
+        if self.sender.is_closed() {
+            return Err(CloseReason::PeerClosed);
+        }
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match self.socket.peek(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Ok(0) => Err(CloseReason::PeerClosed),
+            Ok(_) => Err(CloseReason::Error),
+            Err(_) => Err(CloseReason::PeerClosed),
+        }
+    }
+
+    /// Whether this connection must retire instead of going idle.
+    pub(super) fn retirement(&self, now: Instant, settings: &PoolConfig) -> Option<CloseReason> {
+        let max = settings.max_requests_per_connection;
+        if max > 0 && self.requests >= max {
+            return Some(CloseReason::MaxRequests);
+        }
+        if self.retire_at.is_some_and(|at| now >= at) {
+            return Some(CloseReason::MaxLifetime);
+        }
+        None
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Ends hyper's connection task promptly whatever it was doing; the
+        // file descriptors close when both handles are gone.
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+pub(super) struct IdleConn {
+    pub(super) conn: Conn,
+    pub(super) since: Instant,
+    pub(super) expires: Instant,
+    pub(super) expiry_reason: CloseReason,
+}
+
+/// Whether the origin keeps the connection open after this response, and
+/// the idle limit it announced (`Keep-Alive: timeout=N`).
+pub(super) fn persistence(version: Version, headers: &HeaderMap) -> (bool, Option<Duration>) {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in headers.get_all(CONNECTION) {
+        for token in value.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            close |= token.eq_ignore_ascii_case("close");
+            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    let reusable = !close && (version != Version::HTTP_10 || keep_alive);
+    let hint = headers
+        .get("keep-alive")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',').find_map(|part| {
+                let (k, val) = part.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("timeout")
+                    .then(|| val.trim().parse::<u64>().ok())
+                    .flatten()
+            })
+        })
+        .map(Duration::from_secs);
+    (reusable, hint)
+}
+
+/// Up to a tenth of `lifetime`, different per connection, so a pool opened
+/// in one burst does not retire in one burst.
+pub(super) fn jitter(lifetime: Duration, id: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let mut x = id ^ nanos ^ 0x9E37_79B9_7F4A_7C15;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    let tenth = lifetime / 10;
+    let fraction = (x % 1_000) as u32;
+    tenth * fraction / 1_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn origin_persistence_follows_connection_and_version() {
+        let mut h = HeaderMap::new();
+        assert_eq!(persistence(Version::HTTP_11, &h), (true, None));
+        assert_eq!(persistence(Version::HTTP_10, &h), (false, None));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5, max=100"));
+        assert_eq!(
+            persistence(Version::HTTP_10, &h),
+            (true, Some(Duration::from_secs(5)))
+        );
+        h.insert(CONNECTION, HeaderValue::from_static("Close"));
+        assert!(!persistence(Version::HTTP_11, &h).0);
+    }
+
+    #[test]
+    fn jitter_stays_within_a_tenth() {
+        let life = Duration::from_secs(100);
+        for id in 0..1_000 {
+            assert!(jitter(life, id) <= Duration::from_secs(10));
+        }
+    }
+}

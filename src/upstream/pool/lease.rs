@@ -1,0 +1,249 @@
+//! The handles a request holds on the pool, each an RAII type so that the
+//! counts stay true whatever fails or is cancelled:
+//! - [`WaiterGuard`] removes a waiter that stops waiting from the queue;
+//! - [`ConnectPermit`] is a reserved slot; dropped, it frees the slot;
+//! - [`Pooled`] is a checked-out connection; its only way forward is
+//!   [`Pooled::send`], and dropped it closes the connection;
+//! - [`Lease`] is a connection whose response is streaming; only the
+//!   response body ends it, returning the connection at end-of-stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+use super::conn::{persistence, Conn};
+use super::{CloseReason, Closing, Pool, Route};
+use crate::config::PoolConfig;
+use crate::error::ProxyError;
+use crate::upstream::body::{BodyDone, ReqBody};
+use crate::upstream::origin::Origin;
+
+pub(super) struct Waiter {
+    pub(super) id: u64,
+    pub(super) tx: oneshot::Sender<Grant>,
+}
+
+/// What a waiting request is given.
+pub(super) enum Grant {
+    Conn(Pooled),
+    Permit(ConnectPermit),
+}
+
+/// Removes a waiter from its queue when the waiting request stops waiting.
+pub(super) struct WaiterGuard<'a> {
+    pub(super) pool: &'a Pool,
+    pub(super) origin: &'a Origin,
+    pub(super) id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.pool.lock();
+        if let Some(os) = st.origins.get_mut(self.origin) {
+            if let Some(pos) = os.waiters.iter().position(|w| w.id == self.id) {
+                // Removing the sender drops nothing that locks: an unsent
+                // grant is never stored in the queue.
+                os.waiters.remove(pos);
+            }
+        }
+        self.pool.remove_if_unused(&mut st, self.origin);
+    }
+}
+
+/// A reserved slot for a connection being opened. Dropping it (the connect
+/// failed or the request went away) frees the slot for the next waiter.
+pub(super) struct ConnectPermit {
+    pub(super) pool: Pool,
+    pub(super) route: Route,
+    pub(super) armed: bool,
+}
+
+impl ConnectPermit {
+    pub(super) fn new(pool: Pool, route: Route) -> ConnectPermit {
+        ConnectPermit {
+            pool,
+            route,
+            armed: true,
+        }
+    }
+
+    /// The connection is open: the slot turns from connecting to in use.
+    pub(super) fn fulfil(mut self, conn: Conn) -> Pooled {
+        self.armed = false;
+        {
+            let mut st = self.pool.lock();
+            if let Some(os) = st.origins.get_mut(&self.route.origin) {
+                os.connecting -= 1;
+                os.in_use += 1;
+                os.opened_total += 1;
+            }
+        }
+        self.pool.pooled(
+            self.route.origin.clone(),
+            self.route.settings.clone(),
+            conn,
+            false,
+        )
+    }
+}
+
+impl Drop for ConnectPermit {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool
+                .forget(&self.route.origin, true, &mut Closing::new());
+        }
+    }
+}
+
+/// A connection checked out to one request. Its only way forward is
+/// [`Pooled::send`]; dropping it closes the connection.
+pub struct Pooled {
+    pub(super) pool: Pool,
+    pub(super) origin: Origin,
+    pub(super) settings: Arc<PoolConfig>,
+    /// `Some` until the connection is returned or closed.
+    pub(super) conn: Option<Conn>,
+    pub(super) reused: bool,
+    pub(super) close_reason: CloseReason,
+}
+
+impl Pooled {
+    /// Whether this connection had served an earlier request.
+    pub fn is_reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Checks a connection before use: the liveness probe for a reused one,
+    /// then hyper's readiness (the previous exchange fully processed).
+    /// `None` means it was dead and has been discarded.
+    pub(super) async fn into_ready(mut self, bound: Duration) -> Option<Pooled> {
+        let conn = self.conn.as_mut()?;
+        if self.reused {
+            if let Err(reason) = conn.probe() {
+                self.close_reason = reason;
+                return None;
+            }
+        }
+        match timeout(bound, conn.sender.ready()).await {
+            Ok(Ok(())) => Some(self),
+            _ => {
+                self.close_reason = CloseReason::PeerClosed;
+                None
+            }
+        }
+    }
+
+    /// Sends the request and waits for the response head, at most
+    /// `response_timeout` after the request body was fully handed over.
+    pub async fn send(
+        mut self,
+        req: Request<ReqBody>,
+        done: Option<Arc<BodyDone>>,
+        response_timeout: Duration,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        let outcome = {
+            let Some(conn) = self.conn.as_mut() else {
+                return Err(terminated(&self.origin, "connection already closed".into()));
+            };
+            conn.requests += 1;
+            let response = conn.sender.send_request(req);
+            let head_timer = async {
+                if let Some(done) = &done {
+                    done.wait().await;
+                }
+                tokio::time::sleep(response_timeout).await;
+            };
+            tokio::select! {
+                r = response => Some(r),
+                _ = head_timer => None,
+            }
+        };
+        match outcome {
+            None => Err(ProxyError::ResponseTimeout {
+                origin: self.origin.to_string(),
+            }),
+            Some(Err(e)) => Err(classify(&self.origin, &e)),
+            Some(Ok(resp)) => {
+                let (reusable, hint) = persistence(resp.version(), resp.headers());
+                if let (Some(conn), Some(hint)) = (self.conn.as_mut(), hint) {
+                    conn.keepalive_hint = Some(hint);
+                }
+                let lease = Lease {
+                    pooled: self,
+                    req_done: done,
+                    reusable,
+                };
+                Ok((resp, lease))
+            }
+        }
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut closing = vec![(conn, self.close_reason)];
+            self.pool.forget(&self.origin, false, &mut closing);
+        }
+    }
+}
+
+/// A connection whose response is streaming to the client. Held by
+/// [`super::body::UpstreamBody`], the only code that ends it.
+pub struct Lease {
+    pub(super) pooled: Pooled,
+    pub(super) req_done: Option<Arc<BodyDone>>,
+    pub(super) reusable: bool,
+}
+
+impl Lease {
+    /// The response body reached its end: return the connection if the
+    /// request was fully written and the origin keeps it open.
+    pub(in crate::upstream) fn finish(mut self) {
+        if !self.reusable {
+            self.pooled.close_reason = CloseReason::PeerClosed;
+            return;
+        }
+        if self.req_done.as_ref().is_some_and(|d| !d.is_done()) {
+            // The origin answered before the request body was sent in full.
+            self.pooled.close_reason = CloseReason::Error;
+            return;
+        }
+        if let Some(conn) = self.pooled.conn.take() {
+            let p = &self.pooled;
+            p.pool.release(&p.origin, &p.settings, conn);
+        }
+    }
+
+    /// The exchange did not complete: close the connection.
+    pub(in crate::upstream) fn close(mut self, reason: CloseReason) {
+        self.pooled.close_reason = reason;
+    }
+}
+
+pub(super) fn terminated(origin: &Origin, reason: String) -> ProxyError {
+    ProxyError::ConnectionTerminated {
+        origin: origin.to_string(),
+        reason,
+    }
+}
+
+/// Maps a failed exchange onto the Proxy-Status table.
+pub(super) fn classify(origin: &Origin, e: &hyper::Error) -> ProxyError {
+    if e.is_user() {
+        // Our request body failed: the client stalled or went away mid-body.
+        ProxyError::BadRequest("the request body stalled or was cut off")
+    } else if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
+        ProxyError::HttpProtocol {
+            origin: origin.to_string(),
+            reason: e.to_string(),
+        }
+    } else {
+        terminated(origin, e.to_string())
+    }
+}

@@ -1,0 +1,205 @@
+//! Work the pool does on its own: the reaper that closes idle connections
+//! at their expiry, prewarming of `min_idle_per_host`, shutdown, and the
+//! snapshot behind `/pools`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::lease::ConnectPermit;
+use super::origin_state::OriginState;
+use super::{CloseReason, Closing, Pool, Route};
+
+impl Pool {
+    /// Closes expired idle connections; sleeps until the next expiry.
+    pub(super) async fn reaper(self) {
+        loop {
+            let mut closing = Closing::new();
+            let next = {
+                let mut st = self.lock();
+                if st.closing {
+                    return;
+                }
+                let now = Instant::now();
+                let mut next: Option<Instant> = None;
+                let mut removed = 0;
+                let mut emptied = Vec::new();
+                for (origin, os) in st.origins.iter_mut() {
+                    let idle_timeout = os.settings.idle_timeout.get();
+                    os.learner.grow(now, idle_timeout);
+                    let before = os.idle.len();
+                    let mut i = 0;
+                    while i < os.idle.len() {
+                        if os.idle[i].expires <= now {
+                            let idle = os.idle.remove(i);
+                            closing.push((idle.conn, idle.expiry_reason));
+                        } else {
+                            next = Some(
+                                next.map_or(os.idle[i].expires, |n| n.min(os.idle[i].expires)),
+                            );
+                            i += 1;
+                        }
+                    }
+                    if os.idle.len() != before {
+                        removed += before - os.idle.len();
+                        self.dispatch_permits(origin, os);
+                        if os.is_unused() {
+                            emptied.push(origin.clone());
+                        }
+                    }
+                }
+                st.idle_total -= removed;
+                for origin in emptied {
+                    self.remove_if_unused(&mut st, &origin);
+                }
+                st.reaper_deadline = next;
+                next
+            };
+            if !closing.is_empty() {
+                self.shared.prewarm_wake.notify_one();
+            }
+            drop(closing);
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = self.shared.reaper_wake.notified() => {}
+                    }
+                }
+                None => self.shared.reaper_wake.notified().await,
+            }
+        }
+    }
+
+    /// Keeps `min_idle_per_host` connections open for each route, opening
+    /// them one at a time, until the pool shuts down.
+    pub fn prewarm(&self, routes: Vec<Route>) {
+        if routes.is_empty() {
+            return;
+        }
+        {
+            let mut st = self.lock();
+            for route in &routes {
+                st.origins
+                    .entry(route.origin.clone())
+                    .or_insert_with(|| OriginState::new(route.settings.clone()))
+                    .pinned = true;
+            }
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            loop {
+                for route in &routes {
+                    pool.prewarm_route(route).await;
+                }
+                if pool.lock().closing {
+                    return;
+                }
+                tokio::select! {
+                    _ = pool.shared.prewarm_wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+
+    pub(super) async fn prewarm_route(&self, route: &Route) {
+        loop {
+            let permit = {
+                let mut st = self.lock();
+                if st.closing {
+                    return;
+                }
+                let Some(os) = st.origins.get_mut(&route.origin) else {
+                    return;
+                };
+                let min = route.settings.min_idle_per_host;
+                if os.idle.len() + os.connecting >= min
+                    || os.total() >= os.settings.max_connections_per_host
+                    || !os.waiters.is_empty()
+                {
+                    return;
+                }
+                // Prewarming must never evict idle connections, its own or
+                // another origin's: that would be a connect/close loop.
+                if st.idle_total >= st.max_idle_total {
+                    return;
+                }
+                let Some(os) = st.origins.get_mut(&route.origin) else {
+                    return;
+                };
+                os.connecting += 1;
+                ConnectPermit::new(self.clone(), route.clone())
+            };
+            match self.connect(permit).await {
+                Ok(mut pooled) => {
+                    if let Some(conn) = pooled.conn.take() {
+                        self.release(&route.origin, &route.settings, conn);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(origin = %route.origin, error = %e, "prewarming failed; retrying later");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes every idle connection and makes connections that come back
+    /// close instead of idling.
+    pub fn shutdown(&self) {
+        let mut closing = Closing::new();
+        {
+            let mut st = self.lock();
+            st.closing = true;
+            for os in st.origins.values_mut() {
+                closing.extend(os.idle.drain(..).map(|i| (i.conn, CloseReason::Shutdown)));
+                os.waiters.clear();
+            }
+            st.idle_total = 0;
+        }
+        self.shared.reaper_wake.notify_one();
+        self.shared.prewarm_wake.notify_one();
+        drop(closing);
+    }
+
+    /// A point-in-time view of every origin's pool (for `/pools`).
+    pub fn snapshot(&self) -> Vec<OriginStats> {
+        let now = Instant::now();
+        let st = self.lock();
+        let mut out: Vec<OriginStats> = st
+            .origins
+            .iter()
+            .map(|(origin, os)| OriginStats {
+                origin: origin.to_string(),
+                idle: os.idle.len(),
+                in_use: os.in_use,
+                connecting: os.connecting,
+                pending: os.waiters.len(),
+                opened_total: os.opened_total,
+                reused_total: os.reused_total,
+                oldest_idle_seconds: os.idle.first().map_or(0.0, |i| {
+                    now.saturating_duration_since(i.since).as_secs_f64()
+                }),
+                effective_idle_timeout_seconds: os.effective_idle_timeout().0.as_secs_f64(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.origin.cmp(&b.origin));
+        out
+    }
+}
+/// One origin's figures, as `/pools` reports them.
+#[derive(Debug, Clone, Serialize)]
+pub struct OriginStats {
+    #[serde(skip)]
+    pub origin: String,
+    pub idle: usize,
+    pub in_use: usize,
+    pub connecting: usize,
+    pub pending: usize,
+    pub opened_total: u64,
+    pub reused_total: u64,
+    pub oldest_idle_seconds: f64,
+    pub effective_idle_timeout_seconds: f64,
+}

@@ -1,0 +1,318 @@
+//! The per-origin connection pool (SPEC section 4).
+//!
+//! What it guarantees, per origin:
+//! - connecting + in use + idle never exceeds `max_connections_per_host`;
+//!   slots are reserved under the lock before any socket is opened;
+//! - a request that finds no free connection waits in a bounded FIFO queue
+//!   and is served, oldest first, either with a freed connection (hand-off)
+//!   or with a permit to open a new one when a slot frees;
+//! - idle connections are reused most-recently-used first, checked for a
+//!   peer close before reuse, and expired by a single reaper task at the
+//!   earliest of `idle_timeout`, the origin's `Keep-Alive: timeout`, the
+//!   learned limit and `max_lifetime`;
+//! - idle connections across all origins stay within `max_idle_total`, the
+//!   least recently used going first.
+//!
+//! A connection is always owned by exactly one of: the idle list, a
+//! [`ConnectPermit`] being fulfilled, a [`Pooled`] checked out to a request,
+//! or a [`Lease`] held by the response body. The RAII types keep the counts
+//! true whatever fails: dropping a `Pooled` or `Lease` closes the connection
+//! and frees its slot; only a lease whose exchange completed returns it.
+//!
+//! One `std::sync::Mutex` guards all origins, as in hyper-util's pool: the
+//! critical sections are a few pushes and pops, no lock is held across an
+//! await, and nothing that locks (no RAII drop) runs while it is held.
+//!
+//! # Layout
+//!
+//! - this file: the shared state and the checkout path (idle, connect, wait);
+//! - [`release`]: the return path (hand-off, idle bounds, freed slots);
+//! - [`lease`]: the RAII handles a request holds (permit, pooled, lease);
+//! - [`conn`]: one connection, its liveness probe and retirement rules;
+//! - [`origin_state`]: one origin's idle list, waiters, counts, learner;
+//! - [`maintenance`]: reaper, prewarming, shutdown, `/pools` snapshot.
+
+mod conn;
+mod lease;
+mod maintenance;
+mod origin_state;
+mod release;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::{timeout_at, Instant};
+
+use super::connect::Connector;
+use super::origin::Origin;
+use crate::config::PoolConfig;
+use crate::error::ProxyError;
+
+use conn::{jitter, Conn};
+use lease::{ConnectPermit, Grant, Waiter, WaiterGuard};
+use origin_state::OriginState;
+
+pub use lease::{Lease, Pooled};
+pub use maintenance::OriginStats;
+
+/// How many origins with no connections the pool keeps figures for.
+pub const MAX_REMEMBERED_ORIGINS: usize = 1024;
+
+/// Why a connection was closed (the `reason` label of SPEC section 9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    IdleTimeout,
+    KeepaliveHint,
+    MaxLifetime,
+    MaxRequests,
+    PeerClosed,
+    NotDrained,
+    Evicted,
+    Error,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::KeepaliveHint => "keepalive_hint",
+            CloseReason::MaxLifetime => "max_lifetime",
+            CloseReason::MaxRequests => "max_requests",
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::NotDrained => "not_drained",
+            CloseReason::Evicted => "evicted",
+            CloseReason::Error => "error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Where a request goes and under which pool settings.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub origin: Origin,
+    pub settings: Arc<PoolConfig>,
+}
+
+struct State {
+    origins: HashMap<Origin, OriginState>,
+    idle_total: usize,
+    max_idle_total: usize,
+    /// The deadline the reaper is sleeping towards.
+    reaper_deadline: Option<Instant>,
+    closing: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    reaper_wake: Notify,
+    prewarm_wake: Notify,
+    connector: Connector,
+    next_id: AtomicU64,
+}
+
+/// Connections closed in a critical section, dropped after the lock is
+/// released (closing a socket is a syscall; dropping RAII types re-locks).
+type Closing = Vec<(Conn, CloseReason)>;
+
+/// The pool of upstream connections for all origins. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    pub(crate) fn new(connector: Connector, max_idle_total: usize) -> Pool {
+        let pool = Pool {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    origins: HashMap::new(),
+                    idle_total: 0,
+                    max_idle_total,
+                    reaper_deadline: None,
+                    closing: false,
+                }),
+                reaper_wake: Notify::new(),
+                prewarm_wake: Notify::new(),
+                connector,
+                next_id: AtomicU64::new(1),
+            }),
+        };
+        tokio::spawn(pool.clone().reaper());
+        pool
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the counts half-updated
+        // in a way worse than stopping; keep serving with what is there.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn next_id(&self) -> u64 {
+        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Gets a connection for `route`: a live idle one, a new one, or one
+    /// freed by another request after waiting in line.
+    pub async fn checkout(&self, route: &Route) -> Result<Pooled, ProxyError> {
+        let settings = &route.settings;
+        let pending_deadline = Instant::now() + settings.pending_timeout.get();
+        loop {
+            let mut closing = Closing::new();
+            let step = {
+                let mut st = self.lock();
+                self.next_step(&mut st, route, &mut closing)
+            };
+            drop(closing);
+            let pooled = match step {
+                Step::Reuse(pooled) => pooled,
+                Step::Connect(permit) => return self.connect(permit).await,
+                Step::Full(pending) => {
+                    return Err(ProxyError::QueueFull {
+                        origin: route.origin.to_string(),
+                        pending,
+                    })
+                }
+                Step::Wait(id, rx) => match self.wait(route, id, rx, pending_deadline).await? {
+                    Grant::Conn(pooled) => pooled,
+                    Grant::Permit(permit) => return self.connect(permit).await,
+                },
+            };
+            if let Some(ready) = pooled.into_ready(settings.connect_timeout.get()).await {
+                return Ok(ready);
+            }
+            // The connection was dead; its slot is free again. Try again.
+        }
+    }
+
+    fn next_step(&self, st: &mut State, route: &Route, closing: &mut Closing) -> Step {
+        let now = Instant::now();
+        let os = st
+            .origins
+            .entry(route.origin.clone())
+            .or_insert_with(|| OriginState::new(route.settings.clone()));
+        os.settings = route.settings.clone();
+        let mut idle_taken = 0;
+        let mut reused = None;
+        while let Some(idle) = os.idle.pop() {
+            idle_taken += 1;
+            if idle.expires <= now {
+                closing.push((idle.conn, idle.expiry_reason));
+                continue;
+            }
+            os.in_use += 1;
+            os.reused_total += 1;
+            reused = Some(idle.conn);
+            break;
+        }
+        let pinned = os.pinned;
+        let step = if let Some(conn) = reused {
+            let pooled = self.pooled(route.origin.clone(), os.settings.clone(), conn, true);
+            Step::Reuse(pooled)
+        } else if os.total() < os.settings.max_connections_per_host {
+            os.connecting += 1;
+            Step::Connect(ConnectPermit::new(self.clone(), route.clone()))
+        } else if os.waiters.len() >= os.settings.max_pending_per_host {
+            Step::Full(os.waiters.len())
+        } else {
+            let id = self.next_id();
+            let (tx, rx) = oneshot::channel();
+            os.waiters.push_back(Waiter { id, tx });
+            Step::Wait(id, rx)
+        };
+        st.idle_total -= idle_taken;
+        if pinned && idle_taken > 0 {
+            self.shared.prewarm_wake.notify_one();
+        }
+        step
+    }
+
+    async fn wait(
+        &self,
+        route: &Route,
+        id: u64,
+        mut rx: oneshot::Receiver<Grant>,
+        deadline: Instant,
+    ) -> Result<Grant, ProxyError> {
+        let guard = WaiterGuard {
+            pool: self,
+            origin: &route.origin,
+            id,
+        };
+        let result = match timeout_at(deadline, &mut rx).await {
+            Ok(Ok(grant)) => Ok(grant),
+            // The pool dropped the waiter: it is shutting down.
+            Ok(Err(_)) => Err(ProxyError::PendingTimeout {
+                origin: route.origin.to_string(),
+            }),
+            Err(_) => {
+                rx.close();
+                // A grant sent at the last moment is still ours to use.
+                rx.try_recv().map_err(|_| ProxyError::PendingTimeout {
+                    origin: route.origin.to_string(),
+                })
+            }
+        };
+        drop(guard);
+        result
+    }
+
+    async fn connect(&self, permit: ConnectPermit) -> Result<Pooled, ProxyError> {
+        let settings = &permit.route.settings;
+        let deadline = Instant::now() + settings.connect_timeout.get();
+        let origin = &permit.route.origin;
+        let connected = self.shared.connector.connect(origin, deadline).await?;
+        let id = self.next_id();
+        let task_pool = self.clone();
+        let task_origin = origin.clone();
+        let connection = connected.connection;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(origin = %task_origin, error = %e, "upstream connection ended");
+            }
+            task_pool.on_connection_ended(&task_origin, id);
+        });
+        let max_lifetime = settings.max_lifetime.get();
+        let retire_at = (!max_lifetime.is_zero())
+            .then(|| Instant::now() + max_lifetime - jitter(max_lifetime, id));
+        let conn = Conn {
+            id,
+            sender: connected.sender,
+            socket: connected.socket,
+            retire_at,
+            requests: 0,
+            keepalive_hint: None,
+        };
+        Ok(permit.fulfil(conn))
+    }
+
+    fn pooled(
+        &self,
+        origin: Origin,
+        settings: Arc<PoolConfig>,
+        conn: Conn,
+        reused: bool,
+    ) -> Pooled {
+        Pooled {
+            pool: self.clone(),
+            origin,
+            settings,
+            conn: Some(conn),
+            reused,
+            close_reason: CloseReason::Error,
+        }
+    }
+}
+
+enum Step {
+    Reuse(Pooled),
+    Connect(ConnectPermit),
+    Full(usize),
+    Wait(u64, oneshot::Receiver<Grant>),
+}
