@@ -5,7 +5,7 @@
 //! the rest) instead of dropping connections it already took. Accept errors
 //! such as `EMFILE` back off and retry; they never end the loop.
 //!
-//! Each connection is watched by a small state machine ([`Activity`]):
+//! Each connection is watched by a small state machine (`Activity`):
 //! waiting for a request head is bounded by `client_header_timeout` (from the
 //! first byte, or from accept for the first request), the gap between
 //! requests by `client_idle_timeout`; while a request is in flight neither

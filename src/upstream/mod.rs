@@ -1,5 +1,5 @@
 //! Everything on the origin side of eddy: which origin a request goes to
-//! ([`origin`]), how a connection is opened ([`connect`]), how connections
+//! ([`origin`]), how a connection is opened (`connect`), how connections
 //! are shared and bounded ([`pool`]), what eddy learns about an origin's
 //! keep-alive limit ([`learn`]), and the bodies that carry an exchange and
 //! decide whether its connection may be reused ([`body`]).

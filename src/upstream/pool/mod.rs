@@ -14,7 +14,7 @@
 //!   least recently used going first.
 //!
 //! A connection is always owned by exactly one of: the idle list, a
-//! [`ConnectPermit`] being fulfilled, a [`Pooled`] checked out to a request,
+//! `ConnectPermit` being fulfilled, a [`Pooled`] checked out to a request,
 //! or a [`Lease`] held by the response body. The RAII types keep the counts
 //! true whatever fails: dropping a `Pooled` or `Lease` closes the connection
 //! and frees its slot; only a lease whose exchange completed returns it.
@@ -26,11 +26,11 @@
 //! # Layout
 //!
 //! - this file: the shared state and the checkout path (idle, connect, wait);
-//! - [`release`]: the return path (hand-off, idle bounds, freed slots);
-//! - [`lease`]: the RAII handles a request holds (permit, pooled, lease);
-//! - [`conn`]: one connection, its liveness probe and retirement rules;
-//! - [`origin_state`]: one origin's idle list, waiters, counts, learner;
-//! - [`maintenance`]: reaper, prewarming, shutdown, `/pools` snapshot.
+//! - `release`: the return path (hand-off, idle bounds, freed slots);
+//! - `lease`: the RAII handles a request holds (permit, pooled, lease);
+//! - `conn`: one connection, its liveness probe and retirement rules;
+//! - `origin_state`: one origin's idle list, waiters, counts, learner;
+//! - `maintenance`: reaper, prewarming, shutdown, `/pools` snapshot.
 
 mod conn;
 mod lease;
