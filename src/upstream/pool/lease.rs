@@ -194,7 +194,7 @@ impl Drop for Pooled {
 }
 
 /// A connection whose response is streaming to the client. Held by
-/// [`super::body::UpstreamBody`], the only code that ends it.
+/// [`crate::upstream::UpstreamBody`], the only code that ends it.
 pub struct Lease {
     pub(super) pooled: Pooled,
     pub(super) req_done: Option<Arc<BodyDone>>,
