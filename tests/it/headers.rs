@@ -117,3 +117,73 @@ async fn bodies_arrive_intact_both_ways() {
     // The upstream connections stayed reusable throughout.
     assert_eq!(chunked_echo.stats.accepted(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_responses_keep_the_connection_reusable() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    let head = format!(
+        "HEAD {}/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        origin.url()
+    );
+    let mut s = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes())
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut raw)
+        .await
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "no body after a HEAD response: {text}"
+    );
+    let r = crate::support::client::get(proxy.addr, &origin.url()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        origin.stats.accepted(),
+        1,
+        "the HEAD's connection was reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_uploads_work() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = Origin::start(Behavior {
+        echo: true,
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    let body = "z".repeat(3000);
+    let mut s = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {}/up HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        echo.url(),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    let mut interim = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut interim))
+        .await
+        .expect("100 Continue in time")
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&interim[..n]).starts_with("HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&interim[..n])
+    );
+    s.write_all(body.as_bytes()).await.expect("body");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.expect("response");
+    let r = crate::support::client::parse(&rest).expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), body);
+}

@@ -356,7 +356,9 @@ async fn respond(
     }
     out.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&payload);
+    if !head.starts_with("HEAD ") {
+        bytes.extend_from_slice(&payload);
+    }
     stream.write_all(&bytes).await
 }
 
