@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::shutdown::ShutdownSignal;
 use crate::upstream::Pool;
 
@@ -23,6 +24,7 @@ use crate::upstream::Pool;
 pub struct AdminState {
     pub config: Arc<Config>,
     pub pool: Pool,
+    pub metrics: Arc<Metrics>,
     /// True once every listener is bound; false again while shutting down.
     pub ready: AtomicBool,
 }
@@ -74,6 +76,11 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
             }
         }
         "/pools" => json(pools_json(&state.pool)),
+        "/metrics" => with_type(
+            StatusCode::OK,
+            state.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
         "/config" => with_type(
             StatusCode::OK,
             state.config.to_toml(),

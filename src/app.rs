@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ListenAddr, ListenerConfig};
 use crate::listener::{self, Bound};
+use crate::metrics::Metrics;
 use crate::proxy::{forward_target, ListenerCtx, LoopGuard, Router, Target};
 use crate::shutdown::{self, ConnTracker, ShutdownTrigger};
 use crate::upstream::connect::Connector;
@@ -89,9 +90,11 @@ impl Eddy {
             })
             .collect();
         let loop_guard = Arc::new(LoopGuard::new(own));
+        let metrics = Arc::new(Metrics::new(config.metrics.max_upstream_labels));
         let pool = Pool::new(
             Connector::new(loop_guard.clone()),
             config.pool.max_idle_total,
+            metrics.clone(),
         );
         let router = Arc::new(Router::new(&config));
         pool.prewarm(router.prewarm_routes());
@@ -129,6 +132,7 @@ impl Eddy {
         let admin_state = Arc::new(AdminState {
             config: config.clone(),
             pool: pool.clone(),
+            metrics: metrics.clone(),
             ready: true.into(),
         });
         let admin_task = tokio::spawn(admin::serve(

@@ -34,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod head_scan;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod shutdown;
 pub mod upstream;

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use hyper::client::conn::http1;
@@ -16,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use super::body::ReqBody;
+use super::io::CountingIo;
 use super::origin::Origin;
 use crate::error::ProxyError;
 use crate::proxy::LoopGuard;
@@ -23,7 +25,9 @@ use crate::proxy::LoopGuard;
 /// What a successful connect hands to the pool.
 pub(crate) struct Connected {
     pub sender: http1::SendRequest<ReqBody>,
-    pub connection: http1::Connection<TokioIo<TcpStream>, ReqBody>,
+    pub connection: http1::Connection<TokioIo<CountingIo>, ReqBody>,
+    /// Response bytes read on this connection so far.
+    pub bytes_read: Arc<AtomicU64>,
     /// A second handle on the same socket, for the liveness probe and for
     /// shutting the socket down whatever state hyper's task is in.
     pub socket: socket2::Socket,
@@ -59,8 +63,9 @@ impl Connector {
         let socket = socket2::SockRef::from(&stream)
             .try_clone()
             .map_err(|e| refused(origin, &e))?;
+        let (io, bytes_read) = CountingIo::new(stream);
         let (sender, connection) =
-            match timeout_at(deadline, self.h1.handshake(TokioIo::new(stream))).await {
+            match timeout_at(deadline, self.h1.handshake(TokioIo::new(io))).await {
                 Ok(Ok(pair)) => pair,
                 Ok(Err(e)) => {
                     return Err(ProxyError::ConnectionTerminated {
@@ -77,6 +82,7 @@ impl Connector {
         Ok(Connected {
             sender,
             connection,
+            bytes_read,
             socket,
         })
     }

@@ -1,6 +1,8 @@
 //! One upstream connection: its sender, a second handle on its socket for
 //! the liveness probe, and what decides whether it may be used again.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderMap, CONNECTION};
@@ -10,6 +12,7 @@ use tokio::time::Instant;
 
 use super::CloseReason;
 use crate::config::PoolConfig;
+use crate::metrics::OriginMetrics;
 use crate::upstream::body::ReqBody;
 
 /// A live upstream connection, owned by whoever holds it.
@@ -20,9 +23,16 @@ pub(super) struct Conn {
     pub(super) retire_at: Option<Instant>,
     pub(super) requests: u64,
     pub(super) keepalive_hint: Option<Duration>,
+    /// Response bytes read on this connection so far.
+    pub(super) bytes_read: Arc<AtomicU64>,
+    pub(super) metrics: Arc<OriginMetrics>,
 }
 
 impl Conn {
+    pub(super) fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
     /// Non-blocking probe of the socket: `Err` with the reason to discard it.
     /// A readable EOF means the peer closed; unexpected bytes on an idle
     /// HTTP/1 connection mean it cannot be trusted either.

@@ -187,7 +187,8 @@ impl Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            let mut closing = vec![(conn, self.close_reason)];
+            let mut closing = Closing::new();
+            closing.push((conn, self.close_reason));
             self.pool.forget(&self.origin, false, &mut closing);
         }
     }

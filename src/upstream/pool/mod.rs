@@ -49,6 +49,7 @@ use super::connect::Connector;
 use super::origin::Origin;
 use crate::config::PoolConfig;
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 
 use conn::{jitter, Conn};
 use lease::{ConnectPermit, Grant, Waiter, WaiterGuard};
@@ -75,6 +76,19 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::IdleTimeout,
+        CloseReason::KeepaliveHint,
+        CloseReason::MaxLifetime,
+        CloseReason::MaxRequests,
+        CloseReason::PeerClosed,
+        CloseReason::NotDrained,
+        CloseReason::Evicted,
+        CloseReason::Error,
+        CloseReason::Shutdown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::IdleTimeout => "idle_timeout",
@@ -111,12 +125,43 @@ struct Shared {
     reaper_wake: Notify,
     prewarm_wake: Notify,
     connector: Connector,
+    metrics: Arc<Metrics>,
     next_id: AtomicU64,
 }
 
 /// Connections closed in a critical section, dropped after the lock is
 /// released (closing a socket is a syscall; dropping RAII types re-locks).
-type Closing = Vec<(Conn, CloseReason)>;
+#[derive(Default)]
+struct Closing(Vec<(Conn, CloseReason)>);
+
+impl Closing {
+    fn new() -> Closing {
+        Closing::default()
+    }
+    fn push(&mut self, closed: (Conn, CloseReason)) {
+        self.0.push(closed);
+    }
+    fn extend(&mut self, closed: impl IntoIterator<Item = (Conn, CloseReason)>) {
+        self.0.extend(closed);
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Drop for Closing {
+    /// Counts each close by reason, then closes the sockets.
+    fn drop(&mut self) {
+        for (conn, reason) in self.0.drain(..) {
+            conn.metrics.connection_closed(reason);
+            tracing::trace!(
+                id = conn.id,
+                reason = reason.as_str(),
+                "upstream connection closed"
+            );
+        }
+    }
+}
 
 /// The pool of upstream connections for all origins. Cheap to clone.
 #[derive(Clone)]
@@ -125,7 +170,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(connector: Connector, max_idle_total: usize) -> Pool {
+    pub(crate) fn new(connector: Connector, max_idle_total: usize, metrics: Arc<Metrics>) -> Pool {
         let pool = Pool {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -138,6 +183,7 @@ impl Pool {
                 reaper_wake: Notify::new(),
                 prewarm_wake: Notify::new(),
                 connector,
+                metrics,
                 next_id: AtomicU64::new(1),
             }),
         };
@@ -288,6 +334,8 @@ impl Pool {
             retire_at,
             requests: 0,
             keepalive_hint: None,
+            bytes_read: connected.bytes_read,
+            metrics: self.shared.metrics.origin(origin.as_str()),
         };
         Ok(permit.fulfil(conn))
     }
