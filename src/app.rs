@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{forward_target, ListenerCtx, LoopGuard, Router, Target};
 use crate::shutdown::{self, ConnTracker, ShutdownTrigger};
 use crate::upstream::connect::Connector;
-use crate::upstream::Pool;
+use crate::upstream::{DrainLimits, Pool};
 
 /// A running eddy.
 pub struct Eddy {
@@ -121,6 +121,11 @@ impl Eddy {
                 pool: pool.clone(),
                 loop_guard: loop_guard.clone(),
                 body_idle_timeout: lc.client_idle_timeout.get(),
+                retry: config.retry.clone(),
+                drain: DrainLimits {
+                    max_bytes: config.drain.max_bytes.bytes(),
+                    timeout: config.drain.timeout.get(),
+                },
                 access_log: config.log.access_log,
             });
             let signal = listeners_signal.clone();

@@ -6,6 +6,7 @@
 //! [`ProxyError`], which becomes the client's answer; nothing here touches
 //! sockets or pool internals directly.
 
+mod exchange;
 mod headers;
 mod router;
 mod target;
@@ -26,9 +27,9 @@ pub use headers::strip_hop_by_hop;
 pub use router::Router;
 pub use target::{forward_target, origin_form, LoopGuard, Target};
 
-use crate::config::ListenerMode;
+use crate::config::{ListenerMode, RetryConfig};
 use crate::error::ProxyError;
-use crate::upstream::{Pool, ReqBody, UpstreamBody};
+use crate::upstream::{DrainLimits, Pool, ReqBody, UpstreamBody};
 
 /// What a listener's requests share.
 pub struct ListenerCtx {
@@ -42,6 +43,8 @@ pub struct ListenerCtx {
     /// A request body silent this long fails (the listener's
     /// `client_idle_timeout`).
     pub body_idle_timeout: std::time::Duration,
+    pub retry: RetryConfig,
+    pub drain: DrainLimits,
     pub access_log: bool,
 }
 
@@ -92,6 +95,7 @@ impl Body for ProxyBody {
 struct Outcome {
     target: Option<Target>,
     reused: Option<bool>,
+    retries: u32,
 }
 
 /// Serves one client request; never fails (errors become responses).
@@ -150,20 +154,40 @@ async fn proxy(
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(HOST, host);
-    let (body, body_done) = ReqBody::from_incoming(body, ctx.body_idle_timeout);
+    // A body is kept in memory only where that makes a replay possible.
+    let (body, body_done) =
+        if ctx.retry.stale_retries > 0 && exchange::idempotent(&parts.method, &parts.headers) {
+            exchange::buffer_body(
+                body,
+                ctx.retry.retry_body_buffer.as_usize(),
+                ctx.body_idle_timeout,
+            )
+            .await?
+        } else {
+            ReqBody::from_incoming(body, ctx.body_idle_timeout)
+        };
     let upstream_req = Request::from_parts(parts, body);
 
-    let pooled = ctx.pool.checkout(&route).await?;
-    outcome.reused = Some(pooled.is_reused());
-    let timeout = route.settings.response_header_timeout.get();
-    let (resp, lease) = pooled.send(upstream_req, body_done, timeout).await?;
+    let exchanged =
+        match exchange::send_with_retry(&ctx.pool, &route, upstream_req, body_done, &ctx.retry)
+            .await
+        {
+            Ok(e) => e,
+            Err(failed) => {
+                outcome.reused = failed.reused;
+                outcome.retries = failed.retries;
+                return Err(failed.error);
+            }
+        };
+    outcome.reused = Some(exchanged.reused);
+    outcome.retries = exchanged.retries;
 
-    let (mut parts, incoming) = resp.into_parts();
+    let (mut parts, incoming) = exchanged.response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
     Ok(Response::from_parts(
         parts,
-        ProxyBody::Upstream(UpstreamBody::new(incoming, lease)),
+        ProxyBody::Upstream(UpstreamBody::new(incoming, exchanged.lease, ctx.drain)),
     ))
 }
 
@@ -194,6 +218,7 @@ fn log_access(
         status = response.status().as_u16(),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         upstream_connection = connection,
+        retries = outcome.retries,
         proxy_status = error.map_or("-", |e| e.proxy_status()),
         detail = %error.map(|e| e.to_string()).unwrap_or_default(),
     );

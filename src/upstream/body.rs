@@ -9,8 +9,11 @@
 //! [`UpstreamBody`] carries the origin's response body to the client and
 //! holds the connection's [`Lease`]. It is the only place a lease is
 //! completed: at end-of-stream the connection goes back to the pool; if the
-//! body is dropped early (the client went away) or fails, the connection is
-//! closed. Returning a half-read connection is therefore not expressible.
+//! body fails, the connection is closed. If it is dropped early (the client
+//! went away or stopped reading), the rest of the body is drained in the
+//! background within `drain.max_bytes` and `drain.timeout` (SPEC section
+//! 6): a body that ends in time saves its connection, one that does not
+//! closes it. Returning a half-read connection is therefore not expressible.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
@@ -69,7 +73,11 @@ pub struct BodyStalled(pub Duration);
 #[derive(Debug)]
 pub enum ReqBody {
     Empty,
+    /// A body read in full before sending, so it can be replayed.
+    Full(Option<Bytes>),
     Stream {
+        /// Bytes already read while trying to buffer the body.
+        prefix: Option<Bytes>,
         inner: Incoming,
         done: Arc<BodyDone>,
         idle_timeout: Duration,
@@ -89,8 +97,18 @@ impl ReqBody {
         if inner.is_end_stream() {
             return (ReqBody::Empty, None);
         }
+        ReqBody::stream(None, inner, idle_timeout)
+    }
+
+    /// A streamed body whose first bytes (`prefix`) were already read.
+    pub fn stream(
+        prefix: Option<Bytes>,
+        inner: Incoming,
+        idle_timeout: Duration,
+    ) -> (ReqBody, Option<Arc<BodyDone>>) {
         let done = Arc::new(BodyDone::default());
         let body = ReqBody::Stream {
+            prefix,
             inner,
             done: done.clone(),
             idle_timeout,
@@ -110,12 +128,17 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ReqBody::Stream {
+                prefix,
                 inner,
                 done,
                 idle_timeout,
                 idle,
             } => {
+                if let Some(p) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(p))));
+                }
                 let frame = match Pin::new(&mut *inner).poll_frame(cx) {
                     Poll::Ready(frame) => frame,
                     Poll::Pending => {
@@ -137,8 +160,14 @@ impl Body for ReqBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Empty => true,
-            ReqBody::Stream { inner, done, .. } => {
-                let end = inner.is_end_stream();
+            ReqBody::Full(data) => data.is_none(),
+            ReqBody::Stream {
+                prefix,
+                inner,
+                done,
+                ..
+            } => {
+                let end = prefix.is_none() && inner.is_end_stream();
                 if end {
                     done.set();
                 }
@@ -150,29 +179,55 @@ impl Body for ReqBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
-            ReqBody::Stream { inner, .. } => inner.size_hint(),
+            ReqBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ReqBody::Stream { prefix, inner, .. } => {
+                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let mut hint = inner.size_hint();
+                hint.set_lower(hint.lower() + extra);
+                if let Some(upper) = hint.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
         }
     }
 }
 
+/// How much of an abandoned response body eddy reads to save its
+/// connection (`[drain]`).
+#[derive(Clone, Copy, Debug)]
+pub struct DrainLimits {
+    pub max_bytes: u64,
+    pub timeout: Duration,
+}
+
 /// A response body streaming from the origin, owning the connection's lease.
 pub struct UpstreamBody {
-    inner: Incoming,
+    /// `None` only once handed to a drain task.
+    inner: Option<Incoming>,
     lease: Option<Lease>,
+    drain: DrainLimits,
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, lease: Lease) -> UpstreamBody {
+    pub(crate) fn new(inner: Incoming, lease: Lease, drain: DrainLimits) -> UpstreamBody {
         let mut body = UpstreamBody {
-            inner,
+            inner: Some(inner),
             lease: Some(lease),
+            drain,
         };
         body.finish_if_done();
         body
     }
 
+    fn at_end(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
     fn finish_if_done(&mut self) {
-        if self.inner.is_end_stream() {
+        if self.at_end() {
             if let Some(lease) = self.lease.take() {
                 lease.finish();
             }
@@ -189,7 +244,10 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         match &frame {
             Some(Ok(_)) => this.finish_if_done(),
             None => {
@@ -207,24 +265,71 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.at_end()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            if self.inner.is_end_stream() {
-                lease.finish();
-            } else {
-                // The client stopped reading mid-body. Draining arrives with
-                // SPEC section 6; until then the connection cannot be reused.
-                lease.close(CloseReason::NotDrained);
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if self.at_end() {
+            lease.finish();
+            return;
+        }
+        // The client went away or stopped reading mid-body: read the rest
+        // into the void, within the drain limits, to save the connection.
+        let (Some(inner), Ok(runtime)) = (self.inner.take(), tokio::runtime::Handle::try_current())
+        else {
+            lease.close(CloseReason::NotDrained);
+            return;
+        };
+        runtime.spawn(drain(inner, lease, self.drain));
+    }
+}
+
+/// Reads and discards the rest of a body; returns the connection to the pool
+/// if the body ends within the limits, closes it otherwise.
+async fn drain(mut inner: Incoming, lease: Lease, limits: DrainLimits) {
+    let metrics = lease.metrics();
+    let deadline = Instant::now() + limits.timeout;
+    let mut read: u64 = 0;
+    let ended = loop {
+        if inner.is_end_stream() {
+            break true;
+        }
+        match tokio::time::timeout_at(deadline, inner.frame()).await {
+            Ok(None) => break true,
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    read += data.len() as u64;
+                    if read > limits.max_bytes {
+                        break false;
+                    }
+                }
             }
+            Ok(Some(Err(_))) | Err(_) => break false,
+        }
+    };
+    let reused = if ended {
+        lease.finish()
+    } else {
+        lease.close(CloseReason::NotDrained);
+        false
+    };
+    tracing::debug!(bytes = read, reused, "drained an abandoned response body");
+    if let Some(m) = metrics {
+        if reused {
+            m.drains_reused.inc();
+        } else {
+            m.drains_closed.inc();
         }
     }
 }

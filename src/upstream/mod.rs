@@ -11,6 +11,7 @@ pub mod learn;
 pub mod origin;
 pub mod pool;
 
+pub use body::DrainLimits;
 pub use body::{BodyDone, ReqBody, UpstreamBody};
 pub use origin::Origin;
-pub use pool::{CloseReason, OriginStats, Pool, Pooled, Route};
+pub use pool::{CloseReason, OriginStats, Pool, Pooled, Reuse, Route, SendFailure};

@@ -19,6 +19,7 @@ use super::conn::{persistence, Conn};
 use super::{CloseReason, Closing, Pool, Route};
 use crate::config::PoolConfig;
 use crate::error::ProxyError;
+use crate::metrics::OriginMetrics;
 use crate::upstream::body::{BodyDone, ReqBody};
 use crate::upstream::origin::Origin;
 
@@ -145,29 +146,48 @@ impl Pooled {
         req: Request<ReqBody>,
         done: Option<Arc<BodyDone>>,
         response_timeout: Duration,
-    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        let outcome = {
+    ) -> Result<(Response<Incoming>, Lease), SendFailure> {
+        let (outcome, read_before, read_after) = {
             let Some(conn) = self.conn.as_mut() else {
-                return Err(terminated(&self.origin, "connection already closed".into()));
+                return Err(SendFailure::new(terminated(
+                    &self.origin,
+                    "connection already closed".into(),
+                )));
             };
             conn.requests += 1;
-            let response = conn.sender.send_request(req);
+            let read_before = conn.bytes_read();
+            let response = conn.sender.try_send_request(req);
             let head_timer = async {
                 if let Some(done) = &done {
                     done.wait().await;
                 }
                 tokio::time::sleep(response_timeout).await;
             };
-            tokio::select! {
+            let outcome = tokio::select! {
                 r = response => Some(r),
                 _ = head_timer => None,
-            }
+            };
+            (outcome, read_before, conn.bytes_read())
         };
         match outcome {
-            None => Err(ProxyError::ResponseTimeout {
+            None => Err(SendFailure::new(ProxyError::ResponseTimeout {
                 origin: self.origin.to_string(),
-            }),
-            Some(Err(e)) => Err(classify(&self.origin, &e)),
+            })),
+            Some(Err(mut e)) => {
+                let unsent = e.take_message();
+                let error = e.into_error();
+                // SPEC section 5: the connection was lost (EOF, reset, broken
+                // pipe) before any response byte, on a connection that had
+                // served a request or before the request was written.
+                let stale = is_connection_lost(&error)
+                    && read_after == read_before
+                    && (self.reused || unsent.is_some());
+                Err(SendFailure {
+                    error: classify(&self.origin, &error),
+                    unsent,
+                    stale,
+                })
+            }
             Some(Ok(resp)) => {
                 let (reusable, hint) = persistence(resp.version(), resp.headers());
                 if let (Some(conn), Some(hint)) = (self.conn.as_mut(), hint) {
@@ -182,6 +202,78 @@ impl Pooled {
             }
         }
     }
+
+    /// The origin's counters.
+    pub fn metrics(&self) -> Option<Arc<OriginMetrics>> {
+        self.conn.as_ref().map(|c| c.metrics.clone())
+    }
+
+    /// Trades this connection for a slot to open a new one (a retry must
+    /// not go on a connection handed over from another request): the
+    /// connection is closed, the slot stays reserved.
+    pub(super) fn into_permit(mut self, route: &Route) -> ConnectPermit {
+        let mut closing = Closing::new();
+        if let Some(conn) = self.conn.take() {
+            closing.push((conn, CloseReason::Evicted));
+        }
+        {
+            let mut st = self.pool.lock();
+            if let Some(os) = st.origins.get_mut(&self.origin) {
+                os.in_use -= 1;
+                os.connecting += 1;
+            }
+        }
+        drop(closing);
+        ConnectPermit::new(self.pool.clone(), route.clone())
+    }
+}
+
+/// A request that did not get a response head.
+pub struct SendFailure {
+    /// The answer for the client if the request is not sent again.
+    pub error: ProxyError,
+    /// The request itself when it was never written (hyper hands it back).
+    pub unsent: Option<Request<ReqBody>>,
+    /// The connection turned out closed before any response byte, and
+    /// either had served a request before or never got this one: the
+    /// stale-connection case of SPEC section 5.
+    pub stale: bool,
+}
+
+impl SendFailure {
+    fn new(error: ProxyError) -> SendFailure {
+        SendFailure {
+            error,
+            unsent: None,
+            stale: false,
+        }
+    }
+}
+
+/// EOF, reset, broken pipe: the peer was gone, as opposed to a malformed
+/// answer, a timeout or our own body failing.
+fn is_connection_lost(e: &hyper::Error) -> bool {
+    if e.is_user() || e.is_parse() || e.is_timeout() {
+        return false;
+    }
+    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::NotConnected
+            );
+        }
+        source = err.source();
+    }
+    false
 }
 
 impl Drop for Pooled {
@@ -205,20 +297,27 @@ pub struct Lease {
 impl Lease {
     /// The response body reached its end: return the connection if the
     /// request was fully written and the origin keeps it open.
-    pub(in crate::upstream) fn finish(mut self) {
+    /// Returns whether the connection went back to the pool.
+    pub(in crate::upstream) fn finish(mut self) -> bool {
         if !self.reusable {
             self.pooled.close_reason = CloseReason::PeerClosed;
-            return;
+            return false;
         }
         if self.req_done.as_ref().is_some_and(|d| !d.is_done()) {
             // The origin answered before the request body was sent in full.
             self.pooled.close_reason = CloseReason::Error;
-            return;
+            return false;
         }
-        if let Some(conn) = self.pooled.conn.take() {
-            let p = &self.pooled;
-            p.pool.release(&p.origin, &p.settings, conn);
-        }
+        let Some(conn) = self.pooled.conn.take() else {
+            return false;
+        };
+        let p = &self.pooled;
+        p.pool.release(&p.origin, &p.settings, conn)
+    }
+
+    /// The origin's counters, for the drain outcome.
+    pub(in crate::upstream) fn metrics(&self) -> Option<Arc<OriginMetrics>> {
+        self.pooled.conn.as_ref().map(|c| c.metrics.clone())
     }
 
     /// The exchange did not complete: close the connection.

@@ -55,7 +55,7 @@ use conn::{jitter, Conn};
 use lease::{ConnectPermit, Grant, Waiter, WaiterGuard};
 use origin_state::OriginState;
 
-pub use lease::{Lease, Pooled};
+pub use lease::{Lease, Pooled, SendFailure};
 pub use maintenance::OriginStats;
 
 /// How many origins with no connections the pool keeps figures for.
@@ -100,6 +100,28 @@ impl CloseReason {
             CloseReason::Evicted => "evicted",
             CloseReason::Error => "error",
             CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Which idle connections a request may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reuse {
+    /// Any live idle connection.
+    Any,
+    /// Only one idle for less than this (`retry.unsafe_max_idle_age`, for
+    /// requests that could not be replayed if the connection were stale).
+    IdleUnder(std::time::Duration),
+    /// None: a newly opened connection (a stale-connection retry).
+    Fresh,
+}
+
+impl Reuse {
+    fn allows(self, idle_for: std::time::Duration) -> bool {
+        match self {
+            Reuse::Any => true,
+            Reuse::IdleUnder(max) => idle_for < max,
+            Reuse::Fresh => false,
         }
     }
 }
@@ -204,16 +226,16 @@ impl Pool {
         self.shared.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Gets a connection for `route`: a live idle one, a new one, or one
-    /// freed by another request after waiting in line.
-    pub async fn checkout(&self, route: &Route) -> Result<Pooled, ProxyError> {
+    /// Gets a connection for `route`: a live idle one (as `reuse` allows),
+    /// a new one, or one freed by another request after waiting in line.
+    pub async fn checkout(&self, route: &Route, reuse: Reuse) -> Result<Pooled, ProxyError> {
         let settings = &route.settings;
         let pending_deadline = Instant::now() + settings.pending_timeout.get();
         loop {
             let mut closing = Closing::new();
             let step = {
                 let mut st = self.lock();
-                self.next_step(&mut st, route, &mut closing)
+                self.next_step(&mut st, route, reuse, &mut closing)
             };
             drop(closing);
             let pooled = match step {
@@ -226,6 +248,9 @@ impl Pool {
                     })
                 }
                 Step::Wait(id, rx) => match self.wait(route, id, rx, pending_deadline).await? {
+                    Grant::Conn(pooled) if reuse == Reuse::Fresh => {
+                        return self.connect(pooled.into_permit(route)).await
+                    }
                     Grant::Conn(pooled) => pooled,
                     Grant::Permit(permit) => return self.connect(permit).await,
                 },
@@ -237,7 +262,13 @@ impl Pool {
         }
     }
 
-    fn next_step(&self, st: &mut State, route: &Route, closing: &mut Closing) -> Step {
+    fn next_step(
+        &self,
+        st: &mut State,
+        route: &Route,
+        reuse: Reuse,
+        closing: &mut Closing,
+    ) -> Step {
         let now = Instant::now();
         let os = st
             .origins
@@ -252,6 +283,12 @@ impl Pool {
                 closing.push((idle.conn, idle.expiry_reason));
                 continue;
             }
+            if !reuse.allows(now.saturating_duration_since(idle.since)) {
+                // The most recently used is the youngest: none will do.
+                os.idle.push(idle);
+                idle_taken -= 1;
+                break;
+            }
             os.in_use += 1;
             os.reused_total += 1;
             reused = Some(idle.conn);
@@ -261,7 +298,16 @@ impl Pool {
         let step = if let Some(conn) = reused {
             let pooled = self.pooled(route.origin.clone(), os.settings.clone(), conn, true);
             Step::Reuse(pooled)
-        } else if os.total() < os.settings.max_connections_per_host {
+        } else if os.total() < os.settings.max_connections_per_host
+            || (reuse != Reuse::Any && !os.idle.is_empty())
+        {
+            if os.total() >= os.settings.max_connections_per_host {
+                // Idle connections this request may not use hold every
+                // slot: close the least recently used to make room.
+                let oldest = os.idle.remove(0);
+                idle_taken += 1;
+                closing.push((oldest.conn, CloseReason::Evicted));
+            }
             os.connecting += 1;
             Step::Connect(ConnectPermit::new(self.clone(), route.clone()))
         } else if os.waiters.len() >= os.settings.max_pending_per_host {

@@ -17,13 +17,15 @@ use crate::upstream::origin::Origin;
 impl Pool {
     /// A connection whose exchange completed: to the oldest waiter, to the
     /// idle list, or closed if it must retire.
-    pub(super) fn release(&self, origin: &Origin, settings: &Arc<PoolConfig>, conn: Conn) {
+    /// Returns whether the connection was kept (handed off or idle).
+    pub(super) fn release(&self, origin: &Origin, settings: &Arc<PoolConfig>, conn: Conn) -> bool {
         let mut closing = Closing::new();
-        {
+        let kept = {
             let mut st = self.lock();
-            self.release_locked(&mut st, origin, settings, conn, &mut closing);
-        }
+            self.release_locked(&mut st, origin, settings, conn, &mut closing)
+        };
         drop(closing);
+        kept
     }
 
     pub(super) fn release_locked(
@@ -33,12 +35,12 @@ impl Pool {
         settings: &Arc<PoolConfig>,
         conn: Conn,
         closing: &mut Closing,
-    ) {
+    ) -> bool {
         let now = Instant::now();
         let closing_down = st.closing;
         let Some(os) = st.origins.get_mut(origin) else {
             closing.push((conn, CloseReason::Error));
-            return;
+            return false;
         };
         let reason = if closing_down {
             Some(CloseReason::Shutdown)
@@ -53,7 +55,7 @@ impl Pool {
             closing.push((conn, reason));
             self.dispatch_permits(origin, os);
             self.remove_if_unused(st, origin);
-            return;
+            return false;
         }
         // Hand-off: the oldest live waiter gets it; it stays "in use".
         let mut conn = conn;
@@ -62,16 +64,17 @@ impl Pool {
             match waiter.tx.send(Grant::Conn(pooled)) {
                 Ok(()) => {
                     os.reused_total += 1;
-                    return;
+                    return true;
                 }
                 Err(Grant::Conn(mut back)) => match back.conn.take() {
                     Some(c) => conn = c,
-                    None => return,
+                    None => return false,
                 },
                 Err(Grant::Permit(_)) => unreachable!("a oneshot returns the value it was given"),
             }
         }
         os.in_use -= 1;
+        let id = conn.id;
         let (expires, expiry_reason) = os.expiry(&conn, now);
         os.idle.push(IdleConn {
             conn,
@@ -94,6 +97,12 @@ impl Pool {
             st.reaper_deadline = Some(expires);
             self.shared.reaper_wake.notify_one();
         }
+        // Evictions take the oldest idle first, so the connection is still
+        // last in its list unless it was evicted itself.
+        st.origins
+            .get(origin)
+            .and_then(|os| os.idle.last())
+            .is_some_and(|i| i.conn.id == id)
     }
 
     /// Closes the least recently used idle connections, of any origin,

@@ -1,0 +1,239 @@
+//! Sending a request upstream, and sending it again when the connection it
+//! went on turned out stale (SPEC section 5).
+//!
+//! The rule, in one place:
+//! - a request may be replayed if its method is idempotent (GET, HEAD,
+//!   OPTIONS, TRACE, PUT, DELETE) or it carries `Idempotency-Key` /
+//!   `X-Idempotency-Key`, and its body is empty or was buffered in full
+//!   (at most `retry.retry_body_buffer`);
+//! - it is sent again, on a newly opened connection, when it failed with
+//!   EOF, reset or broken pipe before any response byte, on a connection
+//!   that had served a request before (or it was never written at all, in
+//!   which case any request may go again), at most `retry.stale_retries`
+//!   times;
+//! - a request that could not be replayed only goes on a connection idle for
+//!   less than `retry.unsafe_max_idle_age`, or a new one, so the race it
+//!   cannot recover from is rare; if it still hits it, the client gets 502
+//!   `connection_terminated` and the request is never sent twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::config::RetryConfig;
+use crate::error::ProxyError;
+use crate::upstream::pool::Lease;
+use crate::upstream::{BodyDone, Pool, ReqBody, Reuse, Route};
+
+/// Whether the method or headers allow replaying this request at all.
+pub(super) fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || headers.contains_key("idempotency-key")
+        || headers.contains_key("x-idempotency-key")
+}
+
+/// Reads the client's body into memory if it fits in `limit`, so the request
+/// can be replayed; a larger body streams, starting with what was read.
+pub(super) async fn buffer_body(
+    mut incoming: Incoming,
+    limit: usize,
+    idle_timeout: Duration,
+) -> Result<(ReqBody, Option<Arc<BodyDone>>), ProxyError> {
+    if incoming.is_end_stream() {
+        return Ok((ReqBody::Empty, None));
+    }
+    if incoming
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Ok(ReqBody::stream(None, incoming, idle_timeout));
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle_timeout, incoming.frame()).await {
+            Err(_) => return Err(ProxyError::BadRequest("the request body stalled")),
+            Ok(Some(Err(_))) => return Err(ProxyError::BadRequest("the request body was cut off")),
+            Ok(None) => return Ok((ReqBody::Full(Some(buf.freeze())), None)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Request trailers are not kept for a replayable body.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        if buf.len() > limit {
+            return Ok(ReqBody::stream(Some(buf.freeze()), incoming, idle_timeout));
+        }
+    }
+}
+
+/// What a replay needs: the request head and its buffered body. Taken only
+/// when a replay could happen (a reused connection, a replayable request).
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+}
+
+impl Template {
+    fn of(req: &Request<ReqBody>) -> Option<Template> {
+        let body = match req.body() {
+            ReqBody::Empty => None,
+            ReqBody::Full(Some(b)) => Some(b.clone()),
+            _ => return None,
+        };
+        Some(Template {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body,
+        })
+    }
+
+    fn build(self) -> Request<ReqBody> {
+        let mut req = Request::new(match self.body {
+            Some(b) => ReqBody::Full(Some(b)),
+            None => ReqBody::Empty,
+        });
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// The result of [`send_with_retry`].
+pub(super) struct Exchanged {
+    pub response: Response<Incoming>,
+    pub lease: Lease,
+    /// The connection that answered had served requests before.
+    pub reused: bool,
+    pub retries: u32,
+}
+
+/// What the access log learns about a failed exchange.
+pub(super) struct Failed {
+    pub error: ProxyError,
+    pub retries: u32,
+    pub reused: Option<bool>,
+}
+
+/// Sends `req` and, per SPEC section 5, again on a new connection when the
+/// one it went on was stale.
+pub(super) async fn send_with_retry(
+    pool: &Pool,
+    route: &Route,
+    req: Request<ReqBody>,
+    done: Option<Arc<BodyDone>>,
+    retry: &RetryConfig,
+) -> Result<Exchanged, Failed> {
+    let replayable = idempotent(req.method(), req.headers())
+        && matches!(req.body(), ReqBody::Empty | ReqBody::Full(_));
+    let mut reuse = if replayable {
+        Reuse::Any
+    } else {
+        Reuse::IdleUnder(retry.unsafe_max_idle_age.get())
+    };
+    let timeout = route.settings.response_header_timeout.get();
+    let mut req = req;
+    let mut retries = 0u32;
+    let mut reused = None;
+    let mut metrics: Option<Arc<crate::metrics::OriginMetrics>> = None;
+    loop {
+        let pooled = match pool.checkout(route, reuse).await {
+            Ok(p) => p,
+            Err(error) => {
+                if let (true, Some(m)) = (retries > 0, &metrics) {
+                    m.retries_failed.inc();
+                }
+                return Err(Failed {
+                    error,
+                    retries,
+                    reused,
+                });
+            }
+        };
+        metrics = pooled.metrics().or(metrics);
+        reused = Some(pooled.is_reused());
+        let template = (replayable && pooled.is_reused())
+            .then(|| Template::of(&req))
+            .flatten();
+        let failure = match pooled.send(req, done.clone(), timeout).await {
+            Ok((response, lease)) => {
+                if retries > 0 {
+                    if let Some(m) = &metrics {
+                        m.retries_succeeded.inc();
+                    }
+                }
+                return Ok(Exchanged {
+                    response,
+                    lease,
+                    reused: reused.unwrap_or(false),
+                    retries,
+                });
+            }
+            Err(f) => f,
+        };
+        if retries > 0 {
+            if let Some(m) = &metrics {
+                m.retries_failed.inc();
+            }
+        }
+        let again = failure.stale && retries < retry.stale_retries;
+        let next = match (again, failure.unsent, template) {
+            (true, Some(unsent), _) => unsent,
+            (true, None, Some(t)) => t.build(),
+            _ => {
+                return Err(Failed {
+                    error: failure.error,
+                    retries,
+                    reused,
+                })
+            }
+        };
+        tracing::debug!(origin = %route.origin, retry = retries + 1, "stale upstream connection; sending again on a new one");
+        req = next;
+        retries += 1;
+        reuse = Reuse::Fresh;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn idempotency_follows_method_and_key() {
+        let mut h = HeaderMap::new();
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            assert!(idempotent(&m, &h), "{m}");
+        }
+        assert!(!idempotent(&Method::POST, &h));
+        assert!(!idempotent(&Method::PATCH, &h));
+        h.insert("idempotency-key", HeaderValue::from_static("k1"));
+        assert!(idempotent(&Method::POST, &h));
+        let mut x = HeaderMap::new();
+        x.insert("x-idempotency-key", HeaderValue::from_static("k1"));
+        assert!(idempotent(&Method::PATCH, &x));
+    }
+}
