@@ -8,8 +8,11 @@
 //! Each connection is watched by a small state machine (`Activity`):
 //! waiting for a request head is bounded by `client_header_timeout` (from the
 //! first byte, or from accept for the first request), the gap between
-//! requests by `client_idle_timeout`; while a request is in flight neither
-//! applies. hyper's own header timer cannot express both, so it is off.
+//! requests by `client_idle_timeout`. While a request is in flight, the only
+//! bound is on a client that stops reading its response: no write progress
+//! for `client_idle_timeout` ends the connection, and the response body is
+//! drained to save the upstream connection. hyper's own header timer cannot
+//! express any of this, so it is off.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -241,6 +244,8 @@ struct Activity {
     deadline: AtomicU64,
     header_ms: u64,
     idle_ms: u64,
+    /// Since when a response write has been blocked, or [`NO_DEADLINE`].
+    write_blocked_since: AtomicU64,
 }
 
 impl Activity {
@@ -253,6 +258,7 @@ impl Activity {
             deadline: AtomicU64::new(header_ms),
             header_ms,
             idle_ms: limits.idle_timeout.as_millis() as u64,
+            write_blocked_since: AtomicU64::new(NO_DEADLINE),
         }
     }
 
@@ -285,6 +291,33 @@ impl Activity {
             return true;
         }
         false
+    }
+}
+
+impl Activity {
+    /// The client is not taking response bytes: during a request, that
+    /// starts the clock on `client_idle_timeout`.
+    fn on_write_blocked(&self) {
+        if self.write_blocked_since.load(Ordering::Relaxed) != NO_DEADLINE {
+            return;
+        }
+        let now = self.now_ms();
+        self.write_blocked_since.store(now, Ordering::Relaxed);
+        if self.phase.load(Ordering::Relaxed) == PHASE_BUSY {
+            self.deadline
+                .store(now.saturating_add(self.idle_ms), Ordering::Relaxed);
+        }
+    }
+
+    fn on_write_progress(&self) {
+        if self.write_blocked_since.load(Ordering::Relaxed) == NO_DEADLINE {
+            return;
+        }
+        self.write_blocked_since
+            .store(NO_DEADLINE, Ordering::Relaxed);
+        if self.phase.load(Ordering::Relaxed) == PHASE_BUSY {
+            self.deadline.store(NO_DEADLINE, Ordering::Relaxed);
+        }
     }
 }
 
@@ -333,6 +366,14 @@ struct WatchedIo {
 }
 
 impl WatchedIo {
+    fn note_write(&self, res: &Poll<io::Result<usize>>) {
+        match res {
+            Poll::Pending => self.activity.on_write_blocked(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.on_write_progress(),
+            Poll::Ready(_) => {}
+        }
+    }
+
     /// Answers a refused head and ends the connection.
     fn answer(&mut self, reject: Reject) {
         let error = match reject {
@@ -399,10 +440,12 @@ impl AsyncWrite for WatchedIo {
         if self.answered {
             return Poll::Ready(Ok(buf.len()));
         }
-        match &mut self.inner {
+        let res = match &mut self.inner {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        };
+        self.note_write(&res);
+        res
     }
 
     fn poll_write_vectored(
@@ -413,10 +456,12 @@ impl AsyncWrite for WatchedIo {
         if self.answered {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        match &mut self.inner {
+        let res = match &mut self.inner {
             ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+        };
+        self.note_write(&res);
+        res
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -5,8 +5,10 @@
 mod support;
 
 mod cli;
+mod drain;
 mod errors;
 mod headers;
 mod idle;
 mod listener;
 mod pool;
+mod retry;

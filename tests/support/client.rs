@@ -101,3 +101,26 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         data = data.get(size + 2..)?;
     }
 }
+
+/// `method url` through the proxy with extra header lines and a body,
+/// HTTP/1.1 and `Connection: close`.
+pub async fn request(
+    proxy: SocketAddr,
+    method: &str,
+    url: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> Response {
+    let mut req = format!("{method} {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    send_raw(proxy, &bytes).await
+}

@@ -36,6 +36,28 @@ impl Proxy {
         serde_json::from_slice(&r.body).expect("/pools is JSON")
     }
 
+    /// The value of one metric series from `/metrics`: `name` plus every
+    /// `label="value"` pair given; 0 when the series is absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let r = super::client::send_raw(
+            self.admin,
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let text = r.text();
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .find(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Sum of a `/pools` field over all origins.
     pub async fn pools_sum(&self, field: &str) -> u64 {
         let pools = self.pools().await;

@@ -39,11 +39,22 @@ pub struct Behavior {
     pub slow_body: Option<(usize, usize, Duration)>,
     /// Extra response header lines (`"Name: value"`).
     pub extra_headers: Vec<String>,
+    /// Read request number N on each connection, then close without
+    /// answering (the classic stale-connection race, made certain).
+    pub kill_request: Option<usize>,
+    /// Read request number N on each connection, then reset (RST).
+    pub reset_request: Option<usize>,
+    /// Answer with a body of this many bytes.
+    pub body_bytes: Option<usize>,
+    /// Answer 413 to a request declaring a larger body, before reading it.
+    pub reject_body_over: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub conn: usize,
+    /// 1 for the first request on its connection.
+    pub index: usize,
     pub head: String,
     pub body: Vec<u8>,
 }
@@ -56,6 +67,11 @@ pub struct Stats {
     pub requests: AtomicUsize,
     /// Idle connections the origin closed itself (`idle_close`).
     pub origin_idle_closes: AtomicUsize,
+    /// Of those, closes with request bytes already waiting (a request in
+    /// flight when the origin closed: a stale-connection hit).
+    pub closed_under_request: AtomicUsize,
+    /// Requests killed or reset on purpose.
+    pub killed: AtomicUsize,
     /// Idle times after which the client (eddy) closed a connection.
     pub client_closes: Mutex<Vec<Duration>>,
     /// Requests served on each connection, by connection number.
@@ -80,6 +96,19 @@ impl Stats {
     }
     pub fn origin_idle_closes(&self) -> usize {
         self.origin_idle_closes.load(Ordering::SeqCst)
+    }
+    pub fn closed_under_request(&self) -> usize {
+        self.closed_under_request.load(Ordering::SeqCst)
+    }
+    pub fn killed(&self) -> usize {
+        self.killed.load(Ordering::SeqCst)
+    }
+    /// Recorded requests whose head starts with `prefix` (e.g. `"POST "`).
+    pub fn recorded_starting(&self, prefix: &str) -> Vec<Recorded> {
+        self.recorded()
+            .into_iter()
+            .filter(|r| r.head.starts_with(prefix))
+            .collect()
     }
     pub fn client_closes(&self) -> Vec<Duration> {
         self.client_closes.lock().expect("stats").clone()
@@ -146,6 +175,10 @@ enum Head {
         head: String,
         body: Vec<u8>,
     },
+    /// A head declaring a body over `reject_body_over`; the body is unread.
+    TooLarge {
+        head: String,
+    },
     /// The client closed the connection while it was idle.
     ClientClosed,
     /// `idle_close` elapsed.
@@ -158,17 +191,48 @@ async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behav
     let mut idle_since = Instant::now();
     let mut served = 0usize;
     loop {
-        match read_request(&mut stream, &mut buf, b.idle_close).await {
+        match read_request(&mut stream, &mut buf, b.idle_close, b.reject_body_over).await {
+            Head::TooLarge { head } => {
+                served += 1;
+                stats.requests.fetch_add(1, Ordering::SeqCst);
+                stats.recorded.lock().expect("stats").push(Recorded {
+                    conn,
+                    index: served,
+                    head,
+                    body: Vec::new(),
+                });
+                let answer =
+                    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                // Keep the connection open, as a careless origin would: a
+                // proxy that reused it would send its next request after the
+                // unread body.
+                idle_since = Instant::now();
+            }
             Head::Request { head, body } => {
                 served += 1;
                 stats.requests.fetch_add(1, Ordering::SeqCst);
                 stats.per_conn.lock().expect("stats")[conn] = served;
                 stats.recorded.lock().expect("stats").push(Recorded {
                     conn,
+                    index: served,
                     head: head.clone(),
                     body: body.clone(),
                 });
                 stats.changed.notify_waiters();
+                if b.kill_request == Some(served) {
+                    stats.killed.fetch_add(1, Ordering::SeqCst);
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                if b.reset_request == Some(served) {
+                    stats.killed.fetch_add(1, Ordering::SeqCst);
+                    // SO_LINGER 0: closing sends RST instead of FIN.
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    return;
+                }
                 if b.never_respond {
                     // Hold the connection until the client gives up.
                     let mut sink = [0u8; 1024];
@@ -202,6 +266,10 @@ async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behav
                 return;
             }
             Head::IdleTimeout => {
+                let mut peek = [0u8; 1];
+                if matches!(stream.try_read(&mut peek), Ok(n) if n > 0) {
+                    stats.closed_under_request.fetch_add(1, Ordering::SeqCst);
+                }
                 stats.origin_idle_closes.fetch_add(1, Ordering::SeqCst);
                 stats.changed.notify_waiters();
                 return;
@@ -211,7 +279,12 @@ async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behav
     }
 }
 
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, idle: Option<Duration>) -> Head {
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    idle: Option<Duration>,
+    reject_body_over: Option<usize>,
+) -> Head {
     let head_end = loop {
         if let Some(pos) = find(buf, b"\r\n\r\n") {
             break pos + 4;
@@ -243,6 +316,9 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, idle: Option<Du
         let len = header_value(&lower, "content-length")
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(0);
+        if reject_body_over.is_some_and(|max| len > max) {
+            return Head::TooLarge { head };
+        }
         while buf.len() < len {
             let mut chunk = [0u8; 8192];
             match stream.read(&mut chunk).await {
@@ -320,7 +396,9 @@ async fn respond(
         out.push_str(h);
         out.push_str("\r\n");
     }
-    let payload: Vec<u8> = if b.echo {
+    let payload: Vec<u8> = if let Some(n) = b.body_bytes {
+        vec![b'b'; n]
+    } else if b.echo {
         let lower = head.to_ascii_lowercase();
         if let Some(ct) = header_value(&lower, "content-type") {
             out.push_str(&format!("Content-Type: {ct}\r\n"));

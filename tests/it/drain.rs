@@ -1,0 +1,235 @@
+//! SPEC section 6: what happens to an upstream connection when the client
+//! goes away mid-response, stops reading, aborts an upload, or the origin
+//! answers before the upload is complete.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::client::{get, request};
+use crate::support::eddy::{self, Proxy};
+use crate::support::eventually;
+use crate::support::origin::{Behavior, Origin};
+
+async fn drains(proxy: &Proxy, origin: &Origin, outcome: &str) -> f64 {
+    proxy
+        .metric(
+            "eddy_body_drains_total",
+            &[("upstream", &origin.url()), ("outcome", outcome)],
+        )
+        .await
+}
+
+/// Requests `url`, reads about 1 KiB of the response, and hangs up.
+async fn read_a_little_and_leave(proxy: &Proxy, url: &str) {
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let req = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 1024];
+    let mut got = 0;
+    while got < 1024 {
+        let n = s.read(&mut buf[got..]).await.expect("read");
+        assert!(n > 0, "response ended early");
+        got += n;
+    }
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+}
+
+async fn wait_drains(proxy: &Proxy, origin: &Origin, outcome: &str, n: f64) {
+    eventually(
+        &format!("{n} drain(s) {outcome}"),
+        Duration::from_secs(10),
+        || async { drains(proxy, origin, outcome).await >= n },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_body_within_the_limits_is_drained_and_the_connection_saved() {
+    // The 100 KiB body streams over about half a second, so most of it is
+    // still on its way when the client leaves (kernel and hyper buffers
+    // would swallow a fast one before anyone noticed the client was gone).
+    let origin = Origin::start(Behavior {
+        slow_body: Some((100, 1024, Duration::from_millis(5))),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "[drain]\nmax_bytes = \"256KiB\"\ntimeout = \"5s\"\n").await;
+    read_a_little_and_leave(&proxy, &format!("{}/big", origin.url())).await;
+    wait_drains(&proxy, &origin, "reused", 1.0).await;
+    let r = get(proxy.addr, &format!("{}/next", origin.url())).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 100 * 1024);
+    assert_eq!(
+        origin.stats.accepted(),
+        1,
+        "served on the drained connection"
+    );
+    assert_eq!(origin.stats.per_conn(), vec![2]);
+    assert_eq!(drains(&proxy, &origin, "closed").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_bytes_closes_the_connection() {
+    let origin = Origin::start(Behavior {
+        slow_body: Some((2048, 1024, Duration::from_millis(1))),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "[drain]\nmax_bytes = \"64KiB\"\ntimeout = \"10s\"\n").await;
+    read_a_little_and_leave(&proxy, &format!("{}/huge", origin.url())).await;
+    wait_drains(&proxy, &origin, "closed", 1.0).await;
+    let not_drained = proxy
+        .metric(
+            "eddy_upstream_connections_closed_total",
+            &[("upstream", &origin.url()), ("reason", "not_drained")],
+        )
+        .await;
+    assert_eq!(not_drained, 1.0);
+    let r = get(proxy.addr, &format!("{}/next", origin.url())).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        origin.stats.accepted(),
+        2,
+        "a new connection for the next request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_body_is_cut_off_by_the_drain_timeout() {
+    let origin = Origin::start(Behavior {
+        slow_body: Some((100_000, 16, Duration::from_millis(20))),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "[drain]\ntimeout = \"250ms\"\n").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let req = format!("GET {}/forever HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = [0u8; 256];
+    assert!(s.read(&mut buf).await.expect("read") > 0);
+    drop(s);
+    wait_drains(&proxy, &origin, "closed", 1.0).await;
+    let stats = origin.stats.clone();
+    eventually(
+        "the endless connection is closed",
+        Duration::from_secs(10),
+        || {
+            let s = stats.clone();
+            async move { s.open() == 0 }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_releases_the_upstream_connection() {
+    let origin = Origin::start(Behavior {
+        body_bytes: Some(8 * 1024 * 1024),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start(
+        "client_idle_timeout = \"500ms\"\n",
+        "[pool]\nmax_connections_per_host = 1\npending_timeout = \"20s\"\n",
+    )
+    .await;
+    // This client asks and never reads: eddy's writes to it stall.
+    let mut stuck = TcpStream::connect(proxy.addr).await.expect("connect");
+    let req = format!("GET {}/big HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
+    stuck.write_all(req.as_bytes()).await.expect("write");
+    // The only upstream connection frees up once eddy gives up on it.
+    let r = request(
+        proxy.addr,
+        "GET",
+        &format!("{}/next", origin.url()),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(drains(&proxy, &origin, "closed").await, 1.0);
+    drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_aborting_its_upload_closes_the_upstream_connection() {
+    let origin = Origin::start(Behavior {
+        echo: true,
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let head = format!(
+        "POST {}/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n",
+        origin.url()
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    s.write_all(&vec![b'u'; 10 * 1024])
+        .await
+        .expect("part of the body");
+    let stats = origin.stats.clone();
+    eventually(
+        "the upload reached the origin",
+        Duration::from_secs(5),
+        || {
+            let s = stats.clone();
+            async move { s.accepted() == 1 }
+        },
+    )
+    .await;
+    drop(s);
+    eventually(
+        "the half-written upstream connection is closed",
+        Duration::from_secs(10),
+        || {
+            let s = stats.clone();
+            async move { s.open() == 0 }
+        },
+    )
+    .await;
+    let r = request(
+        proxy.addr,
+        "POST",
+        &format!("{}/next", origin.url()),
+        &[],
+        b"fresh",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.text(),
+        "fresh",
+        "answered correctly, never framed after a half body"
+    );
+    assert_eq!(origin.stats.accepted(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_to_an_upload_is_forwarded_and_the_connection_not_reused() {
+    let origin = Origin::start(Behavior {
+        reject_body_over: Some(1024),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    let big = vec![b'z'; 512 * 1024];
+    let r = request(
+        proxy.addr,
+        "POST",
+        &format!("{}/upload", origin.url()),
+        &[],
+        &big,
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    let r = get(proxy.addr, &format!("{}/after", origin.url())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        origin.stats.accepted(),
+        2,
+        "the 413's connection was not reused"
+    );
+}
