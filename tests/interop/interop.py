@@ -84,6 +84,12 @@ http {{
         }}
         location / {{ default_type text/plain; return 200 "{body}"; }}
     }}
+    server {{
+        # An origin that closes idle keep-alive connections after 1 s.
+        listen 127.0.0.1:{short_port};
+        keepalive_timeout 1s;
+        location / {{ default_type text/plain; return 200 "short keep-alive\\n"; }}
+    }}
 }}
 """
 
@@ -92,6 +98,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--eddy", required=True, help="path to the eddy binary")
     ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--stale-requests", type=int, default=12)
     args = ap.parse_args()
 
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
@@ -100,11 +107,11 @@ def main():
     work = tempfile.mkdtemp(prefix="eddy-interop-")
     for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(work, d), exist_ok=True)
-    origin_port, proxy_port, admin_port = free_port(), free_port(), free_port()
+    origin_port, proxy_port, admin_port, short_port = free_port(), free_port(), free_port(), free_port()
     max_conns = 4
 
     with open(os.path.join(work, "nginx.conf"), "w") as f:
-        f.write(NGINX_CONF.format(dir=work, port=origin_port, body="x" * 1024))
+        f.write(NGINX_CONF.format(dir=work, port=origin_port, short_port=short_port, body="x" * 1024))
     with open(os.path.join(work, "eddy.toml"), "w") as f:
         f.write(f"""
 [admin]
@@ -180,6 +187,29 @@ max_connections_per_host = {max_conns}
               json.dumps(entry))
         status, _ = direct_get(f"http://127.0.0.1:{admin_port}/healthz")
         check("/healthz", status == 200)
+
+        # Stale connections: nginx closes idle connections after 1 s while
+        # requests keep arriving 1.0-1.3 s apart (SPEC section 5).
+        short = f"http://127.0.0.1:{short_port}"
+        errors = 0
+        for i in range(args.stale_requests):
+            s = requests.Session()
+            s.trust_env = False
+            try:
+                r = s.get(f"{short}/s{i}", proxies={"http": proxy}, timeout=30)
+                errors += r.status_code != 200
+            except requests.RequestException:
+                errors += 1
+            finally:
+                s.close()
+            time.sleep(1.0 + (i * 37 % 31) / 100.0)
+        check(f"nginx keepalive_timeout 1s, {args.stale_requests} requests 1.0-1.3 s apart: zero errors", errors == 0,
+              f"{errors} errors")
+        metrics = direct_get(f"http://127.0.0.1:{admin_port}/metrics")[1]
+        for line in metrics.splitlines():
+            if line.startswith(("eddy_stale_retries_total{", "eddy_upstream_connections_closed_total{")) and short in line \
+                    and not line.endswith(" 0"):
+                print(f"     {line}")
 
         # Graceful stop: SIGTERM, exit 0.
         eddy.send_signal(signal.SIGTERM)
