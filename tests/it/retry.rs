@@ -44,6 +44,13 @@ async fn an_origin_closing_idle_connections_causes_no_client_errors() {
         "every stale hit ({hits}) was retried"
     );
     assert_eq!(retries(&proxy, &origin, "failed").await, 0.0);
+    let peer_closed = proxy
+        .metric(
+            "eddy_upstream_connections_closed_total",
+            &[("upstream", &origin.url()), ("reason", "peer_closed")],
+        )
+        .await;
+    assert!(peer_closed >= 2.0, "the origin's closes are counted: {peer_closed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
