@@ -13,8 +13,14 @@
 //! and conflicting framing. When it rejects, the listener answers itself and
 //! hyper never sees the head.
 //!
+//! Pipelined requests are checked too: after a head, the scanner follows the
+//! body's framing (Content-Length, or chunked sizes) to the next head. A
+//! refused head that follows another request in the same read is reported
+//! with its offset, so the listener can let the earlier requests through and
+//! close the connection before the refused one (it is never forwarded).
+//!
 //! It keeps no buffer: a few bytes of state per connection, one pass over
-//! head bytes only (body bytes after the head are not looked at).
+//! the bytes (body bytes are counted, never looked at).
 
 /// Longest header name the scanner needs to recognise.
 const NAME_CAP: usize = 17; // "transfer-encoding"
@@ -47,7 +53,30 @@ enum State {
     LineStart,
     Name,
     Value,
+    /// The head ended (set by `feed`; `scan` moves on to the body).
     Done,
+    /// Skipping a Content-Length body.
+    Body(u64),
+    ChunkSize,
+    ChunkExt,
+    ChunkData(u64),
+    ChunkDataEnd,
+    Trailer,
+    TrailerLine,
+    /// The framing could not be followed; the rest is left to hyper.
+    Lost,
+}
+
+/// What a scan found in one read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub reject: Reject,
+    /// Offset in the read where the refused head began (0 if it began in an
+    /// earlier read).
+    pub at: usize,
+    /// Another request came before it on this connection in the same run:
+    /// it must not be answered out of order.
+    pub pipelined: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -62,7 +91,14 @@ pub struct HeadScan {
     name_len: usize,
     content_length: bool,
     transfer_encoding: bool,
+    /// Reading a Content-Length value.
+    in_length: bool,
+    length_digits: usize,
+    length: Option<u64>,
+    chunk: u64,
     verdict: Verdict,
+    /// Heads completed since the scan started.
+    heads: usize,
 }
 
 impl HeadScan {
@@ -77,8 +113,154 @@ impl HeadScan {
             name_len: 0,
             content_length: false,
             transfer_encoding: false,
+            in_length: false,
+            length_digits: 0,
+            length: None,
+            chunk: 0,
             verdict: Verdict::Incomplete,
+            heads: 0,
         }
+    }
+
+    /// Whether the stream is between requests (not inside a head or a
+    /// body): only then may a new scan start there.
+    pub fn at_head_boundary(&self) -> bool {
+        self.state == State::Start && self.seen == 0
+    }
+
+    /// Starts over at the next head of a pipelined stream.
+    fn next_head(&mut self) {
+        let heads = self.heads;
+        *self = HeadScan::new(self.limit);
+        self.heads = heads;
+    }
+
+    /// Feeds a read and follows the stream across pipelined requests.
+    /// Returns a refusal if any head in it is refused; bytes after a
+    /// refusal are not looked at.
+    pub fn scan(&mut self, bytes: &[u8]) -> Option<Refusal> {
+        let mut i = 0;
+        let mut head_start = 0;
+        while i < bytes.len() {
+            match self.state {
+                State::Lost => return None,
+                State::Body(n) => {
+                    let take = (n as usize).min(bytes.len() - i);
+                    i += take;
+                    let left = n - take as u64;
+                    if left == 0 {
+                        self.next_head();
+                        head_start = i;
+                    } else {
+                        self.state = State::Body(left);
+                    }
+                    continue;
+                }
+                State::ChunkData(n) => {
+                    let take = (n as usize).min(bytes.len() - i);
+                    i += take;
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::ChunkDataEnd
+                    } else {
+                        State::ChunkData(left)
+                    };
+                    continue;
+                }
+                State::ChunkSize
+                | State::ChunkExt
+                | State::ChunkDataEnd
+                | State::Trailer
+                | State::TrailerLine => {
+                    if self.step_body(bytes[i]) {
+                        self.next_head();
+                        head_start = i + 1;
+                    }
+                    i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            if self.state == State::Start && head_start < i && matches!(bytes[i], b'\r' | b'\n') {
+                head_start = i + 1;
+            }
+            match self.feed(&bytes[i..=i]) {
+                Verdict::Incomplete => {}
+                Verdict::Complete => {
+                    self.heads += 1;
+                    self.state = if self.transfer_encoding {
+                        State::ChunkSize
+                    } else {
+                        match self.length {
+                            Some(n) if n > 0 => State::Body(n),
+                            _ => State::Start,
+                        }
+                    };
+                    if self.state == State::Start {
+                        self.next_head();
+                        head_start = i + 1;
+                    } else {
+                        self.verdict = Verdict::Incomplete;
+                    }
+                }
+                Verdict::Reject(reject) => {
+                    return Some(Refusal {
+                        reject,
+                        at: head_start.min(i),
+                        pipelined: self.heads > 0,
+                    })
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// One byte of chunked framing; true when the body (and trailers) ended.
+    fn step_body(&mut self, b: u8) -> bool {
+        match self.state {
+            State::ChunkSize => match b {
+                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                    let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    match self
+                        .chunk
+                        .checked_mul(16)
+                        .and_then(|c| c.checked_add(digit))
+                    {
+                        Some(c) => self.chunk = c,
+                        None => self.state = State::Lost,
+                    }
+                }
+                b';' | b' ' | b'\t' => self.state = State::ChunkExt,
+                b'\r' => {}
+                b'\n' => {
+                    self.state = if self.chunk == 0 {
+                        State::Trailer
+                    } else {
+                        State::ChunkData(self.chunk)
+                    };
+                    self.chunk = 0;
+                }
+                _ => self.state = State::Lost,
+            },
+            State::ChunkExt if b == b'\n' => {
+                self.state = State::ChunkSize;
+                self.step_body(b'\n');
+            }
+            State::ChunkDataEnd => match b {
+                b'\r' => {}
+                b'\n' => self.state = State::ChunkSize,
+                _ => self.state = State::Lost,
+            },
+            State::Trailer => match b {
+                b'\r' => {}
+                b'\n' => return true,
+                _ => self.state = State::TrailerLine,
+            },
+            State::TrailerLine if b == b'\n' => self.state = State::Trailer,
+            _ => {}
+        }
+        false
     }
 
     pub fn verdict(&self) -> Verdict {
@@ -139,8 +321,14 @@ impl HeadScan {
             State::Name => match b {
                 b':' => {
                     let name = &self.name[..self.name_len.min(NAME_CAP)];
+                    self.in_length = false;
                     if self.name_len <= NAME_CAP {
-                        self.content_length |= name == b"content-length";
+                        if name == b"content-length" {
+                            self.content_length = true;
+                            self.in_length = true;
+                            self.chunk = 0;
+                            self.length_digits = 0;
+                        }
                         self.transfer_encoding |= name == b"transfer-encoding";
                     }
                     self.state = State::Value;
@@ -150,11 +338,27 @@ impl HeadScan {
                 _ => return Err("invalid byte in a header name"),
             },
             State::Value => match b {
-                b'\n' => self.state = State::LineStart,
+                b'\n' => {
+                    if self.in_length {
+                        self.end_length()?;
+                    }
+                    self.state = State::LineStart;
+                }
+                b'0'..=b'9' if self.in_length => {
+                    self.length_digits += 1;
+                    self.chunk = self
+                        .chunk
+                        .checked_mul(10)
+                        .and_then(|v| v.checked_add(u64::from(b - b'0')))
+                        .ok_or("Content-Length too large")?;
+                }
+                b'\r' | b' ' | b'\t' if self.in_length => {}
+                _ if self.in_length => return Err("invalid Content-Length"),
                 b'\r' | b'\t' | 0x20..=0x7e | 0x80..=0xff => {}
                 _ => return Err("control character in a header value"),
             },
             State::Done => {}
+            _ => {}
         }
         Ok(())
     }
@@ -165,6 +369,23 @@ impl HeadScan {
             self.name_len += 1;
         } else {
             self.name_len = NAME_CAP + 1;
+        }
+    }
+
+    /// A Content-Length line ended: one value, equal to any earlier one.
+    fn end_length(&mut self) -> Result<(), &'static str> {
+        self.in_length = false;
+        if self.length_digits == 0 {
+            return Err("invalid Content-Length");
+        }
+        let value = self.chunk;
+        self.chunk = 0;
+        match self.length {
+            Some(earlier) if earlier != value => Err("conflicting Content-Length values"),
+            _ => {
+                self.length = Some(value);
+                Ok(())
+            }
         }
     }
 
@@ -238,6 +459,38 @@ mod tests {
         assert_eq!(
             scan(head.len() - 1, &[head]),
             Verdict::Reject(Reject::TooLarge)
+        );
+    }
+
+    fn scan_all(parts: &[&[u8]]) -> Option<(usize, Refusal)> {
+        let mut s = HeadScan::new(1024);
+        parts
+            .iter()
+            .enumerate()
+            .find_map(|(n, p)| s.scan(p).map(|r| (n, r)))
+    }
+
+    #[test]
+    fn pipelined_heads_are_followed_through_bodies() {
+        let good = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloPOST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\nT: v\r\n\r\nGET /d HTTP/1.1\r\n\r\n";
+        assert_eq!(scan_all(&[good]), None);
+        for cut in 0..good.len() {
+            assert_eq!(
+                scan_all(&[&good[..cut], &good[cut..]]),
+                None,
+                "cut at {cut}"
+            );
+        }
+        let bad = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (_, r) = scan_all(&[bad]).expect("refused");
+        assert!(r.pipelined);
+        assert_eq!(r.at, 28, "the refused head starts after the first request");
+        let first = b"POST /b HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        let (_, r) = scan_all(&[first]).expect("refused");
+        assert!(!r.pipelined);
+        assert_eq!(
+            r.reject,
+            Reject::Malformed("conflicting Content-Length values")
         );
     }
 

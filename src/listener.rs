@@ -20,7 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,7 +37,7 @@ use tokio::time::Instant;
 
 use crate::config::ListenerConfig;
 use crate::error::ProxyError;
-use crate::head_scan::{HeadScan, Reject, Verdict};
+use crate::head_scan::{HeadScan, Reject};
 use crate::proxy::{self, ListenerCtx, ProxyBody};
 use crate::shutdown::{ConnTracker, ShutdownSignal};
 
@@ -53,6 +53,11 @@ impl Bound {
             Bound::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
                 let _ = s.set_nodelay(true);
+                // A bounded send buffer makes the kernel report write
+                // progress every ~170 KB drained; an autotuned one (up to
+                // 4 MB) could make a slow but steady reader look stalled
+                // to the write-stall timeout. On loopback it costs nothing.
+                let _ = socket2::SockRef::from(&s).set_send_buffer_size(CLIENT_SEND_BUFFER);
                 Ok((ClientStream::Tcp(s), peer))
             }
             Bound::Unix(l, _) => {
@@ -166,6 +171,7 @@ impl ClientConn {
             scan: HeadScan::new(self.limits.max_header_bytes),
             max_header_bytes: self.limits.max_header_bytes,
             answered: false,
+            cut: false,
             peer,
             listener: self.ctx.name.clone(),
         });
@@ -176,7 +182,10 @@ impl ClientConn {
         let mut armed = activity.deadline_ms();
         let mut timer = pin!(tokio::time::sleep_until(activity.instant(armed)));
         let timed_out = poll_fn(|cx| {
-            if !stopping && stop.as_mut().poll(cx).is_ready() {
+            if !stopping
+                && (stop.as_mut().poll(cx).is_ready()
+                    || activity.close_requested.load(Ordering::Relaxed))
+            {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -229,6 +238,9 @@ impl Body for ClientBody {
     }
 }
 
+/// `SO_SNDBUF` for client sockets (the kernel doubles it for bookkeeping).
+const CLIENT_SEND_BUFFER: usize = 256 * 1024;
+
 const NO_DEADLINE: u64 = u64::MAX;
 const PHASE_IDLE: u8 = 0;
 const PHASE_HEAD: u8 = 1;
@@ -246,6 +258,8 @@ struct Activity {
     idle_ms: u64,
     /// Since when a response write has been blocked, or [`NO_DEADLINE`].
     write_blocked_since: AtomicU64,
+    /// Finish the requests in flight, then close.
+    close_requested: AtomicBool,
 }
 
 impl Activity {
@@ -259,6 +273,7 @@ impl Activity {
             header_ms,
             idle_ms: limits.idle_timeout.as_millis() as u64,
             write_blocked_since: AtomicU64::new(NO_DEADLINE),
+            close_requested: AtomicBool::new(false),
         }
     }
 
@@ -315,8 +330,15 @@ impl Activity {
         }
         self.write_blocked_since
             .store(NO_DEADLINE, Ordering::Relaxed);
-        if self.phase.load(Ordering::Relaxed) == PHASE_BUSY {
-            self.deadline.store(NO_DEADLINE, Ordering::Relaxed);
+        match self.phase.load(Ordering::Relaxed) {
+            PHASE_BUSY => self.deadline.store(NO_DEADLINE, Ordering::Relaxed),
+            // The last of a response is still being flushed after its body
+            // ended: progress there restarts the idle clock too.
+            PHASE_IDLE => self.deadline.store(
+                self.now_ms().saturating_add(self.idle_ms),
+                Ordering::Relaxed,
+            ),
+            _ => {}
         }
     }
 }
@@ -361,6 +383,8 @@ struct WatchedIo {
     max_header_bytes: usize,
     /// A refused head was answered; the connection is finished.
     answered: bool,
+    /// A refused pipelined head: hyper sees end of stream before it.
+    cut: bool,
     peer: SocketAddr,
     listener: String,
 }
@@ -374,14 +398,17 @@ impl WatchedIo {
         }
     }
 
-    /// Answers a refused head and ends the connection.
-    fn answer(&mut self, reject: Reject) {
-        let error = match reject {
+    fn refusal_error(&self, reject: Reject) -> ProxyError {
+        match reject {
             Reject::TooLarge => ProxyError::HeadTooLarge {
                 limit: self.max_header_bytes,
             },
             Reject::Malformed(why) => ProxyError::BadRequest(why),
-        };
+        }
+    }
+
+    fn log_refusal(&self, reject: Reject, message: &'static str) {
+        let error = self.refusal_error(reject);
         tracing::info!(
             target: "eddy::access",
             listener = %self.listener,
@@ -389,9 +416,14 @@ impl WatchedIo {
             status = error.status().as_u16(),
             proxy_status = error.proxy_status(),
             detail = %error,
-            "request head refused"
+            "{message}"
         );
-        let bytes = error.to_wire();
+    }
+
+    /// Answers a refused head and ends the connection.
+    fn answer(&mut self, reject: Reject) {
+        self.log_refusal(reject, "request head refused");
+        let bytes = self.refusal_error(reject).to_wire();
         // A fresh socket's send buffer takes a few hundred bytes; if it
         // cannot, the client is not reading and gets the close alone.
         let _ = match &self.inner {
@@ -413,18 +445,35 @@ impl AsyncRead for WatchedIo {
         if this.answered {
             return Poll::Ready(Ok(()));
         }
+        if this.cut {
+            // Nothing more is read; the connection closes once the earlier
+            // requests are answered (hyper would drop them on an early EOF).
+            return Poll::Pending;
+        }
         let res = match &mut this.inner {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         };
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            if this.activity.on_read() {
+            if this.activity.on_read() && this.scan.at_head_boundary() {
                 this.scan = HeadScan::new(this.max_header_bytes);
             }
-            if let Verdict::Reject(reject) = this.scan.feed(&buf.filled()[before..]) {
-                // hyper never sees the refused head's last bytes.
-                buf.set_filled(before);
-                this.answer(reject);
+            if let Some(refusal) = this.scan.scan(&buf.filled()[before..]) {
+                if refusal.pipelined {
+                    // Requests before it are served; the refused one is
+                    // never forwarded, and the connection ends after them.
+                    buf.set_filled(before + refusal.at);
+                    this.cut = true;
+                    this.activity.close_requested.store(true, Ordering::Relaxed);
+                    this.log_refusal(
+                        refusal.reject,
+                        "pipelined request refused; closing after the earlier ones",
+                    );
+                } else {
+                    // hyper never sees the refused head's last bytes.
+                    buf.set_filled(before);
+                    this.answer(refusal.reject);
+                }
             }
         }
         res

@@ -138,6 +138,7 @@ pub(super) async fn send_with_retry(
     req: Request<ReqBody>,
     done: Option<Arc<BodyDone>>,
     retry: &RetryConfig,
+    body_idle: Duration,
 ) -> Result<Exchanged, Failed> {
     let replayable = idempotent(req.method(), req.headers())
         && matches!(req.body(), ReqBody::Empty | ReqBody::Full(_));
@@ -170,7 +171,7 @@ pub(super) async fn send_with_retry(
         let template = (replayable && pooled.is_reused())
             .then(|| Template::of(&req))
             .flatten();
-        let failure = match pooled.send(req, done.clone(), timeout).await {
+        let failure = match pooled.send(req, done.clone(), timeout, body_idle).await {
             Ok((response, lease)) => {
                 if retries > 0 {
                     if let Some(m) = &metrics {

@@ -168,17 +168,23 @@ async fn proxy(
         };
     let upstream_req = Request::from_parts(parts, body);
 
-    let exchanged =
-        match exchange::send_with_retry(&ctx.pool, &route, upstream_req, body_done, &ctx.retry)
-            .await
-        {
-            Ok(e) => e,
-            Err(failed) => {
-                outcome.reused = failed.reused;
-                outcome.retries = failed.retries;
-                return Err(failed.error);
-            }
-        };
+    let exchanged = match exchange::send_with_retry(
+        &ctx.pool,
+        &route,
+        upstream_req,
+        body_done,
+        &ctx.retry,
+        ctx.body_idle_timeout,
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(failed) => {
+            outcome.reused = failed.reused;
+            outcome.retries = failed.retries;
+            return Err(failed.error);
+        }
+    };
     outcome.reused = Some(exchanged.reused);
     outcome.retries = exchanged.retries;
 

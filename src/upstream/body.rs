@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -31,16 +31,61 @@ use tokio::time::{Instant, Sleep};
 
 use super::pool::{CloseReason, Lease};
 
-/// Set once the request body has been handed to hyper in full.
-#[derive(Debug, Default)]
+/// Progress of a request body being sent: when hyper last took a piece of
+/// it, and whether it has taken all of it.
+#[derive(Debug)]
 pub struct BodyDone {
     done: AtomicBool,
     notify: Notify,
+    epoch: Instant,
+    /// Milliseconds after `epoch` at which hyper last took a frame.
+    last_progress_ms: AtomicU64,
+}
+
+impl Default for BodyDone {
+    fn default() -> Self {
+        BodyDone {
+            done: AtomicBool::new(false),
+            notify: Notify::new(),
+            epoch: Instant::now(),
+            last_progress_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 impl BodyDone {
     pub fn is_done(&self) -> bool {
         self.done.load(Ordering::Acquire)
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_progress_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When hyper last took a piece of the body (or the body was created).
+    pub fn last_progress(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed))
+    }
+
+    /// Resolves when the body is complete, or fails once it has made no
+    /// progress for `idle`: an origin that stops reading the upload must not
+    /// hold the exchange (and its pool slot) for ever.
+    pub async fn wait_progress(&self, idle: Duration) -> Result<(), BodyStalled> {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_done() {
+                return Ok(());
+            }
+            let deadline = self.last_progress() + idle;
+            if Instant::now() >= deadline {
+                return Err(BodyStalled(idle));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
     }
 
     fn set(&self) {
@@ -82,8 +127,9 @@ pub enum ReqBody {
         done: Arc<BodyDone>,
         idle_timeout: Duration,
         /// Fires when the client has been silent for `idle_timeout` while
-        /// hyper waits for more body.
+        /// hyper waits for more body; armed at the first poll.
         idle: Pin<Box<Sleep>>,
+        polled: bool,
     },
 }
 
@@ -113,6 +159,7 @@ impl ReqBody {
             done: done.clone(),
             idle_timeout,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            polled: false,
         };
         (body, Some(done))
     }
@@ -135,7 +182,15 @@ impl Body for ReqBody {
                 done,
                 idle_timeout,
                 idle,
+                polled,
             } => {
+                if !*polled {
+                    // Time spent waiting for a connection is not the
+                    // client's silence.
+                    *polled = true;
+                    idle.as_mut().reset(Instant::now() + *idle_timeout);
+                }
+                done.touch();
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }

@@ -233,3 +233,72 @@ async fn an_early_answer_to_an_upload_is_forwarded_and_the_connection_not_reused
         "the 413's connection was not reused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_stops_reading_an_upload_gets_504_and_frees_the_slot() {
+    let origin = Origin::start(Behavior {
+        deaf_to_bodies: true,
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("client_idle_timeout = \"1s\"\n", "").await;
+    let s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    let head = format!(
+        "POST {}/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\nConnection: close\r\n\r\n",
+        origin.url()
+    );
+    wr.write_all(head.as_bytes()).await.expect("head");
+    let uploader = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..1024 {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut buf))
+        .await
+        .expect("an answer, not a hang")
+        .expect("read");
+    let r = crate::support::client::parse(&buf).expect("response");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("http_response_timeout"));
+    uploader.abort();
+    eventually("the slot is free", Duration::from_secs(5), || async {
+        proxy.pools_sum("in_use").await == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_reader_is_not_cut_off() {
+    let size = 2 * 1024 * 1024;
+    let origin = Origin::start(Behavior {
+        body_bytes: Some(size),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("client_idle_timeout = \"1s\"\n", "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let req = format!(
+        "GET {}/big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        origin.url()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    // About 640 KB/s: slower than eddy can send, never silent for 1 s.
+    let mut all = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut chunk).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&chunk[..n]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = crate::support::client::parse(&all).expect("response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), size, "the whole body arrived");
+}

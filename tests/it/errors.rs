@@ -281,3 +281,57 @@ async fn max_header_bytes_is_exact() {
     assert!(text.starts_with("HTTP/1.1 431"), "{text}");
     assert_eq!(origin.stats.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pipelined_request_is_never_forwarded() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    let url = origin.url();
+    let pipelined = format!(
+        "GET {url}/first HTTP/1.1\r\nHost: x\r\n\r\n\
+         POST {url}/smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(pipelined.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the connection closes")
+        .expect("read");
+    let first = crate::support::client::parse(&buf).expect("the first response");
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        origin.stats.requests(),
+        1,
+        "only the first request was forwarded"
+    );
+    assert!(origin.stats.recorded_starting("POST").is_empty());
+    still_healthy(&proxy, &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_with_bodies_are_all_served() {
+    let origin = Origin::start(Behavior {
+        echo: true,
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    let url = origin.url();
+    let pipelined = format!(
+        "POST {url}/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+         POST {url}/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+         GET {url}/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(pipelined.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("all answered")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    assert!(text.contains("hello") && text.contains("abc"), "{text}");
+    assert_eq!(origin.stats.requests(), 3);
+}

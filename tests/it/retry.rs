@@ -50,7 +50,10 @@ async fn an_origin_closing_idle_connections_causes_no_client_errors() {
             &[("upstream", &origin.url()), ("reason", "peer_closed")],
         )
         .await;
-    assert!(peer_closed >= 2.0, "the origin's closes are counted: {peer_closed}");
+    assert!(
+        peer_closed >= 2.0,
+        "the origin's closes are counted: {peer_closed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,8 @@ pub struct Behavior {
     pub body_bytes: Option<usize>,
     /// Answer 413 to a request declaring a larger body, before reading it.
     pub reject_body_over: Option<usize>,
+    /// Read request heads, never their bodies, and never answer.
+    pub deaf_to_bodies: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -191,7 +193,15 @@ async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behav
     let mut idle_since = Instant::now();
     let mut served = 0usize;
     loop {
-        match read_request(&mut stream, &mut buf, b.idle_close, b.reject_body_over).await {
+        match read_request(
+            &mut stream,
+            &mut buf,
+            b.idle_close,
+            b.reject_body_over,
+            b.deaf_to_bodies,
+        )
+        .await
+        {
             Head::TooLarge { head } => {
                 served += 1;
                 stats.requests.fetch_add(1, Ordering::SeqCst);
@@ -284,6 +294,7 @@ async fn read_request(
     buf: &mut Vec<u8>,
     idle: Option<Duration>,
     reject_body_over: Option<usize>,
+    deaf: bool,
 ) -> Head {
     let head_end = loop {
         if let Some(pos) = find(buf, b"\r\n\r\n") {
@@ -318,6 +329,11 @@ async fn read_request(
             .unwrap_or(0);
         if reject_body_over.is_some_and(|max| len > max) {
             return Head::TooLarge { head };
+        }
+        if deaf && len > 0 {
+            // Take the head, then stop reading: the sender's writes back up.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Head::Broken;
         }
         while buf.len() < len {
             let mut chunk = [0u8; 8192];

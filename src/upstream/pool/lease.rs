@@ -140,12 +140,14 @@ impl Pooled {
     }
 
     /// Sends the request and waits for the response head, at most
-    /// `response_timeout` after the request body was fully handed over.
+    /// `response_timeout` after the request body was fully handed over. A
+    /// body the origin stops taking for `body_idle` ends the wait too (504).
     pub async fn send(
         mut self,
         req: Request<ReqBody>,
         done: Option<Arc<BodyDone>>,
         response_timeout: Duration,
+        body_idle: Duration,
     ) -> Result<(Response<Incoming>, Lease), SendFailure> {
         let (outcome, read_before, read_after) = {
             let Some(conn) = self.conn.as_mut() else {
@@ -159,7 +161,9 @@ impl Pooled {
             let response = conn.sender.try_send_request(req);
             let head_timer = async {
                 if let Some(done) = &done {
-                    done.wait().await;
+                    if done.wait_progress(body_idle).await.is_err() {
+                        return;
+                    }
                 }
                 tokio::time::sleep(response_timeout).await;
             };
