@@ -90,12 +90,14 @@ impl Eddy {
             })
             .collect();
         let loop_guard = Arc::new(LoopGuard::new(own));
-        let metrics = Arc::new(Metrics::new(config.metrics.max_upstream_labels));
+        let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+        let metrics = Arc::new(Metrics::new(config.metrics.max_upstream_labels, &names));
         let pool = Pool::new(
             Connector::new(loop_guard.clone()),
             config.pool.max_idle_total,
             metrics.clone(),
         );
+        metrics.register_pool(pool.downgrade());
         let router = Arc::new(Router::new(&config));
         pool.prewarm(router.prewarm_routes());
 
@@ -104,7 +106,7 @@ impl Eddy {
         let tracker = ConnTracker::default();
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
-        for (lc, b) in bound {
+        for (index, (lc, b)) in bound.into_iter().enumerate() {
             let addr = match &b {
                 Bound::Tcp(l) => l
                     .local_addr()
@@ -114,7 +116,10 @@ impl Eddy {
             };
             listeners.push((lc.name.clone(), addr));
             let ctx = Arc::new(ListenerCtx {
-                name: lc.name.clone(),
+                index,
+                name: lc.name.as_str().into(),
+                metrics: metrics.clone(),
+                no_upstream: metrics.origin(crate::metrics::NO_UPSTREAM),
                 mode: lc.mode,
                 route_target: route_target(&lc),
                 router: router.clone(),

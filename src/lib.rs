@@ -28,6 +28,7 @@
 //! - *hand-off*: a freed connection given straight to the oldest waiter.
 //! - *lease*: the hold a streaming response has on its connection.
 
+pub mod access;
 pub mod admin;
 pub mod app;
 pub mod config;

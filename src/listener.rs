@@ -90,6 +90,14 @@ pub async fn serve(
         max_header_bytes: config.max_header_bytes.as_usize(),
     });
     let builder = Arc::new(http1_builder(config.max_header_bytes.as_usize()));
+    let accepted_total = ctx
+        .metrics
+        .client_connections
+        .with_label_values(&[&ctx.name]);
+    let open = ctx
+        .metrics
+        .client_connections_open
+        .with_label_values(&[&ctx.name]);
     let mut stop = shutdown.clone();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -116,7 +124,10 @@ pub async fn serve(
                 continue;
             }
         };
+        accepted_total.inc();
+        open.inc();
         let conn = ClientConn {
+            _open: OpenGuard(open.clone()),
             ctx: ctx.clone(),
             limits: limits.clone(),
             builder: builder.clone(),
@@ -143,7 +154,17 @@ fn http1_builder(max_header_bytes: usize) -> http1::Builder {
     b
 }
 
+/// Keeps `eddy_client_connections_open` true: one per live connection.
+struct OpenGuard(prometheus::IntGauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 struct ClientConn {
+    _open: OpenGuard,
     ctx: Arc<ListenerCtx>,
     limits: Arc<ClientLimits>,
     builder: Arc<http1::Builder>,
@@ -386,7 +407,7 @@ struct WatchedIo {
     /// A refused pipelined head: hyper sees end of stream before it.
     cut: bool,
     peer: SocketAddr,
-    listener: String,
+    listener: Arc<str>,
 }
 
 impl WatchedIo {

@@ -2,40 +2,91 @@
 //!
 //! No global statics: each [`Metrics`] has its own registry, so two eddys can
 //! run in one test process without sharing counters. The hot path never
-//! formats a label or looks one up: each origin's counters are resolved once,
+//! formats a label or looks one up: each origin's series are resolved once,
 //! into an [`OriginMetrics`] that the pool keeps with the origin and each
-//! connection, and a request costs an atomic add.
+//! connection, and a request costs a few atomic adds. Only error paths
+//! resolve a label when they happen (`eddy_errors_total`).
+//!
+//! The gauges that describe the pool (`eddy_upstream_connections`,
+//! `eddy_pool_pending`) are not counted up and down at all: they are read
+//! from the pool's own state at scrape time, so they cannot drift from the
+//! truth whatever failed on the way.
 //!
 //! The `upstream` label is capped at `metrics.max_upstream_labels` distinct
 //! origins; later ones share the `other` series, so a forward proxy that sees
-//! arbitrary hosts cannot grow Prometheus' series without bound.
+//! arbitrary hosts cannot grow Prometheus' series without bound. Requests
+//! eddy answered before choosing an origin report `upstream="none"`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
+use crate::upstream::pool::WeakPool;
 use crate::upstream::CloseReason;
 
 /// The `upstream` label for origins past the cap.
 pub const OTHER_UPSTREAM: &str = "other";
+/// The `upstream` label for requests answered before an origin was chosen.
+pub const NO_UPSTREAM: &str = "none";
+
+/// Histogram buckets in seconds: 100 µs to 30 s.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub struct Metrics {
     registry: Registry,
+    listeners: Vec<String>,
+    pub client_connections: IntCounterVec,
+    pub client_connections_open: IntGaugeVec,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_requests: IntCounterVec,
+    connections_opened: IntCounterVec,
+    connect_duration: HistogramVec,
+    pool_wait: HistogramVec,
+    pool_rejected: IntCounterVec,
     stale_retries: IntCounterVec,
     body_drains: IntCounterVec,
     connections_closed: IntCounterVec,
+    errors: IntCounterVec,
+    pub tunnels: IntCounterVec,
+    pub tunnels_open: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: Gauge,
     max_upstream_labels: usize,
     origins: Mutex<HashMap<String, Arc<OriginMetrics>>>,
 }
 
-/// One origin's counters, resolved once.
+/// One origin's series, resolved once.
 pub struct OriginMetrics {
+    /// The `upstream` label value these series carry.
+    pub label: String,
     pub retries_succeeded: IntCounter,
     pub retries_failed: IntCounter,
     pub drains_reused: IntCounter,
     pub drains_closed: IntCounter,
+    pub upstream_new: IntCounter,
+    pub upstream_reused: IntCounter,
+    pub opened: IntCounter,
+    pub connect_duration: Histogram,
+    pub pool_wait: Histogram,
+    pub request_duration: Histogram,
+    pub rejected_queue_full: IntCounter,
+    pub rejected_timeout: IntCounter,
     closed: Vec<IntCounter>,
+    /// `eddy_requests_total`, by listener index then status class.
+    requests: Vec<[IntCounter; 5]>,
+    errors: IntCounterVec,
 }
 
 impl OriginMetrics {
@@ -44,53 +95,116 @@ impl OriginMetrics {
             c.inc();
         }
     }
-}
 
-impl Metrics {
-    pub fn new(max_upstream_labels: usize) -> Metrics {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c =
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric registered once");
-            c
-        };
-        let stale_retries = counter(
-            "eddy_stale_retries_total",
-            "Requests sent again after a reused upstream connection turned out closed, by outcome of the retry.",
-            &["upstream", "outcome"],
-        );
-        let body_drains = counter(
-            "eddy_body_drains_total",
-            "Response bodies read to the end after the client went away, by whether the connection was saved.",
-            &["upstream", "outcome"],
-        );
-        let connections_closed = counter(
-            "eddy_upstream_connections_closed_total",
-            "Upstream connections closed, by reason.",
-            &["upstream", "reason"],
-        );
-        #[cfg(target_os = "linux")]
-        {
-            let process = prometheus::process_collector::ProcessCollector::for_self();
-            if let Err(e) = registry.register(Box::new(process)) {
-                tracing::warn!(error = %e, "process metrics unavailable");
-            }
-        }
-        Metrics {
-            registry,
-            stale_retries,
-            body_drains,
-            connections_closed,
-            max_upstream_labels,
-            origins: Mutex::new(HashMap::new()),
+    /// A response with `status` went to a client of listener `listener`.
+    pub fn request(&self, listener: usize, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        if let Some(by_class) = self.requests.get(listener) {
+            by_class[class].inc();
         }
     }
 
-    /// The counters for `upstream` (`scheme://host:port`), or the shared
-    /// `other` counters once the label cap is reached.
+    /// An error eddy answered itself, by Proxy-Status type (off the hot path).
+    pub fn error(&self, proxy_status: &str) {
+        self.errors
+            .with_label_values(&[&self.label, proxy_status])
+            .inc();
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+        &["upstream"],
+    )
+    .expect("valid metric definition");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    /// Metrics for a process with these listeners (by name, in order).
+    pub fn new(max_upstream_labels: usize, listeners: &[String]) -> Metrics {
+        let r = Registry::new();
+        let config_last_reload_success = Gauge::new(
+            "eddy_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (Unix time).",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(config_last_reload_success.clone()))
+            .expect("metric registered once");
+        let m = Metrics {
+            client_connections: counter(&r, "eddy_client_connections_total", "Client connections accepted.", &["listener"]),
+            client_connections_open: gauge(&r, "eddy_client_connections_open", "Client connections open.", &["listener"]),
+            requests: counter(&r, "eddy_requests_total", "Responses sent to clients, by status class.", &["listener", "upstream", "code"]),
+            request_duration: histogram(&r, "eddy_request_duration_seconds", "Time from request head received to response fully sent."),
+            upstream_requests: counter(&r, "eddy_upstream_requests_total", "Requests sent upstream, by whether the connection was new or reused.", &["upstream", "connection"]),
+            connections_opened: counter(&r, "eddy_upstream_connections_opened_total", "Upstream connections opened.", &["upstream"]),
+            connect_duration: histogram(&r, "eddy_upstream_connect_duration_seconds", "Time to open an upstream connection (DNS, TCP, handshake)."),
+            pool_wait: histogram(&r, "eddy_pool_wait_seconds", "Time a request waited for a pooled connection."),
+            pool_rejected: counter(&r, "eddy_pool_rejected_total", "Requests refused with 503 because no connection became free.", &["upstream", "reason"]),
+            stale_retries: counter(&r, "eddy_stale_retries_total", "Requests sent again after a reused upstream connection turned out closed, by outcome of the retry.", &["upstream", "outcome"]),
+            body_drains: counter(&r, "eddy_body_drains_total", "Response bodies read to the end after the client went away, by whether the connection was saved.", &["upstream", "outcome"]),
+            connections_closed: counter(&r, "eddy_upstream_connections_closed_total", "Upstream connections closed, by reason.", &["upstream", "reason"]),
+            errors: counter(&r, "eddy_errors_total", "Responses eddy made itself, by Proxy-Status error type.", &["upstream", "error"]),
+            tunnels: counter(&r, "eddy_tunnels_total", "CONNECT tunnels opened.", &["listener"]),
+            tunnels_open: gauge(&r, "eddy_tunnels_open", "CONNECT tunnels open.", &["listener"]),
+            config_reloads: counter(&r, "eddy_config_reloads_total", "Configuration reloads, by outcome.", &["outcome"]),
+            config_last_reload_success,
+            registry: r,
+            listeners: listeners.to_vec(),
+            max_upstream_labels,
+            origins: Mutex::new(HashMap::new()),
+        };
+        // Series that exist from the start, at zero.
+        for l in listeners {
+            m.client_connections.with_label_values(&[l]);
+            m.client_connections_open.with_label_values(&[l]);
+            m.tunnels.with_label_values(&[l]);
+            m.tunnels_open.with_label_values(&[l]);
+        }
+        for outcome in ["success", "failure"] {
+            m.config_reloads.with_label_values(&[outcome]);
+        }
+        m.config_last_reload_success.set(unix_now());
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            if let Err(e) = m.registry.register(Box::new(process)) {
+                tracing::warn!(error = %e, "process metrics unavailable");
+            }
+        }
+        m
+    }
+
+    /// Reads the pool gauges from `pool` at every scrape.
+    pub fn register_pool(&self, pool: WeakPool) {
+        let collector = PoolCollector::new(pool);
+        if let Err(e) = self.registry.register(Box::new(collector)) {
+            tracing::warn!(error = %e, "pool gauges unavailable");
+        }
+    }
+
+    /// The series for `upstream` (`scheme://host:port`), or the shared
+    /// `other` series once the label cap is reached.
     pub fn origin(&self, upstream: &str) -> Arc<OriginMetrics> {
         let mut origins = self
             .origins
@@ -99,7 +213,7 @@ impl Metrics {
         if let Some(m) = origins.get(upstream) {
             return m.clone();
         }
-        let label = if origins.len() < self.max_upstream_labels {
+        let label = if origins.len() < self.max_upstream_labels || upstream == NO_UPSTREAM {
             upstream
         } else {
             OTHER_UPSTREAM
@@ -113,11 +227,25 @@ impl Metrics {
     }
 
     fn resolve(&self, label: &str) -> OriginMetrics {
+        let requests = self
+            .listeners
+            .iter()
+            .map(|l| CODE_CLASSES.map(|code| self.requests.with_label_values(&[l, label, code])))
+            .collect();
         OriginMetrics {
+            label: label.to_string(),
             retries_succeeded: self.stale_retries.with_label_values(&[label, "succeeded"]),
             retries_failed: self.stale_retries.with_label_values(&[label, "failed"]),
             drains_reused: self.body_drains.with_label_values(&[label, "reused"]),
             drains_closed: self.body_drains.with_label_values(&[label, "closed"]),
+            upstream_new: self.upstream_requests.with_label_values(&[label, "new"]),
+            upstream_reused: self.upstream_requests.with_label_values(&[label, "reused"]),
+            opened: self.connections_opened.with_label_values(&[label]),
+            connect_duration: self.connect_duration.with_label_values(&[label]),
+            pool_wait: self.pool_wait.with_label_values(&[label]),
+            request_duration: self.request_duration.with_label_values(&[label]),
+            rejected_queue_full: self.pool_rejected.with_label_values(&[label, "queue_full"]),
+            rejected_timeout: self.pool_rejected.with_label_values(&[label, "timeout"]),
             closed: CloseReason::ALL
                 .iter()
                 .map(|r| {
@@ -125,6 +253,8 @@ impl Metrics {
                         .with_label_values(&[label, r.as_str()])
                 })
                 .collect(),
+            requests,
+            errors: self.errors.clone(),
         }
     }
 
@@ -138,13 +268,83 @@ impl Metrics {
     }
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `eddy_upstream_connections{state}` and `eddy_pool_pending`, read from the
+/// pool when Prometheus scrapes.
+struct PoolCollector {
+    pool: WeakPool,
+    descs: Vec<Desc>,
+}
+
+impl PoolCollector {
+    fn new(pool: WeakPool) -> PoolCollector {
+        let (connections, pending) = PoolCollector::vecs();
+        let descs = connections
+            .desc()
+            .into_iter()
+            .chain(pending.desc())
+            .cloned()
+            .collect();
+        PoolCollector { pool, descs }
+    }
+
+    fn vecs() -> (GaugeVec, GaugeVec) {
+        let connections = GaugeVec::new(
+            Opts::new(
+                "eddy_upstream_connections",
+                "Upstream connections, by state.",
+            ),
+            &["upstream", "state"],
+        )
+        .expect("valid metric definition");
+        let pending = GaugeVec::new(
+            Opts::new("eddy_pool_pending", "Requests waiting for a connection."),
+            &["upstream"],
+        )
+        .expect("valid metric definition");
+        (connections, pending)
+    }
+}
+
+impl Collector for PoolCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (connections, pending) = PoolCollector::vecs();
+        if let Some(pool) = self.pool.upgrade() {
+            for g in pool.gauges() {
+                connections
+                    .with_label_values(&[&g.label, "idle"])
+                    .add(g.idle as f64);
+                connections
+                    .with_label_values(&[&g.label, "in_use"])
+                    .add(g.in_use as f64);
+                connections
+                    .with_label_values(&[&g.label, "connecting"])
+                    .add(g.connecting as f64);
+                pending.with_label_values(&[&g.label]).add(g.pending as f64);
+            }
+        }
+        let mut families = connections.collect();
+        families.extend(pending.collect());
+        families
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn upstream_labels_are_capped() {
-        let m = Metrics::new(2);
+        let m = Metrics::new(2, &["proxy".to_string()]);
         m.origin("http://a:80").retries_succeeded.inc();
         m.origin("http://b:80").retries_succeeded.inc();
         m.origin("http://c:80").retries_succeeded.inc();
@@ -165,7 +365,7 @@ mod tests {
 
     #[test]
     fn every_close_reason_has_a_series() {
-        let m = Metrics::new(10);
+        let m = Metrics::new(10, &["proxy".to_string()]);
         m.origin("http://a:80")
             .connection_closed(CloseReason::NotDrained);
         let text = m.render();
@@ -176,5 +376,25 @@ mod tests {
             );
         }
         assert!(text.contains(r#"eddy_upstream_connections_closed_total{reason="not_drained",upstream="http://a:80"} 1"#));
+    }
+
+    #[test]
+    fn requests_are_counted_by_listener_and_status_class() {
+        let m = Metrics::new(10, &["a".to_string(), "b".to_string()]);
+        let o = m.origin("http://x:80");
+        o.request(1, 204);
+        o.request(1, 503);
+        o.request(0, 999);
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"eddy_requests_total{code="2xx",listener="b",upstream="http://x:80"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text
+            .contains(r#"eddy_requests_total{code="5xx",listener="b",upstream="http://x:80"} 1"#));
+        assert!(text
+            .contains(r#"eddy_requests_total{code="5xx",listener="a",upstream="http://x:80"} 1"#));
     }
 }

@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 
 use crate::config::RetryConfig;
 use crate::error::ProxyError;
+use crate::metrics::OriginMetrics;
 use crate::upstream::pool::Lease;
 use crate::upstream::{BodyDone, Pool, ReqBody, Reuse, Route};
 
@@ -121,6 +122,8 @@ pub(super) struct Exchanged {
     /// The connection that answered had served requests before.
     pub reused: bool,
     pub retries: u32,
+    pub pool_wait: Duration,
+    pub metrics: Option<Arc<OriginMetrics>>,
 }
 
 /// What the access log learns about a failed exchange.
@@ -128,6 +131,8 @@ pub(super) struct Failed {
     pub error: ProxyError,
     pub retries: u32,
     pub reused: Option<bool>,
+    pub pool_wait: Option<Duration>,
+    pub metrics: Option<Arc<OriginMetrics>>,
 }
 
 /// Sends `req` and, per SPEC section 5, again on a new connection when the
@@ -151,7 +156,8 @@ pub(super) async fn send_with_retry(
     let mut req = req;
     let mut retries = 0u32;
     let mut reused = None;
-    let mut metrics: Option<Arc<crate::metrics::OriginMetrics>> = None;
+    let mut metrics: Option<Arc<OriginMetrics>> = None;
+    let mut pool_wait = Duration::ZERO;
     loop {
         let pooled = match pool.checkout(route, reuse).await {
             Ok(p) => p,
@@ -163,10 +169,20 @@ pub(super) async fn send_with_retry(
                     error,
                     retries,
                     reused,
+                    pool_wait: Some(pool_wait),
+                    metrics,
                 });
             }
         };
         metrics = pooled.metrics().or(metrics);
+        pool_wait += pooled.waited();
+        if let Some(m) = &metrics {
+            if pooled.is_reused() {
+                m.upstream_reused.inc();
+            } else {
+                m.upstream_new.inc();
+            }
+        }
         reused = Some(pooled.is_reused());
         let template = (replayable && pooled.is_reused())
             .then(|| Template::of(&req))
@@ -183,6 +199,8 @@ pub(super) async fn send_with_retry(
                     lease,
                     reused: reused.unwrap_or(false),
                     retries,
+                    pool_wait,
+                    metrics,
                 });
             }
             Err(f) => f,
@@ -201,6 +219,8 @@ pub(super) async fn send_with_retry(
                     error: failure.error,
                     retries,
                     reused,
+                    pool_wait: Some(pool_wait),
+                    metrics,
                 })
             }
         };

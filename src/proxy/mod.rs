@@ -27,13 +27,20 @@ pub use headers::strip_hop_by_hop;
 pub use router::Router;
 pub use target::{forward_target, origin_form, LoopGuard, Target};
 
+use crate::access::AccessRecord;
 use crate::config::{ListenerMode, RetryConfig};
 use crate::error::ProxyError;
+use crate::metrics::{Metrics, OriginMetrics};
 use crate::upstream::{DrainLimits, Pool, ReqBody, UpstreamBody};
 
 /// What a listener's requests share.
 pub struct ListenerCtx {
-    pub name: String,
+    /// Position in the configuration (indexes per-listener metric series).
+    pub index: usize,
+    pub name: Arc<str>,
+    pub metrics: Arc<Metrics>,
+    /// Series for requests answered before an origin was chosen.
+    pub no_upstream: Arc<OriginMetrics>,
     pub mode: ListenerMode,
     /// For route listeners: where every request goes.
     pub route_target: Option<Target>,
@@ -96,6 +103,8 @@ struct Outcome {
     target: Option<Target>,
     reused: Option<bool>,
     retries: u32,
+    pool_wait: Option<std::time::Duration>,
+    metrics: Option<Arc<OriginMetrics>>,
 }
 
 /// Serves one client request; never fails (errors become responses).
@@ -107,22 +116,36 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let mut outcome = Outcome::default();
-    let (response, error) = match proxy(req, ctx, &mut outcome).await {
+    let (mut response, error) = match proxy(req, ctx, &mut outcome).await {
         Ok(resp) => (resp, None),
         Err(e) => (e.to_response(), Some(e)),
     };
-    if ctx.access_log {
-        log_access(
-            ctx,
-            client,
-            &method,
-            &outcome,
-            &response,
-            error.as_ref(),
-            started,
-        );
-    } else if let Some(e) = &error {
+    if let (Some(e), false) = (&error, ctx.access_log) {
         tracing::debug!(listener = %ctx.name, %client, error = %e, "request failed");
+    }
+    let record = AccessRecord {
+        listener: ctx.index,
+        listener_name: ctx.name.clone(),
+        client,
+        method,
+        host: outcome.target.map(|t| t.authority),
+        status: response.status().as_u16(),
+        started,
+        pool_wait: outcome.pool_wait,
+        reused: outcome.reused,
+        retries: outcome.retries,
+        error: error.map(|e| (e.proxy_status(), e.to_string())),
+        metrics: outcome.metrics.unwrap_or_else(|| ctx.no_upstream.clone()),
+        log: ctx.access_log,
+        bytes_out: 0,
+    };
+    match response.body_mut() {
+        ProxyBody::Upstream(body) => body.set_record(record),
+        ProxyBody::Full(b) => {
+            let mut record = record;
+            record.bytes_out = b.as_ref().map_or(0, |b| b.len() as u64);
+            record.finish(None);
+        }
     }
     response
 }
@@ -182,11 +205,19 @@ async fn proxy(
         Err(failed) => {
             outcome.reused = failed.reused;
             outcome.retries = failed.retries;
+            outcome.pool_wait = failed.pool_wait;
+            outcome.metrics = Some(
+                failed
+                    .metrics
+                    .unwrap_or_else(|| ctx.metrics.origin(route.origin.as_str())),
+            );
             return Err(failed.error);
         }
     };
     outcome.reused = Some(exchanged.reused);
     outcome.retries = exchanged.retries;
+    outcome.pool_wait = Some(exchanged.pool_wait);
+    outcome.metrics = exchanged.metrics;
 
     let (mut parts, incoming) = exchanged.response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -195,37 +226,4 @@ async fn proxy(
         parts,
         ProxyBody::Upstream(UpstreamBody::new(incoming, exchanged.lease, ctx.drain)),
     ))
-}
-
-fn log_access(
-    ctx: &ListenerCtx,
-    client: SocketAddr,
-    method: &Method,
-    outcome: &Outcome,
-    response: &Response<ProxyBody>,
-    error: Option<&ProxyError>,
-    started: Instant,
-) {
-    let host = outcome
-        .target
-        .as_ref()
-        .map_or("-", |t| t.authority.as_str());
-    let connection = match outcome.reused {
-        Some(true) => "reused",
-        Some(false) => "new",
-        None => "-",
-    };
-    tracing::info!(
-        target: "eddy::access",
-        listener = %ctx.name,
-        client = %client,
-        method = %method,
-        host,
-        status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        upstream_connection = connection,
-        retries = outcome.retries,
-        proxy_status = error.map_or("-", |e| e.proxy_status()),
-        detail = %error.map(|e| e.to_string()).unwrap_or_default(),
-    );
 }

@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use super::pool::{CloseReason, Lease};
+use crate::access::AccessRecord;
 
 /// Progress of a request body being sent: when hyper last took a piece of
 /// it, and whether it has taken all of it.
@@ -264,6 +265,8 @@ pub struct UpstreamBody {
     inner: Option<Incoming>,
     lease: Option<Lease>,
     drain: DrainLimits,
+    /// Finished when the response is over (or its drain is).
+    record: Option<AccessRecord>,
 }
 
 impl UpstreamBody {
@@ -272,9 +275,15 @@ impl UpstreamBody {
             inner: Some(inner),
             lease: Some(lease),
             drain,
+            record: None,
         };
         body.finish_if_done();
         body
+    }
+
+    /// What to log and count once the response is over.
+    pub fn set_record(&mut self, record: AccessRecord) {
+        self.record = Some(record);
     }
 
     fn at_end(&self) -> bool {
@@ -304,7 +313,12 @@ impl Body for UpstreamBody {
         };
         let frame = ready!(Pin::new(inner).poll_frame(cx));
         match &frame {
-            Some(Ok(_)) => this.finish_if_done(),
+            Some(Ok(f)) => {
+                if let (Some(r), Some(data)) = (this.record.as_mut(), f.data_ref()) {
+                    r.bytes_out += data.len() as u64;
+                }
+                this.finish_if_done();
+            }
             None => {
                 if let Some(lease) = this.lease.take() {
                     lease.finish();
@@ -332,11 +346,18 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
+        let record = self.record.take();
         let Some(lease) = self.lease.take() else {
+            if let Some(r) = record {
+                r.finish(None);
+            }
             return;
         };
         if self.at_end() {
             lease.finish();
+            if let Some(r) = record {
+                r.finish(None);
+            }
             return;
         }
         // The client went away or stopped reading mid-body: read the rest
@@ -344,15 +365,23 @@ impl Drop for UpstreamBody {
         let (Some(inner), Ok(runtime)) = (self.inner.take(), tokio::runtime::Handle::try_current())
         else {
             lease.close(CloseReason::NotDrained);
+            if let Some(r) = record {
+                r.finish(Some("closed"));
+            }
             return;
         };
-        runtime.spawn(drain(inner, lease, self.drain));
+        runtime.spawn(drain(inner, lease, self.drain, record));
     }
 }
 
 /// Reads and discards the rest of a body; returns the connection to the pool
 /// if the body ends within the limits, closes it otherwise.
-async fn drain(mut inner: Incoming, lease: Lease, limits: DrainLimits) {
+async fn drain(
+    mut inner: Incoming,
+    lease: Lease,
+    limits: DrainLimits,
+    record: Option<AccessRecord>,
+) {
     let metrics = lease.metrics();
     let deadline = Instant::now() + limits.timeout;
     let mut read: u64 = 0;
@@ -386,5 +415,8 @@ async fn drain(mut inner: Incoming, lease: Lease, limits: DrainLimits) {
         } else {
             m.drains_closed.inc();
         }
+    }
+    if let Some(r) = record {
+        r.finish(Some(if reused { "reused" } else { "closed" }));
     }
 }

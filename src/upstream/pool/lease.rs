@@ -111,9 +111,17 @@ pub struct Pooled {
     pub(super) conn: Option<Conn>,
     pub(super) reused: bool,
     pub(super) close_reason: CloseReason,
+    /// How long the request waited in the pool's queue for it.
+    pub(super) waited: Duration,
 }
 
 impl Pooled {
+    /// How long the request waited for a connection (queue time; the
+    /// time to open a new one is `eddy_upstream_connect_duration_seconds`).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
     /// Whether this connection had served an earlier request.
     pub fn is_reused(&self) -> bool {
         self.reused

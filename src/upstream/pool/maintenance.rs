@@ -83,7 +83,12 @@ impl Pool {
             for route in &routes {
                 st.origins
                     .entry(route.origin.clone())
-                    .or_insert_with(|| OriginState::new(route.settings.clone()))
+                    .or_insert_with(|| {
+                        OriginState::new(
+                            route.settings.clone(),
+                            self.shared.metrics.origin(route.origin.as_str()),
+                        )
+                    })
                     .pinned = true;
             }
         }
@@ -164,6 +169,30 @@ impl Pool {
         drop(closing);
     }
 
+    /// Pool gauges summed by `upstream` label (for `/metrics`).
+    pub fn gauges(&self) -> Vec<GaugeRow> {
+        let st = self.lock();
+        let mut rows: Vec<GaugeRow> = Vec::new();
+        for os in st.origins.values() {
+            let row = match rows.iter_mut().position(|r| r.label == os.metrics.label) {
+                Some(i) => &mut rows[i],
+                None => {
+                    rows.push(GaugeRow {
+                        label: os.metrics.label.clone(),
+                        ..GaugeRow::default()
+                    });
+                    let last = rows.len() - 1;
+                    &mut rows[last]
+                }
+            };
+            row.idle += os.idle.len();
+            row.in_use += os.in_use;
+            row.connecting += os.connecting;
+            row.pending += os.waiters.len();
+        }
+        rows
+    }
+
     /// A point-in-time view of every origin's pool (for `/pools`).
     pub fn snapshot(&self) -> Vec<OriginStats> {
         let now = Instant::now();
@@ -202,4 +231,14 @@ pub struct OriginStats {
     pub reused_total: u64,
     pub oldest_idle_seconds: f64,
     pub effective_idle_timeout_seconds: f64,
+}
+
+/// One `upstream` label's pool gauges.
+#[derive(Debug, Default)]
+pub struct GaugeRow {
+    pub label: String,
+    pub idle: usize,
+    pub in_use: usize,
+    pub connecting: usize,
+    pub pending: usize,
 }

@@ -56,7 +56,7 @@ use lease::{ConnectPermit, Grant, Waiter, WaiterGuard};
 use origin_state::OriginState;
 
 pub use lease::{Lease, Pooled, SendFailure};
-pub use maintenance::OriginStats;
+pub use maintenance::{GaugeRow, OriginStats};
 
 /// How many origins with no connections the pool keeps figures for.
 pub const MAX_REMEMBERED_ORIGINS: usize = 1024;
@@ -185,6 +185,17 @@ impl Drop for Closing {
     }
 }
 
+/// A handle that does not keep the pool alive (for the metrics collector,
+/// which the pool's own metrics registry owns).
+#[derive(Clone)]
+pub struct WeakPool(std::sync::Weak<Shared>);
+
+impl WeakPool {
+    pub fn upgrade(&self) -> Option<Pool> {
+        self.0.upgrade().map(|shared| Pool { shared })
+    }
+}
+
 /// The pool of upstream connections for all origins. Cheap to clone.
 #[derive(Clone)]
 pub struct Pool {
@@ -222,6 +233,10 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    pub fn downgrade(&self) -> WeakPool {
+        WeakPool(Arc::downgrade(&self.shared))
+    }
+
     fn next_id(&self) -> u64 {
         self.shared.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -231,6 +246,15 @@ impl Pool {
     pub async fn checkout(&self, route: &Route, reuse: Reuse) -> Result<Pooled, ProxyError> {
         let settings = &route.settings;
         let pending_deadline = Instant::now() + settings.pending_timeout.get();
+        let mut waited = std::time::Duration::ZERO;
+        // Records the queue time on the connection and in the histogram.
+        let stamp = |mut p: Pooled, waited| {
+            p.waited = waited;
+            if let Some(c) = &p.conn {
+                c.metrics.pool_wait.observe(waited.as_secs_f64());
+            }
+            p
+        };
         loop {
             let mut closing = Closing::new();
             let step = {
@@ -240,23 +264,40 @@ impl Pool {
             drop(closing);
             let pooled = match step {
                 Step::Reuse(pooled) => pooled,
-                Step::Connect(permit) => return self.connect(permit).await,
+                Step::Connect(permit) => {
+                    return self.connect(permit).await.map(|p| stamp(p, waited))
+                }
                 Step::Full(pending) => {
+                    self.shared
+                        .metrics
+                        .origin(route.origin.as_str())
+                        .rejected_queue_full
+                        .inc();
                     return Err(ProxyError::QueueFull {
                         origin: route.origin.to_string(),
                         pending,
-                    })
+                    });
                 }
-                Step::Wait(id, rx) => match self.wait(route, id, rx, pending_deadline).await? {
-                    Grant::Conn(pooled) if reuse == Reuse::Fresh => {
-                        return self.connect(pooled.into_permit(route)).await
+                Step::Wait(id, rx) => {
+                    let queued = Instant::now();
+                    let grant = self.wait(route, id, rx, pending_deadline).await;
+                    waited += queued.elapsed();
+                    match grant? {
+                        Grant::Conn(pooled) if reuse == Reuse::Fresh => {
+                            return self
+                                .connect(pooled.into_permit(route))
+                                .await
+                                .map(|p| stamp(p, waited))
+                        }
+                        Grant::Conn(pooled) => pooled,
+                        Grant::Permit(permit) => {
+                            return self.connect(permit).await.map(|p| stamp(p, waited))
+                        }
                     }
-                    Grant::Conn(pooled) => pooled,
-                    Grant::Permit(permit) => return self.connect(permit).await,
-                },
+                }
             };
             if let Some(ready) = pooled.into_ready(settings.connect_timeout.get()).await {
-                return Ok(ready);
+                return Ok(stamp(ready, waited));
             }
             // The connection was dead; its slot is free again. Try again.
         }
@@ -270,10 +311,12 @@ impl Pool {
         closing: &mut Closing,
     ) -> Step {
         let now = Instant::now();
-        let os = st
-            .origins
-            .entry(route.origin.clone())
-            .or_insert_with(|| OriginState::new(route.settings.clone()));
+        let os = st.origins.entry(route.origin.clone()).or_insert_with(|| {
+            OriginState::new(
+                route.settings.clone(),
+                self.shared.metrics.origin(route.origin.as_str()),
+            )
+        });
         os.settings = route.settings.clone();
         let mut idle_taken = 0;
         let mut reused = None;
@@ -346,8 +389,15 @@ impl Pool {
             Err(_) => {
                 rx.close();
                 // A grant sent at the last moment is still ours to use.
-                rx.try_recv().map_err(|_| ProxyError::PendingTimeout {
-                    origin: route.origin.to_string(),
+                rx.try_recv().map_err(|_| {
+                    self.shared
+                        .metrics
+                        .origin(route.origin.as_str())
+                        .rejected_timeout
+                        .inc();
+                    ProxyError::PendingTimeout {
+                        origin: route.origin.to_string(),
+                    }
                 })
             }
         };
@@ -359,7 +409,13 @@ impl Pool {
         let settings = &permit.route.settings;
         let deadline = Instant::now() + settings.connect_timeout.get();
         let origin = &permit.route.origin;
+        let started = Instant::now();
         let connected = self.shared.connector.connect(origin, deadline).await?;
+        let metrics = self.shared.metrics.origin(origin.as_str());
+        metrics.opened.inc();
+        metrics
+            .connect_duration
+            .observe(started.elapsed().as_secs_f64());
         let id = self.next_id();
         let task_pool = self.clone();
         let task_origin = origin.clone();
@@ -381,7 +437,7 @@ impl Pool {
             requests: 0,
             keepalive_hint: None,
             bytes_read: connected.bytes_read,
-            metrics: self.shared.metrics.origin(origin.as_str()),
+            metrics,
         };
         Ok(permit.fulfil(conn))
     }
@@ -400,6 +456,7 @@ impl Pool {
             conn: Some(conn),
             reused,
             close_reason: CloseReason::Error,
+            waited: std::time::Duration::ZERO,
         }
     }
 }

@@ -11,9 +11,11 @@ use super::conn::{Conn, IdleConn};
 use super::lease::Waiter;
 use super::CloseReason;
 use crate::config::PoolConfig;
+use crate::metrics::OriginMetrics;
 use crate::upstream::learn::{expire_before, IdleLearner};
 
 pub(super) struct OriginState {
+    pub(super) metrics: Arc<OriginMetrics>,
     pub(super) settings: Arc<PoolConfig>,
     /// Oldest first; reuse pops from the end (most recently used).
     pub(super) idle: Vec<IdleConn>,
@@ -29,9 +31,10 @@ pub(super) struct OriginState {
 }
 
 impl OriginState {
-    pub(super) fn new(settings: Arc<PoolConfig>) -> OriginState {
+    pub(super) fn new(settings: Arc<PoolConfig>, metrics: Arc<OriginMetrics>) -> OriginState {
         OriginState {
             settings,
+            metrics,
             idle: Vec::new(),
             waiters: VecDeque::new(),
             in_use: 0,
