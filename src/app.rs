@@ -119,7 +119,6 @@ impl Eddy {
                 index,
                 name: lc.name.as_str().into(),
                 metrics: metrics.clone(),
-                no_upstream: metrics.origin(crate::metrics::NO_UPSTREAM),
                 mode: lc.mode,
                 route_target: route_target(&lc),
                 router: router.clone(),
@@ -154,6 +153,11 @@ impl Eddy {
             tracing::info!(listener = %name, %addr, "listening");
         }
         tracing::info!(%admin_addr, "admin listening");
+        tracing::debug!(
+            listeners = config.listeners.len(),
+            upstreams = config.upstreams.len(),
+            "configuration in effect"
+        );
         Ok(Eddy {
             listeners,
             admin_addr,

@@ -39,8 +39,6 @@ pub struct ListenerCtx {
     pub index: usize,
     pub name: Arc<str>,
     pub metrics: Arc<Metrics>,
-    /// Series for requests answered before an origin was chosen.
-    pub no_upstream: Arc<OriginMetrics>,
     pub mode: ListenerMode,
     /// For route listeners: where every request goes.
     pub route_target: Option<Target>,
@@ -138,7 +136,9 @@ pub async fn handle(
         reused: outcome.reused,
         retries: outcome.retries,
         error: error.map(|e| (e.proxy_status(), e.to_string())),
-        metrics: outcome.metrics.unwrap_or_else(|| ctx.no_upstream.clone()),
+        metrics: outcome
+            .metrics
+            .unwrap_or_else(|| ctx.metrics.origin(crate::metrics::NO_UPSTREAM)),
         log: ctx.access_log,
         bytes_out: 0,
     };

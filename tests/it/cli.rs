@@ -85,3 +85,121 @@ fn check_without_a_file_prints_the_embedded_default() {
     assert!(printed.contains("listen = \"127.0.0.1:3128\""), "{printed}");
     assert!(printed.contains("listen = \"127.0.0.1:9901\""), "{printed}");
 }
+
+/// Starts the eddy binary on `config` and returns it with a line reader on
+/// its standard output.
+fn spawn_eddy(
+    config: &str,
+    name: &str,
+    envs: &[(&str, &str)],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let path = write_temp(name, config);
+    let mut cmd = eddy();
+    cmd.arg("--config").arg(&path).env_remove("RUST_LOG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start eddy");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn next_line(rx: &std::sync::mpsc::Receiver<String>) -> Option<String> {
+    rx.recv_timeout(std::time::Duration::from_secs(10)).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_valid_json_with_every_access_log_field() {
+    use crate::support::origin::{Behavior, Origin};
+    let origin = Origin::start(Behavior::default()).await;
+    let config = "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\naccess_log = true\n\
+                  [[listener]]\nname = \"app\"\nlisten = \"127.0.0.1:0\"\n";
+    let (mut child, rx) = spawn_eddy(config, "json", &[]);
+    let mut lines = Vec::new();
+    let proxy_addr = loop {
+        let line = next_line(&rx).expect("eddy logs its listener");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        lines.push(line);
+        if v["fields"]["message"] == "listening" {
+            let addr: std::net::SocketAddr = v["fields"]["addr"]
+                .as_str()
+                .expect("addr")
+                .parse()
+                .expect("socket address");
+            break addr;
+        }
+    };
+    let r = crate::support::client::get(proxy_addr, &origin.url()).await;
+    assert_eq!(r.status, 200);
+    let r = crate::support::client::get(proxy_addr, "http://x.invalid/").await;
+    assert_eq!(r.status, 502);
+    let mut access = Vec::new();
+    while access.len() < 2 {
+        let line = next_line(&rx).expect("access log lines");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["target"] == "eddy::access" {
+            access.push(v);
+        }
+    }
+    for v in &access {
+        for field in [
+            "listener",
+            "client",
+            "method",
+            "host",
+            "status",
+            "bytes_out",
+            "duration_ms",
+            "pool_wait_ms",
+            "upstream_connection",
+            "retries",
+            "drain",
+            "proxy_status",
+        ] {
+            assert!(!v["fields"][field].is_null(), "{field} in {v}");
+        }
+    }
+    assert_eq!(access[0]["fields"]["status"], 200);
+    assert_eq!(access[0]["fields"]["upstream_connection"], "new");
+    assert_eq!(access[1]["fields"]["proxy_status"], "dns_error");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn rust_log_overrides_the_configured_level() {
+    let config = "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nlevel = \"warn\"\nformat = \"json\"\n\
+                  [[listener]]\nlisten = \"127.0.0.1:0\"\n";
+    let (mut child, rx) = spawn_eddy(config, "rustlog", &[("RUST_LOG", "debug")]);
+    let mut saw_debug = false;
+    while let Some(line) = next_line(&rx) {
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["level"] == "DEBUG" {
+            saw_debug = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        saw_debug,
+        "RUST_LOG=debug shows debug lines despite level = \"warn\""
+    );
+}

@@ -5,10 +5,12 @@
 mod support;
 
 mod cli;
+mod deploy;
 mod drain;
 mod errors;
 mod headers;
 mod idle;
 mod listener;
+mod metrics;
 mod pool;
 mod retry;

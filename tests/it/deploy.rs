@@ -1,0 +1,118 @@
+//! The shipped dashboard and alert rules only use metric names that exist
+//! (SPEC section 9), so a rename cannot silently blank a panel or an alert.
+
+use std::collections::BTreeSet;
+
+const SPEC_METRICS: &[&str] = &[
+    "eddy_client_connections_total",
+    "eddy_client_connections_open",
+    "eddy_requests_total",
+    "eddy_request_duration_seconds",
+    "eddy_upstream_requests_total",
+    "eddy_upstream_connections_opened_total",
+    "eddy_upstream_connections_closed_total",
+    "eddy_upstream_connections",
+    "eddy_upstream_connect_duration_seconds",
+    "eddy_pool_pending",
+    "eddy_pool_wait_seconds",
+    "eddy_pool_rejected_total",
+    "eddy_stale_retries_total",
+    "eddy_body_drains_total",
+    "eddy_errors_total",
+    "eddy_tunnels_total",
+    "eddy_tunnels_open",
+    "eddy_config_reloads_total",
+    "eddy_config_last_reload_success_timestamp_seconds",
+];
+
+/// Metric names (`eddy_*`, `process_*`) used in a query text, with histogram
+/// suffixes removed.
+fn metric_names(query: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = query.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts_word = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        if starts_word && (query[i..].starts_with("eddy_") || query[i..].starts_with("process_")) {
+            let end = query[i..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(query.len(), |n| i + n);
+            let name = &query[i..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            names.insert(base.to_string());
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+fn check_known(names: &BTreeSet<String>, source: &str) {
+    for n in names {
+        assert!(
+            SPEC_METRICS.contains(&n.as_str()) || n.starts_with("process_"),
+            "{source} uses {n}, which eddy does not export"
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_loads_and_queries_only_spec_metrics() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/eddy-dashboard.json"
+    );
+    let text = std::fs::read_to_string(path).expect("dashboard file");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let mut used = BTreeSet::new();
+    for p in panels {
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {} has queries", p["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{expr}");
+            used.extend(names);
+        }
+    }
+    check_known(&used, "the dashboard");
+    for needed in [
+        "eddy_upstream_requests_total",
+        "eddy_upstream_connections",
+        "eddy_pool_pending",
+        "eddy_pool_wait_seconds",
+        "eddy_stale_retries_total",
+        "eddy_body_drains_total",
+        "eddy_errors_total",
+        "eddy_requests_total",
+        "eddy_request_duration_seconds",
+    ] {
+        assert!(used.contains(needed), "the dashboard shows {needed}");
+    }
+}
+
+#[test]
+fn the_alert_rules_use_only_spec_metrics() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/eddy-alerts.yml"
+    );
+    let text = std::fs::read_to_string(path).expect("rules file");
+    let used = metric_names(&text);
+    check_known(&used, "the alert rules");
+    for needed in [
+        "eddy_pool_pending",
+        "eddy_pool_rejected_total",
+        "eddy_stale_retries_total",
+        "eddy_upstream_requests_total",
+        "eddy_upstream_connections_closed_total",
+    ] {
+        assert!(used.contains(needed), "an alert uses {needed}");
+    }
+}
