@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 import requests
@@ -57,6 +58,35 @@ def nginx_accepts(status_port):
     _, text = direct_get(f"http://127.0.0.1:{status_port}/nginx_status")
     # "Active connections: 1 \nserver accepts handled requests\n 5 5 9 \n..."
     return int(text.split("\n")[2].split()[0])
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def start_prometheus(work, admin_port, procs):
+    """A real Prometheus on loopback, scraping eddy every second with the
+    scrape configuration and alert rules shipped in deploy/prometheus/."""
+    port = free_port()
+    with open(os.path.join(REPO, "deploy/prometheus/prometheus.yml")) as f:
+        conf = f.read()
+    conf = conf.replace("127.0.0.1:9901", f"127.0.0.1:{admin_port}")
+    conf = conf.replace("scrape_interval: 15s", "scrape_interval: 1s").replace("evaluation_interval: 15s", "evaluation_interval: 1s")
+    conf = conf.replace("- eddy-alerts.yml", "- " + os.path.join(REPO, "deploy/prometheus/eddy-alerts.yml"))
+    path = os.path.join(work, "prometheus.yml")
+    with open(path, "w") as f:
+        f.write(conf)
+    log = open(os.path.join(work, "prometheus.log"), "w")
+    proc = subprocess.Popen(["prometheus", f"--config.file={path}", f"--storage.tsdb.path={work}/tsdb",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    procs.append(proc)
+    return port
+
+
+def prometheus_query(port, query):
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    _, body = direct_get(url)
+    result = json.loads(body)["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
 
 
 NGINX_CONF = """
@@ -135,6 +165,8 @@ max_connections_per_host = {max_conns}
         procs.append(eddy)
         check("nginx listens", wait_port(origin_port))
         check("eddy listens", wait_port(proxy_port) and wait_port(admin_port))
+        prom_port = start_prometheus(work, admin_port, procs)
+        check("prometheus listens", wait_port(prom_port, timeout=30))
 
         proxy = f"http://127.0.0.1:{proxy_port}"
         origin = f"http://127.0.0.1:{origin_port}"
@@ -175,6 +207,37 @@ max_connections_per_host = {max_conns}
             results = list(pool.map(one, range(args.requests)))
         ok = sum(results)
         check(f"python requests: {args.requests} requests succeed", ok == args.requests, f"{ok} succeeded")
+
+        # Steady traffic for a few seconds while Prometheus scrapes every
+        # second, then ask it for the reuse ratio (SPEC section 9).
+        deadline = time.time() + 6
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            while time.time() < deadline:
+                list(pool.map(one, range(40)))
+                time.sleep(0.1)
+        ratio = None
+        query = ('sum(rate(eddy_upstream_requests_total{connection="reused"}[1m])) '
+                 '/ sum(rate(eddy_upstream_requests_total[1m]))')
+        for _ in range(20):
+            try:
+                ratio = prometheus_query(prom_port, query)
+            except (OSError, ValueError, KeyError):
+                ratio = None
+            if ratio is not None:
+                break
+            time.sleep(1)
+        check("prometheus scraped eddy: reuse ratio above 0.9", ratio is not None and ratio > 0.9, f"ratio {ratio}")
+        up = None
+        try:
+            up = prometheus_query(prom_port, 'up{job="eddy"}')
+        except (OSError, ValueError, KeyError):
+            pass
+        check("prometheus sees the eddy target up", up == 1.0, f"up {up}")
+
+        # The exposition passes promtool's lint.
+        metrics_text = direct_get(f"http://127.0.0.1:{admin_port}/metrics")[1]
+        lint = subprocess.run(["promtool", "check", "metrics"], input=metrics_text, capture_output=True, text=True)
+        check("promtool check metrics", lint.returncode == 0, lint.stdout + lint.stderr)
 
         after = nginx_accepts(origin_port)
         # Each stub_status read is itself one direct accept.
