@@ -92,17 +92,23 @@ impl ProxyError {
         )
     }
 
+    /// The one-line text body: `502 Bad Gateway: <what happened>`.
+    fn body_line(&self) -> String {
+        let status = self.status();
+        format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self
+        )
+    }
+
     /// The same response as raw HTTP/1.1 bytes, for answers written straight
     /// to a client socket (request heads refused before hyper saw them).
     /// Always closes the connection.
     pub fn to_wire(&self) -> Vec<u8> {
         let status = self.status();
-        let body = format!(
-            "{} {}: {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            self
-        );
+        let body = self.body_line();
         format!(
             "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nProxy-Status: eddy; error={}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             status.as_u16(),
@@ -116,12 +122,7 @@ impl ProxyError {
     /// The response eddy sends: status, `Proxy-Status`, one line of text.
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
         let status = self.status();
-        let body = format!(
-            "{} {}: {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            self
-        );
+        let body = self.body_line();
         let proxy_status = format!("eddy; error={}", self.proxy_status());
         let mut resp = Response::new(B::from(Bytes::from(body)));
         *resp.status_mut() = status;
