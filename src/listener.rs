@@ -35,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::access::AccessRecord;
 use crate::config::ListenerConfig;
 use crate::error::ProxyError;
 use crate::head_scan::{HeadScan, Reject};
@@ -194,7 +195,7 @@ impl ClientConn {
             answered: false,
             cut: false,
             peer,
-            listener: self.ctx.name.clone(),
+            ctx: self.ctx.clone(),
         });
         let mut conn = pin!(self.builder.serve_connection(io, svc));
         let mut shutdown = self.shutdown.clone();
@@ -407,7 +408,7 @@ struct WatchedIo {
     /// A refused pipelined head: hyper sees end of stream before it.
     cut: bool,
     peer: SocketAddr,
-    listener: Arc<str>,
+    ctx: Arc<ListenerCtx>,
 }
 
 impl WatchedIo {
@@ -428,22 +429,27 @@ impl WatchedIo {
         }
     }
 
-    fn log_refusal(&self, reject: Reject, message: &'static str) {
+    /// Counts and logs a refused head like any request eddy answered.
+    fn record_refusal(&self, reject: Reject, note: &'static str) {
         let error = self.refusal_error(reject);
-        tracing::info!(
-            target: "eddy::access",
-            listener = %self.listener,
-            client = %self.peer,
-            status = error.status().as_u16(),
-            proxy_status = error.proxy_status(),
-            detail = %error,
-            "{message}"
+        let ctx = &self.ctx;
+        let mut record = AccessRecord::new(
+            ctx.index,
+            ctx.name.clone(),
+            self.peer,
+            None,
+            ctx.metrics.clone(),
+            ctx.access_log,
         );
+        record.status = error.status().as_u16();
+        record.error = Some((error.proxy_status(), error.to_string()));
+        record.note = Some(note);
+        drop(record);
     }
 
     /// Answers a refused head and ends the connection.
     fn answer(&mut self, reject: Reject) {
-        self.log_refusal(reject, "request head refused");
+        self.record_refusal(reject, "request head refused");
         let bytes = self.refusal_error(reject).to_wire();
         // A fresh socket's send buffer takes a few hundred bytes; if it
         // cannot, the client is not reading and gets the close alone.
@@ -486,7 +492,7 @@ impl AsyncRead for WatchedIo {
                     buf.set_filled(before + refusal.at);
                     this.cut = true;
                     this.activity.close_requested.store(true, Ordering::Relaxed);
-                    this.log_refusal(
+                    this.record_refusal(
                         refusal.reject,
                         "pipelined request refused; closing after the earlier ones",
                     );

@@ -25,9 +25,9 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::access::AccessRecord;
 use crate::config::RetryConfig;
 use crate::error::ProxyError;
-use crate::metrics::OriginMetrics;
 use crate::upstream::pool::Lease;
 use crate::upstream::{BodyDone, Pool, ReqBody, Reuse, Route};
 
@@ -115,28 +115,9 @@ impl Template {
     }
 }
 
-/// The result of [`send_with_retry`].
-pub(super) struct Exchanged {
-    pub response: Response<Incoming>,
-    pub lease: Lease,
-    /// The connection that answered had served requests before.
-    pub reused: bool,
-    pub retries: u32,
-    pub pool_wait: Duration,
-    pub metrics: Option<Arc<OriginMetrics>>,
-}
-
-/// What the access log learns about a failed exchange.
-pub(super) struct Failed {
-    pub error: ProxyError,
-    pub retries: u32,
-    pub reused: Option<bool>,
-    pub pool_wait: Option<Duration>,
-    pub metrics: Option<Arc<OriginMetrics>>,
-}
-
 /// Sends `req` and, per SPEC section 5, again on a new connection when the
-/// one it went on was stale.
+/// one it went on was stale. What happens is written into `record` as it
+/// happens, so a request abandoned midway is still accounted for.
 pub(super) async fn send_with_retry(
     pool: &Pool,
     route: &Route,
@@ -144,7 +125,8 @@ pub(super) async fn send_with_retry(
     done: Option<Arc<BodyDone>>,
     retry: &RetryConfig,
     body_idle: Duration,
-) -> Result<Exchanged, Failed> {
+    record: &mut AccessRecord,
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let replayable = idempotent(req.method(), req.headers())
         && matches!(req.body(), ReqBody::Empty | ReqBody::Full(_));
     let mut reuse = if replayable {
@@ -154,79 +136,53 @@ pub(super) async fn send_with_retry(
     };
     let timeout = route.settings.response_header_timeout.get();
     let mut req = req;
-    let mut retries = 0u32;
-    let mut reused = None;
-    let mut metrics: Option<Arc<OriginMetrics>> = None;
     let mut pool_wait = Duration::ZERO;
     loop {
         let pooled = match pool.checkout(route, reuse).await {
             Ok(p) => p,
             Err(error) => {
-                if let (true, Some(m)) = (retries > 0, &metrics) {
+                if let (true, Some(m)) = (record.retries > 0, &record.origin) {
                     m.retries_failed.inc();
                 }
-                return Err(Failed {
-                    error,
-                    retries,
-                    reused,
-                    pool_wait: Some(pool_wait),
-                    metrics,
-                });
+                return Err(error);
             }
         };
-        metrics = pooled.metrics().or(metrics);
-        pool_wait += pooled.waited();
-        if let Some(m) = &metrics {
+        if let Some(m) = pooled.metrics() {
             if pooled.is_reused() {
                 m.upstream_reused.inc();
             } else {
                 m.upstream_new.inc();
             }
+            record.origin = Some(m);
         }
-        reused = Some(pooled.is_reused());
-        let template = (replayable && pooled.is_reused())
+        pool_wait += pooled.waited();
+        record.pool_wait = Some(pool_wait);
+        record.reused = Some(pooled.is_reused());
+        // Only a reused connection can be stale, and only while a retry is
+        // left is a copy of the request worth its cost.
+        let template = (replayable && record.retries < retry.stale_retries && pooled.is_reused())
             .then(|| Template::of(&req))
             .flatten();
         let failure = match pooled.send(req, done.clone(), timeout, body_idle).await {
-            Ok((response, lease)) => {
-                if retries > 0 {
-                    if let Some(m) = &metrics {
-                        m.retries_succeeded.inc();
-                    }
+            Ok(exchanged) => {
+                if let (true, Some(m)) = (record.retries > 0, &record.origin) {
+                    m.retries_succeeded.inc();
                 }
-                return Ok(Exchanged {
-                    response,
-                    lease,
-                    reused: reused.unwrap_or(false),
-                    retries,
-                    pool_wait,
-                    metrics,
-                });
+                return Ok(exchanged);
             }
             Err(f) => f,
         };
-        if retries > 0 {
-            if let Some(m) = &metrics {
-                m.retries_failed.inc();
-            }
+        if let (true, Some(m)) = (record.retries > 0, &record.origin) {
+            m.retries_failed.inc();
         }
-        let again = failure.stale && retries < retry.stale_retries;
-        let next = match (again, failure.unsent, template) {
+        let again = failure.stale && record.retries < retry.stale_retries;
+        req = match (again, failure.unsent, template) {
             (true, Some(unsent), _) => unsent,
             (true, None, Some(t)) => t.build(),
-            _ => {
-                return Err(Failed {
-                    error: failure.error,
-                    retries,
-                    reused,
-                    pool_wait: Some(pool_wait),
-                    metrics,
-                })
-            }
+            _ => return Err(failure.error),
         };
-        tracing::debug!(origin = %route.origin, retry = retries + 1, "stale upstream connection; sending again on a new one");
-        req = next;
-        retries += 1;
+        tracing::debug!(origin = %route.origin, retry = record.retries + 1, "stale upstream connection; sending again on a new one");
+        record.retries += 1;
         reuse = Reuse::Fresh;
     }
 }

@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::HOST;
@@ -30,7 +29,7 @@ pub use target::{forward_target, origin_form, LoopGuard, Target};
 use crate::access::AccessRecord;
 use crate::config::{ListenerMode, RetryConfig};
 use crate::error::ProxyError;
-use crate::metrics::{Metrics, OriginMetrics};
+use crate::metrics::Metrics;
 use crate::upstream::{DrainLimits, Pool, ReqBody, UpstreamBody};
 
 /// What a listener's requests share.
@@ -98,56 +97,38 @@ impl Body for ProxyBody {
     }
 }
 
-/// What the access log records about one request.
-#[derive(Default)]
-struct Outcome {
-    target: Option<Target>,
-    reused: Option<bool>,
-    retries: u32,
-    pool_wait: Option<std::time::Duration>,
-    metrics: Option<Arc<OriginMetrics>>,
-}
-
 /// Serves one client request; never fails (errors become responses).
 pub async fn handle(
     req: Request<Incoming>,
     ctx: &ListenerCtx,
     client: SocketAddr,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let mut outcome = Outcome::default();
-    let (mut response, error) = match proxy(req, ctx, &mut outcome).await {
-        Ok(resp) => (resp, None),
-        Err(e) => (e.to_response(), Some(e)),
-    };
-    if let (Some(e), false) = (&error, ctx.access_log) {
-        tracing::debug!(listener = %ctx.name, %client, error = %e, "request failed");
-    }
-    let record = AccessRecord {
-        listener: ctx.index,
-        listener_name: ctx.name.clone(),
+    // Written when dropped: also if this future is dropped because the
+    // client went away before the answer.
+    let mut record = AccessRecord::new(
+        ctx.index,
+        ctx.name.clone(),
         client,
-        method,
-        host: outcome.target.map(|t| t.authority),
-        status: response.status().as_u16(),
-        started,
-        pool_wait: outcome.pool_wait,
-        reused: outcome.reused,
-        retries: outcome.retries,
-        error: error.map(|e| (e.proxy_status(), e.to_string())),
-        metrics: outcome
-            .metrics
-            .unwrap_or_else(|| ctx.metrics.origin(crate::metrics::NO_UPSTREAM)),
-        log: ctx.access_log,
-        bytes_out: 0,
+        Some(req.method().clone()),
+        ctx.metrics.clone(),
+        ctx.access_log,
+    );
+    let mut response = match proxy(req, ctx, &mut record).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if !ctx.access_log {
+                tracing::debug!(listener = %ctx.name, %client, error = %e, "request failed");
+            }
+            record.error = Some((e.proxy_status(), e.to_string()));
+            e.to_response()
+        }
     };
+    record.status = response.status().as_u16();
     match response.body_mut() {
         ProxyBody::Upstream(body) => body.set_record(record),
         ProxyBody::Full(b) => {
-            let mut record = record;
             record.bytes_out = b.as_ref().map_or(0, |b| b.len() as u64);
-            record.finish(None);
+            record.ended = Some(std::time::Instant::now());
         }
     }
     response
@@ -156,7 +137,7 @@ pub async fn handle(
 async fn proxy(
     req: Request<Incoming>,
     ctx: &ListenerCtx,
-    outcome: &mut Outcome,
+    record: &mut AccessRecord,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     if parts.method == Method::CONNECT {
@@ -174,7 +155,7 @@ async fn proxy(
     let route = ctx.router.route(&target);
     let host = HeaderValue::from_str(&target.authority)
         .map_err(|_| ProxyError::BadRequest("the target's host is not a valid header value"))?;
-    outcome.target = Some(target);
+    record.host = Some(target.authority);
 
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
@@ -183,50 +164,45 @@ async fn proxy(
     // A body is kept in memory only where that makes a replay possible.
     let (body, body_done) =
         if ctx.retry.stale_retries > 0 && exchange::idempotent(&parts.method, &parts.headers) {
-            exchange::buffer_body(
-                body,
-                ctx.retry.retry_body_buffer.as_usize(),
-                ctx.body_idle_timeout,
-            )
-            .await?
+            let limit = ctx.retry.retry_body_buffer.as_usize();
+            match exchange::buffer_body(body, limit, ctx.body_idle_timeout).await {
+                Ok(b) => b,
+                Err(e) => {
+                    record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
+                    return Err(e);
+                }
+            }
         } else {
             ReqBody::from_incoming(body, ctx.body_idle_timeout)
         };
     let upstream_req = Request::from_parts(parts, body);
 
-    let exchanged = match exchange::send_with_retry(
+    let sent = exchange::send_with_retry(
         &ctx.pool,
         &route,
         upstream_req,
         body_done,
         &ctx.retry,
         ctx.body_idle_timeout,
+        record,
     )
-    .await
-    {
-        Ok(e) => e,
-        Err(failed) => {
-            outcome.reused = failed.reused;
-            outcome.retries = failed.retries;
-            outcome.pool_wait = failed.pool_wait;
-            outcome.metrics = Some(
-                failed
-                    .metrics
-                    .unwrap_or_else(|| ctx.metrics.origin(route.origin.as_str())),
-            );
-            return Err(failed.error);
+    .await;
+    let (response, lease) = match sent {
+        Ok(exchanged) => exchanged,
+        Err(e) => {
+            if record.origin.is_none() {
+                // Failed before any connection (refused, DNS, queue full):
+                // count it for the origin all the same.
+                record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
+            }
+            return Err(e);
         }
     };
-    outcome.reused = Some(exchanged.reused);
-    outcome.retries = exchanged.retries;
-    outcome.pool_wait = Some(exchanged.pool_wait);
-    outcome.metrics = exchanged.metrics;
-
-    let (mut parts, incoming) = exchanged.response.into_parts();
+    let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
     Ok(Response::from_parts(
         parts,
-        ProxyBody::Upstream(UpstreamBody::new(incoming, exchanged.lease, ctx.drain)),
+        ProxyBody::Upstream(UpstreamBody::new(incoming, lease, ctx.drain)),
     ))
 }

@@ -328,6 +328,9 @@ impl Body for UpstreamBody {
                 if let Some(lease) = this.lease.take() {
                     lease.close(CloseReason::Error);
                 }
+                if let Some(r) = this.record.as_mut() {
+                    r.note = Some("the response body failed mid-stream");
+                }
             }
         }
         Poll::Ready(frame)
@@ -346,28 +349,27 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        let record = self.record.take();
+        // The client-facing response ends here, whatever a drain does next.
+        let mut record = self.record.take();
+        if let Some(r) = record.as_mut() {
+            r.ended = Some(std::time::Instant::now());
+        }
         let Some(lease) = self.lease.take() else {
-            if let Some(r) = record {
-                r.finish(None);
-            }
             return;
         };
         if self.at_end() {
             lease.finish();
-            if let Some(r) = record {
-                r.finish(None);
-            }
             return;
         }
         // The client went away or stopped reading mid-body: read the rest
         // into the void, within the drain limits, to save the connection.
+        if let Some(r) = record.as_mut() {
+            // What the record says if the drain never gets to run.
+            r.drain = Some("closed");
+        }
         let (Some(inner), Ok(runtime)) = (self.inner.take(), tokio::runtime::Handle::try_current())
         else {
             lease.close(CloseReason::NotDrained);
-            if let Some(r) = record {
-                r.finish(Some("closed"));
-            }
             return;
         };
         runtime.spawn(drain(inner, lease, self.drain, record));
@@ -380,7 +382,7 @@ async fn drain(
     mut inner: Incoming,
     lease: Lease,
     limits: DrainLimits,
-    record: Option<AccessRecord>,
+    mut record: Option<AccessRecord>,
 ) {
     let metrics = lease.metrics();
     let deadline = Instant::now() + limits.timeout;
@@ -416,7 +418,7 @@ async fn drain(
             m.drains_closed.inc();
         }
     }
-    if let Some(r) = record {
-        r.finish(Some(if reused { "reused" } else { "closed" }));
+    if let Some(r) = record.as_mut() {
+        r.drain = Some(if reused { "reused" } else { "closed" });
     }
 }

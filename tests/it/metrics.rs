@@ -309,3 +309,65 @@ async fn thousands_of_origins_stay_within_the_label_cap() {
     assert!(upstreams.contains("other"));
     assert!(text.len() < 600 * 1024, "/metrics is {} bytes", text.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_and_refused_requests_are_counted_too() {
+    let slow = Origin::start(Behavior {
+        delay: Duration::from_millis(1500),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    // A client that gives up while eddy waits for the response head.
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(format!("GET {}/slow HTTP/1.1\r\nHost: x\r\n\r\n", slow.url()).as_bytes())
+        .await
+        .expect("write");
+    let stats = slow.stats.clone();
+    eventually(
+        "the request reached the origin",
+        Duration::from_secs(5),
+        || {
+            let s = stats.clone();
+            async move { s.requests() == 1 }
+        },
+    )
+    .await;
+    drop(s);
+    let up = slow.url();
+    eventually(
+        "the abandoned request is counted (499)",
+        Duration::from_secs(10),
+        || async {
+            proxy
+                .metric("eddy_requests_total", &[("upstream", &up), ("code", "4xx")])
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    // A head refused before parsing.
+    let head = format!(
+        "GET {}/ HTTP/1.1\r\nHost : x\r\nConnection: close\r\n\r\n",
+        slow.url()
+    );
+    assert_eq!(send_raw(proxy.addr, head.as_bytes()).await.status, 400);
+    assert_eq!(
+        proxy
+            .metric(
+                "eddy_requests_total",
+                &[("upstream", "none"), ("code", "4xx")]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric(
+                "eddy_errors_total",
+                &[("upstream", "none"), ("error", "http_request_error")]
+            )
+            .await,
+        1.0
+    );
+}
