@@ -126,6 +126,9 @@ impl Eddy {
                 loop_guard: loop_guard.clone(),
                 body_idle_timeout: lc.client_idle_timeout.get(),
                 retry: config.retry.clone(),
+                connect_ports: config.security.connect_ports.clone(),
+                tunnels: metrics.tunnels.with_label_values(&[&lc.name]),
+                tunnels_open: metrics.tunnels_open.with_label_values(&[&lc.name]),
                 drain: DrainLimits {
                     max_bytes: config.drain.max_bytes.bytes(),
                     timeout: config.drain.timeout.get(),

@@ -42,6 +42,9 @@ pub enum ProxyError {
     /// No response head within `response_header_timeout` (504).
     #[error("{origin} sent no response head within response_header_timeout")]
     ResponseTimeout { origin: String },
+    /// The destination is not allowed (403).
+    #[error("destination not allowed: {0}")]
+    Denied(&'static str),
     /// The request is addressed to eddy itself (508).
     #[error("request addressed to eddy's own listener {0}")]
     Loop(String),
@@ -63,6 +66,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -80,6 +84,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout { .. } => "connection_timeout",
             ProxyError::ResponseTimeout { .. } => "http_response_timeout",
             ProxyError::Loop(_) => "proxy_loop_detected",
+            ProxyError::Denied(_) => "http_request_denied",
         }
     }
 

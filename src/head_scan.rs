@@ -99,6 +99,9 @@ pub struct HeadScan {
     verdict: Verdict,
     /// Heads completed since the scan started.
     heads: usize,
+    /// The request method's first bytes (to notice CONNECT).
+    method: [u8; 7],
+    method_len: usize,
 }
 
 impl HeadScan {
@@ -119,6 +122,8 @@ impl HeadScan {
             chunk: 0,
             verdict: Verdict::Incomplete,
             heads: 0,
+            method: [0; 7],
+            method_len: 0,
         }
     }
 
@@ -188,6 +193,12 @@ impl HeadScan {
                 Verdict::Incomplete => {}
                 Verdict::Complete => {
                     self.heads += 1;
+                    if self.method_len == 7 && &self.method == b"CONNECT" {
+                        // What follows is tunnelled bytes (or a new request
+                        // after a refusal): not ours to parse.
+                        self.state = State::Lost;
+                        return None;
+                    }
                     self.state = if self.transfer_encoding {
                         State::ChunkSize
                     } else {
@@ -289,12 +300,15 @@ impl HeadScan {
         match self.state {
             State::Start => match b {
                 b'\r' | b'\n' => {}
-                _ if is_tchar(b) => self.state = State::Method,
+                _ if is_tchar(b) => {
+                    self.state = State::Method;
+                    self.push_method(b);
+                }
                 _ => return Err("malformed request line"),
             },
             State::Method => match b {
                 b' ' => self.state = State::Target,
-                _ if is_tchar(b) => {}
+                _ if is_tchar(b) => self.push_method(b),
                 _ => return Err("malformed request method"),
             },
             State::Target => match b {
@@ -361,6 +375,13 @@ impl HeadScan {
             _ => {}
         }
         Ok(())
+    }
+
+    fn push_method(&mut self, b: u8) {
+        if self.method_len < self.method.len() {
+            self.method[self.method_len] = b;
+        }
+        self.method_len += 1;
     }
 
     fn push_name(&mut self, b: u8) {

@@ -39,7 +39,7 @@ use crate::access::AccessRecord;
 use crate::config::ListenerConfig;
 use crate::error::ProxyError;
 use crate::head_scan::{HeadScan, Reject};
-use crate::proxy::{self, ListenerCtx, ProxyBody};
+use crate::proxy::{self, ConnHold, ListenerCtx, ProxyBody};
 use crate::shutdown::{ConnTracker, ShutdownSignal};
 
 /// A bound listening socket.
@@ -128,13 +128,15 @@ pub async fn serve(
         accepted_total.inc();
         open.inc();
         let conn = ClientConn {
-            _open: OpenGuard(open.clone()),
+            hold: Arc::new(Held {
+                _open: OpenGuard(open.clone()),
+                _permit: permit,
+                _track: tracker.track(),
+            }),
             ctx: ctx.clone(),
             limits: limits.clone(),
             builder: builder.clone(),
             shutdown: shutdown.clone(),
-            _permit: permit,
-            _track: tracker.track(),
         };
         tokio::spawn(conn.serve(stream, peer));
     }
@@ -164,14 +166,20 @@ impl Drop for OpenGuard {
     }
 }
 
-struct ClientConn {
+/// What a client connection holds while it lives, shared with a CONNECT
+/// tunnel that outlives the HTTP exchange on it.
+struct Held {
     _open: OpenGuard,
+    _permit: OwnedSemaphorePermit,
+    _track: crate::shutdown::TrackGuard,
+}
+
+struct ClientConn {
+    hold: ConnHold,
     ctx: Arc<ListenerCtx>,
     limits: Arc<ClientLimits>,
     builder: Arc<http1::Builder>,
     shutdown: ShutdownSignal,
-    _permit: OwnedSemaphorePermit,
-    _track: crate::shutdown::TrackGuard,
 }
 
 impl ClientConn {
@@ -179,11 +187,13 @@ impl ClientConn {
         let activity = Arc::new(Activity::new(&self.limits));
         let ctx = self.ctx.clone();
         let svc_activity = activity.clone();
+        let hold = self.hold.clone();
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
+            let hold = hold.clone();
             let busy = BusyGuard::begin(svc_activity.clone());
             async move {
-                let resp = proxy::handle(req, &ctx, peer).await;
+                let resp = proxy::handle(req, &ctx, peer, &hold).await;
                 Ok::<_, Infallible>(resp.map(|body| ClientBody { body, _busy: busy }))
             }
         });
@@ -197,7 +207,7 @@ impl ClientConn {
             peer,
             ctx: self.ctx.clone(),
         });
-        let mut conn = pin!(self.builder.serve_connection(io, svc));
+        let mut conn = pin!(self.builder.serve_connection(io, svc).with_upgrades());
         let mut shutdown = self.shutdown.clone();
         let mut stop = pin!(shutdown.wait());
         let mut stopping = false;

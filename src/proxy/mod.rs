@@ -10,6 +10,7 @@ mod exchange;
 mod headers;
 mod router;
 mod target;
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,6 +26,7 @@ use hyper::body::Incoming;
 pub use headers::strip_hop_by_hop;
 pub use router::Router;
 pub use target::{forward_target, origin_form, LoopGuard, Target};
+pub use tunnel::ConnHold;
 
 use crate::access::AccessRecord;
 use crate::config::{ListenerMode, RetryConfig};
@@ -49,6 +51,10 @@ pub struct ListenerCtx {
     pub body_idle_timeout: std::time::Duration,
     pub retry: RetryConfig,
     pub drain: DrainLimits,
+    /// Ports CONNECT may tunnel to (`security.connect_ports`).
+    pub connect_ports: Vec<u16>,
+    pub tunnels: prometheus::IntCounter,
+    pub tunnels_open: prometheus::IntGauge,
     pub access_log: bool,
 }
 
@@ -102,6 +108,7 @@ pub async fn handle(
     req: Request<Incoming>,
     ctx: &ListenerCtx,
     client: SocketAddr,
+    hold: &ConnHold,
 ) -> Response<ProxyBody> {
     // Written when dropped: also if this future is dropped because the
     // client went away before the answer.
@@ -113,7 +120,12 @@ pub async fn handle(
         ctx.metrics.clone(),
         ctx.access_log,
     );
-    let mut response = match proxy(req, ctx, &mut record).await {
+    let result = if req.method() == Method::CONNECT && ctx.mode == ListenerMode::Forward {
+        tunnel::connect(req, ctx, &mut record, hold).await
+    } else {
+        proxy(req, ctx, &mut record).await
+    };
+    let mut response = match result {
         Ok(resp) => resp,
         Err(e) => {
             if !ctx.access_log {
@@ -142,7 +154,7 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     if parts.method == Method::CONNECT {
         return Err(ProxyError::BadRequest(
-            "CONNECT tunnels are not supported yet",
+            "CONNECT is only served by forward listeners",
         ));
     }
     let target = match (&ctx.mode, &ctx.route_target) {

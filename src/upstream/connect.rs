@@ -52,14 +52,7 @@ impl Connector {
         origin: &Origin,
         deadline: Instant,
     ) -> Result<Connected, ProxyError> {
-        let addrs = resolve(origin, deadline).await?;
-        for addr in &addrs {
-            if self.loop_guard.is_own_address(*addr) {
-                return Err(ProxyError::Loop(addr.to_string()));
-            }
-        }
-        let stream = dial(origin, &addrs, deadline).await?;
-        let _ = stream.set_nodelay(true);
+        let stream = self.tcp(origin, deadline).await?;
         let socket = socket2::SockRef::from(&stream)
             .try_clone()
             .map_err(|e| refused(origin, &e))?;
@@ -85,6 +78,26 @@ impl Connector {
             bytes_read,
             socket,
         })
+    }
+}
+
+impl Connector {
+    /// DNS and TCP connect, refusing eddy's own addresses: the first half
+    /// of a pooled connection, and all of a CONNECT tunnel's upstream leg.
+    pub(crate) async fn tcp(
+        &self,
+        origin: &Origin,
+        deadline: Instant,
+    ) -> Result<TcpStream, ProxyError> {
+        let addrs = resolve(origin, deadline).await?;
+        for addr in &addrs {
+            if self.loop_guard.is_own_address(*addr) {
+                return Err(ProxyError::Loop(addr.to_string()));
+            }
+        }
+        let stream = dial(origin, &addrs, deadline).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 }
 

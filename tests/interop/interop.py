@@ -152,6 +152,8 @@ access_log = false
 listen = "127.0.0.1:{proxy_port}"
 [pool]
 max_connections_per_host = {max_conns}
+[security]
+connect_ports = [443, {origin_port}]
 """)
 
     procs = []
@@ -250,6 +252,13 @@ max_connections_per_host = {max_conns}
               json.dumps(entry))
         status, _ = direct_get(f"http://127.0.0.1:{admin_port}/healthz")
         check("/healthz", status == 200)
+
+        # curl through a CONNECT tunnel (-p), as HTTPS_PROXY clients do
+        # (after the accept count above: a tunnel is its own connection).
+        out = subprocess.run(["curl", "-sS", "--noproxy", "", "-p", "-x", proxy, f"{origin}/hello"],
+                             capture_output=True, text=True, timeout=30)
+        check("curl -p through a CONNECT tunnel", out.returncode == 0 and out.stdout == "hello from nginx\n",
+              out.stderr + out.stdout)
 
         # Stale connections: nginx closes idle connections after 1 s while
         # requests keep arriving 1.0-1.3 s apart (SPEC section 5).

@@ -14,3 +14,4 @@ mod listener;
 mod metrics;
 mod pool;
 mod retry;
+mod tunnel;

@@ -233,6 +233,19 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A plain TCP connection for a CONNECT tunnel: never pooled, but
+    /// dialled with the same DNS, deadline and loop checks.
+    pub async fn open_tunnel(
+        &self,
+        origin: &Origin,
+        timeout: std::time::Duration,
+    ) -> Result<tokio::net::TcpStream, ProxyError> {
+        self.shared
+            .connector
+            .tcp(origin, Instant::now() + timeout)
+            .await
+    }
+
     pub fn downgrade(&self) -> WeakPool {
         WeakPool(Arc::downgrade(&self.shared))
     }

@@ -1,0 +1,91 @@
+//! `CONNECT host:port` tunnels (SPEC section 3): what `HTTPS_PROXY` clients
+//! use. eddy dials the destination first, so a refused, unresolvable or slow
+//! destination is answered with the usual 502/504 instead of a 200 that
+//! leads nowhere. Then it answers 200 and relays bytes both ways until both
+//! sides are done (a half-close is passed on). Tunnels are never pooled;
+//! only ports in `security.connect_ports` may be tunnelled to.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::{ListenerCtx, ProxyBody, Target};
+use crate::access::AccessRecord;
+use crate::config::split_host_port;
+use crate::error::ProxyError;
+use crate::upstream::Origin;
+
+/// Held by a tunnel for as long as it relays: whatever the client
+/// connection holds (its `max_client_connections` permit, its place in
+/// graceful shutdown), so a tunnel counts as an open connection.
+pub type ConnHold = Arc<dyn std::any::Any + Send + Sync>;
+
+/// Keeps `eddy_tunnels_open` true.
+struct OpenTunnel(prometheus::IntGauge);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub(super) async fn connect(
+    req: Request<Incoming>,
+    ctx: &ListenerCtx,
+    record: &mut AccessRecord,
+    hold: &ConnHold,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let target = tunnel_target(&req)?;
+    record.host = Some(target.authority.clone());
+    if !ctx.connect_ports.contains(&target.port) {
+        return Err(ProxyError::Denied(
+            "CONNECT is only allowed to security.connect_ports",
+        ));
+    }
+    if ctx.loop_guard.is_own_target(&target) {
+        return Err(ProxyError::Loop(target.authority));
+    }
+    let origin = Origin::new(false, &target.host, target.port);
+    let timeout = ctx.router.route(&target).settings.connect_timeout.get();
+    let upstream = ctx.pool.open_tunnel(&origin, timeout).await?;
+    let on_upgrade = hyper::upgrade::on(req);
+    ctx.tunnels.inc();
+    ctx.tunnels_open.inc();
+    let open = OpenTunnel(ctx.tunnels_open.clone());
+    let hold = hold.clone();
+    tokio::spawn(async move {
+        let _hold = hold;
+        let _open = open;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                let mut upstream = upstream;
+                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    Ok((up, down)) => tracing::debug!(%origin, up, down, "tunnel closed"),
+                    Err(e) => tracing::debug!(%origin, error = %e, "tunnel ended with an error"),
+                }
+            }
+            Err(e) => tracing::debug!(%origin, error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Ok(Response::new(ProxyBody::Full(None)))
+}
+
+/// The `host:port` of a CONNECT request (authority-form; the port is
+/// required).
+fn tunnel_target(req: &Request<Incoming>) -> Result<Target, ProxyError> {
+    let authority = req
+        .uri()
+        .authority()
+        .ok_or(ProxyError::BadRequest("CONNECT needs a host:port target"))?;
+    match split_host_port(authority.as_str()) {
+        Some((host, Some(port))) => Ok(Target {
+            host,
+            port,
+            authority: authority.as_str().to_string(),
+        }),
+        _ => Err(ProxyError::BadRequest("CONNECT needs a host:port target")),
+    }
+}
