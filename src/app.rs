@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{forward_target, ListenerCtx, LoopGuard, Router, Target};
 use crate::shutdown::{self, ConnTracker, ShutdownTrigger};
 use crate::upstream::connect::Connector;
+use crate::upstream::tls::TlsProfile;
 use crate::upstream::{DrainLimits, Pool};
 
 /// A running eddy.
@@ -46,6 +47,8 @@ pub struct Eddy {
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: io::Error },
+    #[error("TLS settings: {0}")]
+    Tls(String),
 }
 
 impl Eddy {
@@ -92,13 +95,14 @@ impl Eddy {
         let loop_guard = Arc::new(LoopGuard::new(own));
         let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
         let metrics = Arc::new(Metrics::new(config.metrics.max_upstream_labels, &names));
+        let default_tls = Arc::new(TlsProfile::default_roots().map_err(StartError::Tls)?);
+        let router = Arc::new(Router::new(&config).map_err(StartError::Tls)?);
         let pool = Pool::new(
-            Connector::new(loop_guard.clone()),
+            Connector::new(loop_guard.clone(), default_tls),
             config.pool.max_idle_total,
             metrics.clone(),
         );
         metrics.register_pool(pool.downgrade());
-        let router = Arc::new(Router::new(&config));
         pool.prewarm(router.prewarm_routes());
 
         let (stop_listeners, listeners_signal) = shutdown::channel();
@@ -221,13 +225,19 @@ impl Eddy {
 
 fn route_target(lc: &ListenerConfig) -> Option<Target> {
     let url = lc.upstream.as_ref()?;
-    let uri: http::Uri = url.to_string().parse().ok()?;
+    // Parsed as plain http only to reuse the authority checks.
+    let plain = crate::config::OriginUrl {
+        tls: false,
+        ..url.clone()
+    };
+    let uri: http::Uri = plain.to_string().parse().ok()?;
     let mut t = forward_target(&uri).ok()?;
     let default_port = if url.tls { 443 } else { 80 };
     if url.port == default_port {
         t.authority = url.host.clone();
     }
     t.port = url.port;
+    t.tls = url.tls;
     Some(t)
 }
 

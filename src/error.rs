@@ -27,6 +27,12 @@ pub enum ProxyError {
     /// The upstream connection closed or reset mid-exchange (502).
     #[error("upstream connection to {origin} terminated: {reason}")]
     ConnectionTerminated { origin: String, reason: String },
+    /// The origin's certificate was not accepted (502).
+    #[error("TLS certificate of {origin} not accepted: {reason}")]
+    TlsCertificate { origin: String, reason: String },
+    /// The TLS handshake failed for another reason (502).
+    #[error("TLS handshake with {origin} failed: {reason}")]
+    TlsProtocol { origin: String, reason: String },
     /// The origin's response could not be parsed (502).
     #[error("malformed response from {origin}: {reason}")]
     HttpProtocol { origin: String, reason: String },
@@ -58,6 +64,8 @@ impl ProxyError {
             ProxyError::Dns { .. }
             | ProxyError::ConnectionRefused { .. }
             | ProxyError::ConnectionTerminated { .. }
+            | ProxyError::TlsCertificate { .. }
+            | ProxyError::TlsProtocol { .. }
             | ProxyError::HttpProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::QueueFull { .. } | ProxyError::PendingTimeout { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -78,6 +86,8 @@ impl ProxyError {
             ProxyError::ConnectionRefused { .. } => "connection_refused",
             ProxyError::ConnectionTerminated { .. } => "connection_terminated",
             ProxyError::HttpProtocol { .. } => "http_protocol_error",
+            ProxyError::TlsCertificate { .. } => "tls_certificate_error",
+            ProxyError::TlsProtocol { .. } => "tls_protocol_error",
             ProxyError::QueueFull { .. } | ProxyError::PendingTimeout { .. } => {
                 "connection_limit_reached"
             }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::target::Target;
 use crate::config::{Config, PoolConfig};
+use crate::upstream::tls::TlsProfile;
 use crate::upstream::{Origin, Route};
 
 pub struct Router {
@@ -23,29 +24,44 @@ pub struct Router {
 struct Entry {
     /// `connect =`: where to connect instead of the requested origin.
     connect: Option<Origin>,
+    /// The entry's own TLS settings (`ca_file`, `client_cert`, `sni`).
+    tls: Option<Arc<TlsProfile>>,
     settings: Arc<PoolConfig>,
     min_idle: usize,
     default_port: u16,
 }
 
 impl Router {
-    pub fn new(config: &Config) -> Router {
+    /// Builds the routing table; fails on TLS files that cannot be used.
+    pub fn new(config: &Config) -> Result<Router, String> {
         let default_settings = Arc::new(config.pool.clone());
-        let entries: HashMap<(String, Option<u16>), Entry> = config
-            .upstreams
-            .iter()
-            .filter_map(|u| {
-                let (host, port) = u.match_host_port()?;
-                let settings = u.pool.apply(&config.pool);
-                let entry = Entry {
-                    connect: u.connect.as_ref().map(Origin::from_url),
-                    min_idle: settings.min_idle_per_host,
-                    settings: Arc::new(settings),
-                    default_port: port.unwrap_or(80),
-                };
-                Some(((host, port), entry))
-            })
-            .collect();
+        let mut entries: HashMap<(String, Option<u16>), Entry> = HashMap::new();
+        for u in &config.upstreams {
+            let Some((host, port)) = u.match_host_port() else {
+                continue;
+            };
+            let tls = if u.ca_file.is_some() || u.client_cert.is_some() || u.sni.is_some() {
+                let client = u.client_cert.as_deref().zip(u.client_key.as_deref());
+                let profile = TlsProfile::build(u.ca_file.as_deref(), client, u.sni.as_deref())
+                    .map_err(|e| format!("[[upstream]] match = {:?}: {e}", u.match_))?;
+                Some(Arc::new(profile))
+            } else {
+                None
+            };
+            let connect = u.connect.as_ref().map(|url| match (&tls, url.tls) {
+                (Some(p), true) => Origin::with_tls(&url.host, url.port, p.clone()),
+                _ => Origin::from_url(url),
+            });
+            let settings = u.pool.apply(&config.pool);
+            let entry = Entry {
+                connect,
+                tls,
+                min_idle: settings.min_idle_per_host,
+                settings: Arc::new(settings),
+                default_port: port.unwrap_or(80),
+            };
+            entries.insert((host, port), entry);
+        }
         let by_origin = entries
             .iter()
             .filter_map(|((host, port), e)| {
@@ -57,10 +73,18 @@ impl Router {
                 Some((origin, e.settings.clone()))
             })
             .collect();
-        Router {
+        Ok(Router {
             default_settings,
             by_origin,
             entries,
+        })
+    }
+
+    /// The origin a target reaches when no `connect =` says otherwise.
+    fn origin_of(target: &Target, tls: Option<&Arc<TlsProfile>>) -> Origin {
+        match (target.tls, tls) {
+            (true, Some(profile)) => Origin::with_tls(&target.host, target.port, profile.clone()),
+            (tls, _) => Origin::new(tls, &target.host, target.port),
         }
     }
 
@@ -74,11 +98,11 @@ impl Router {
                 origin: e
                     .connect
                     .clone()
-                    .unwrap_or_else(|| Origin::new(false, &target.host, target.port)),
+                    .unwrap_or_else(|| Router::origin_of(target, e.tls.as_ref())),
                 settings: e.settings.clone(),
             },
             None => {
-                let origin = Origin::new(false, &target.host, target.port);
+                let origin = Router::origin_of(target, None);
                 let settings = self
                     .by_origin
                     .get(&origin)

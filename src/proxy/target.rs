@@ -22,6 +22,8 @@ pub struct Target {
     pub port: u16,
     /// The `Host` header to send upstream.
     pub authority: String,
+    /// Reach it over TLS (a route listener's `https://` upstream).
+    pub tls: bool,
 }
 
 /// Parses an absolute-form `http://` target.
@@ -61,6 +63,7 @@ pub fn forward_target(uri: &Uri) -> Result<Target, ProxyError> {
         host,
         port: port.unwrap_or(80),
         authority: authority.as_str().to_string(),
+        tls: false,
     })
 }
 

@@ -85,6 +85,7 @@ fn tunnel_target(req: &Request<Incoming>) -> Result<Target, ProxyError> {
             host,
             port,
             authority: authority.as_str().to_string(),
+            tls: false,
         }),
         _ => Err(ProxyError::BadRequest("CONNECT needs a host:port target")),
     }

@@ -13,12 +13,14 @@ use std::sync::Arc;
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use super::body::ReqBody;
-use super::io::CountingIo;
+use super::io::{CountingIo, Stream};
 use super::origin::Origin;
+use super::tls::TlsProfile;
 use crate::error::ProxyError;
 use crate::proxy::LoopGuard;
 
@@ -36,15 +38,21 @@ pub(crate) struct Connected {
 pub(crate) struct Connector {
     loop_guard: Arc<LoopGuard>,
     h1: http1::Builder,
+    /// For `https://` origins without TLS settings of their own.
+    default_tls: Arc<TlsProfile>,
 }
 
 impl Connector {
-    pub(crate) fn new(loop_guard: Arc<LoopGuard>) -> Connector {
+    pub(crate) fn new(loop_guard: Arc<LoopGuard>, default_tls: Arc<TlsProfile>) -> Connector {
         let mut h1 = http1::Builder::new();
         // Origins on the same machine are often slow to read large heads;
         // hyper's defaults (100 headers, ~400 KiB buffer) bound memory.
         h1.max_headers(200);
-        Connector { loop_guard, h1 }
+        Connector {
+            loop_guard,
+            h1,
+            default_tls,
+        }
     }
 
     pub(crate) async fn connect(
@@ -56,6 +64,11 @@ impl Connector {
         let socket = socket2::SockRef::from(&stream)
             .try_clone()
             .map_err(|e| refused(origin, &e))?;
+        let stream = if origin.is_tls() {
+            Stream::Tls(Box::new(self.tls(origin, stream, deadline).await?))
+        } else {
+            Stream::Tcp(stream)
+        };
         let (io, bytes_read) = CountingIo::new(stream);
         let (sender, connection) =
             match timeout_at(deadline, self.h1.handshake(TokioIo::new(io))).await {
@@ -98,6 +111,56 @@ impl Connector {
         let stream = dial(origin, &addrs, deadline).await?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
+    }
+}
+
+impl Connector {
+    /// The TLS handshake, under the same deadline as the TCP connect.
+    async fn tls(
+        &self,
+        origin: &Origin,
+        stream: TcpStream,
+        deadline: Instant,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+        let profile = origin.tls_profile().unwrap_or(&self.default_tls);
+        let server_name = match &profile.sni {
+            Some(name) => name.clone(),
+            None => ServerName::try_from(origin.host().to_string()).map_err(|_| {
+                ProxyError::TlsProtocol {
+                    origin: origin.to_string(),
+                    reason: "the host is not a valid TLS server name".into(),
+                }
+            })?,
+        };
+        let connector = tokio_rustls::TlsConnector::from(profile.config.clone());
+        match timeout_at(deadline, connector.connect(server_name, stream)).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => Err(tls_error(origin, e)),
+            Err(_) => Err(ProxyError::ConnectTimeout {
+                origin: origin.to_string(),
+            }),
+        }
+    }
+}
+
+/// A certificate the origin presented and eddy refused, or any other
+/// handshake failure.
+fn tls_error(origin: &Origin, e: io::Error) -> ProxyError {
+    let certificate = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        });
+    let origin = origin.to_string();
+    let reason = e.to_string();
+    if certificate {
+        ProxyError::TlsCertificate { origin, reason }
+    } else {
+        ProxyError::TlsProtocol { origin, reason }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The upstream socket as hyper sees it, counting the bytes it reads.
+//! The upstream socket as hyper sees it (plain TCP or TLS), counting the
+//! bytes it reads.
 //!
 //! Stale-connection retry (SPEC section 5) may only replay a request if "no
 //! byte of the response had been received"; hyper's errors do not say
@@ -14,13 +15,34 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// An upstream transport.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.inner {
+            Stream::Tcp($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Stream::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
+}
+
 pub(crate) struct CountingIo {
-    inner: TcpStream,
+    inner: Stream,
     read: Arc<AtomicU64>,
 }
 
 impl CountingIo {
-    pub(crate) fn new(inner: TcpStream) -> (CountingIo, Arc<AtomicU64>) {
+    pub(crate) fn new(inner: Stream) -> (CountingIo, Arc<AtomicU64>) {
         let read = Arc::new(AtomicU64::new(0));
         (
             CountingIo {
@@ -39,7 +61,7 @@ impl AsyncRead for CountingIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let res = delegate!(self, s => s.poll_read(cx, buf));
         let n = buf.filled().len() - before;
         if n > 0 {
             self.read.fetch_add(n as u64, Ordering::Relaxed);
@@ -54,7 +76,7 @@ impl AsyncWrite for CountingIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        delegate!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -62,18 +84,21 @@ impl AsyncWrite for CountingIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        match &self.inner {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        delegate!(self, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        delegate!(self, s => s.poll_shutdown(cx))
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod io;
 pub mod learn;
 pub mod origin;
 pub mod pool;
+pub mod tls;
 
 pub use body::DrainLimits;
 pub use body::{BodyDone, ReqBody, UpstreamBody};

@@ -1,30 +1,76 @@
-//! The pool key: which origin server a connection talks to.
+//! The pool key: which origin server a connection talks to, and how.
 //!
-//! Two requests may share a connection only if they agree on scheme, host and
-//! port (and, once TLS origination lands, on the TLS settings). The key is an
-//! `Arc` so the hot path clones a pointer, and it renders once, at creation,
-//! as `scheme://host:port`: the form `/pools` and the `upstream` label use.
+//! Two requests may share a connection only if they agree on scheme, host,
+//! port and TLS settings. The key is an `Arc` so the hot path clones a
+//! pointer, and it renders once, at creation, as `scheme://host:port`: the
+//! form `/pools` and the `upstream` label use.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use super::tls::TlsProfile;
 use crate::config::OriginUrl;
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct Origin(Arc<Inner>);
 
-#[derive(PartialEq, Eq, Hash)]
 struct Inner {
     tls: bool,
     host: Box<str>,
     port: u16,
+    /// TLS settings other than the defaults (`[[upstream]]` ones).
+    profile: Option<Arc<TlsProfile>>,
     /// `scheme://host:port`, derived from the fields above.
     name: Box<str>,
+}
+
+impl PartialEq for Inner {
+    fn eq(&self, other: &Inner) -> bool {
+        self.tls == other.tls
+            && self.port == other.port
+            && self.host == other.host
+            && self.profile.as_ref().map(|p| p.id) == other.profile.as_ref().map(|p| p.id)
+    }
+}
+
+impl Eq for Inner {}
+
+impl Hash for Inner {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.tls.hash(state);
+        self.host.hash(state);
+        self.port.hash(state);
+        self.profile.as_ref().map(|p| p.id).hash(state);
+    }
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, other: &Origin) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for Origin {}
+
+impl Hash for Origin {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
 }
 
 impl Origin {
     /// `host` must already be lower-case and without IPv6 brackets.
     pub fn new(tls: bool, host: &str, port: u16) -> Origin {
+        Origin::build(tls, host, port, None)
+    }
+
+    /// An `https://` origin reached with particular TLS settings.
+    pub fn with_tls(host: &str, port: u16, profile: Arc<TlsProfile>) -> Origin {
+        Origin::build(true, host, port, Some(profile))
+    }
+
+    fn build(tls: bool, host: &str, port: u16, profile: Option<Arc<TlsProfile>>) -> Origin {
         let url = OriginUrl {
             tls,
             host: host.to_string(),
@@ -34,6 +80,7 @@ impl Origin {
             tls,
             host: host.into(),
             port,
+            profile,
             name: url.to_string().into(),
         }))
     }
@@ -50,6 +97,10 @@ impl Origin {
     }
     pub fn port(&self) -> u16 {
         self.0.port
+    }
+    /// The origin's own TLS settings, if not the defaults.
+    pub fn tls_profile(&self) -> Option<&Arc<TlsProfile>> {
+        self.0.profile.as_ref()
     }
     /// `scheme://host:port`.
     pub fn as_str(&self) -> &str {

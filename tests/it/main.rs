@@ -14,4 +14,5 @@ mod listener;
 mod metrics;
 mod pool;
 mod retry;
+mod tls;
 mod tunnel;

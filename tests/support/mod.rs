@@ -5,6 +5,7 @@
 pub mod client;
 pub mod eddy;
 pub mod origin;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;

@@ -26,6 +26,9 @@ pub(super) struct Conn {
     /// Response bytes read on this connection so far.
     pub(super) bytes_read: Arc<AtomicU64>,
     pub(super) metrics: Arc<OriginMetrics>,
+    /// Over TLS, bytes on an idle connection are normal (TLS 1.3 session
+    /// tickets, a close_notify that rustls will read): only EOF condemns it.
+    pub(super) tls: bool,
 }
 
 impl Conn {
@@ -44,6 +47,7 @@ impl Conn {
         match self.socket.peek(&mut buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Ok(0) => Err(CloseReason::PeerClosed),
+            Ok(_) if self.tls => Ok(()),
             Ok(_) => Err(CloseReason::Error),
             Err(_) => Err(CloseReason::PeerClosed),
         }

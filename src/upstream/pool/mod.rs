@@ -451,6 +451,7 @@ impl Pool {
             keepalive_hint: None,
             bytes_read: connected.bytes_read,
             metrics,
+            tls: origin.is_tls(),
         };
         Ok(permit.fulfil(conn))
     }

@@ -1,0 +1,107 @@
+//! TLS origination (SPEC sections 2 and 4, `[[upstream]] connect =
+//! "https://..."`): a plain-HTTP app gets pooled TLS connections.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::support::client::{get, send_raw};
+use crate::support::eddy;
+use crate::support::tls::{TestCa, TlsOrigin};
+
+fn upstream(origin: &TlsOrigin, ca: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[[upstream]]\nmatch = \"api.test\"\nconnect = \"https://localhost:{}\"\nca_file = \"{}\"\n{extra}",
+        origin.addr.port(),
+        ca.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_short_lived_clients_share_one_tls_connection() {
+    let ca = TestCa::new("eddy test CA");
+    let origin = TlsOrigin::start(&ca).await;
+    let proxy = eddy::start("", &upstream(&origin, &ca.write_pem("one"), "")).await;
+    for i in 0..200 {
+        let r = get(proxy.addr, &format!("http://api.test/{i}")).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.text(), "tls ok\n");
+    }
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 200);
+    assert_eq!(
+        origin.handshakes.load(Ordering::SeqCst),
+        1,
+        "one TLS connection carried them all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_cause_at_most_max_connections_handshakes() {
+    let ca = TestCa::new("eddy test CA");
+    let origin = TlsOrigin::start(&ca).await;
+    let proxy = eddy::start(
+        "",
+        &upstream(
+            &origin,
+            &ca.write_pem("two"),
+            "[upstream.pool]\nmax_connections_per_host = 2\n",
+        ),
+    )
+    .await;
+    let addr = proxy.addr;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for j in 0..5 {
+                statuses.push(get(addr, &format!("http://api.test/{i}/{j}")).await.status);
+            }
+            statuses
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.expect("task").iter().all(|&s| s == 200));
+    }
+    assert!(
+        origin.handshakes.load(Ordering::SeqCst) <= 2,
+        "{} handshakes",
+        origin.handshakes.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_502_tls_certificate_error() {
+    let ca = TestCa::new("eddy test CA");
+    let stranger = TestCa::new("someone else");
+    let origin = TlsOrigin::start(&stranger).await;
+    let proxy = eddy::start("", &upstream(&origin, &ca.write_pem("untrusted"), "")).await;
+    let r = get(proxy.addr, "http://api.test/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("tls_certificate_error"));
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_listener_originates_tls_to_its_upstream() {
+    let ca = TestCa::new("eddy test CA");
+    let origin = Arc::new(TlsOrigin::start(&ca).await);
+    let pem = ca.write_pem("route");
+    let port = origin.addr.port();
+    let proxy = eddy::start(
+        &format!("mode = \"route\"\nupstream = \"https://localhost:{port}\"\n"),
+        &format!(
+            "[[upstream]]\nmatch = \"localhost:{port}\"\nca_file = \"{}\"\n",
+            pem.display()
+        ),
+    )
+    .await;
+    for _ in 0..5 {
+        let r = send_raw(
+            proxy.addr,
+            b"GET /orders HTTP/1.1\r\nHost: localhost:8081\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "tls ok\n");
+    }
+    assert_eq!(origin.handshakes.load(Ordering::SeqCst), 1);
+}
