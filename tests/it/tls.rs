@@ -105,3 +105,61 @@ async fn a_route_listener_originates_tls_to_its_upstream() {
     }
     assert_eq!(origin.handshakes.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_to_a_known_origin_resumes_the_session() {
+    let ca = TestCa::new("eddy test CA");
+    let origin = TlsOrigin::start(&ca).await;
+    let proxy = eddy::start("", &upstream(&origin, &ca.write_pem("resume"), "")).await;
+    assert_eq!(get(proxy.addr, "http://api.test/first").await.status, 200);
+    assert_eq!(origin.resumed.load(Ordering::SeqCst), 0);
+    origin.close_all();
+    crate::support::eventually(
+        "eddy saw the close",
+        std::time::Duration::from_secs(5),
+        || async { proxy.pools_sum("idle").await == 0 },
+    )
+    .await;
+    assert_eq!(get(proxy.addr, "http://api.test/second").await.status, 200);
+    assert_eq!(origin.handshakes.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        origin.resumed.load(Ordering::SeqCst),
+        1,
+        "the second handshake resumed the session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_works_with_a_client_certificate_and_fails_cleanly_without() {
+    let ca = TestCa::new("eddy test CA");
+    let origin = TlsOrigin::start_requiring_client_cert(&ca).await;
+    let pem = ca.write_pem("mtls");
+    let (cert, key) = ca.write_client_pair("mtls");
+    let with = eddy::start(
+        "",
+        &upstream(
+            &origin,
+            &pem,
+            &format!(
+                "client_cert = \"{}\"\nclient_key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+        ),
+    )
+    .await;
+    let r = get(with.addr, "http://api.test/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let without = eddy::start("", &upstream(&origin, &pem, "")).await;
+    let r = get(without.addr, "http://api.test/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        matches!(
+            r.proxy_error().as_deref(),
+            Some("tls_protocol_error" | "tls_certificate_error" | "connection_terminated")
+        ),
+        "{:?}",
+        r.proxy_error()
+    );
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 1);
+}

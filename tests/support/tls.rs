@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 
@@ -53,6 +54,28 @@ impl TestCa {
         )
     }
 
+    /// A client certificate and key signed by this CA, written as PEM files
+    /// (for `client_cert` / `client_key`).
+    pub fn write_client_pair(&self, name: &str) -> (PathBuf, PathBuf) {
+        let params = CertificateParams::new(vec!["eddy-client".to_string()]).expect("params");
+        let key = KeyPair::generate().expect("key");
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("client certificate");
+        let dir = std::env::temp_dir().join(format!("eddy-tls-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (c, k) = (dir.join("client.pem"), dir.join("client.key"));
+        std::fs::write(&c, cert.pem()).expect("write cert");
+        std::fs::write(&k, key.serialize_pem()).expect("write key");
+        (c, k)
+    }
+
+    fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        let der = CertificateDer::from_pem_slice(self.pem.as_bytes()).expect("CA PEM");
+        roots.add(der).expect("CA root");
+        roots
+    }
+
     /// Writes the CA certificate where eddy's `ca_file` can read it.
     pub fn write_pem(&self, name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("eddy-tls-{}-{name}", std::process::id()));
@@ -67,7 +90,11 @@ pub struct TlsOrigin {
     pub addr: SocketAddr,
     /// Completed TLS handshakes (full or resumed).
     pub handshakes: Arc<AtomicUsize>,
+    /// Of those, resumed sessions.
+    pub resumed: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
+    /// Closes every open connection when sent to.
+    kill: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -79,28 +106,58 @@ impl Drop for TlsOrigin {
 
 impl TlsOrigin {
     pub async fn start(ca: &TestCa) -> TlsOrigin {
+        TlsOrigin::start_with(ca, false).await
+    }
+
+    /// An origin that requires a client certificate signed by `ca`.
+    pub async fn start_requiring_client_cert(ca: &TestCa) -> TlsOrigin {
+        TlsOrigin::start_with(ca, true).await
+    }
+
+    /// Closes every open connection, as an origin restart would.
+    pub fn close_all(&self) {
+        self.kill.send_modify(|n| *n += 1);
+    }
+
+    async fn start_with(ca: &TestCa, client_auth: bool) -> TlsOrigin {
         let (chain, key) = ca.leaf();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .expect("protocols")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server config");
+            .expect("protocols");
+        let builder = if client_auth {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(ca.roots()),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_single_cert(chain, key).expect("server config");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let handshakes = Arc::new(AtomicUsize::new(0));
+        let resumed = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (h, r) = (handshakes.clone(), requests.clone());
+        let (kill, killed) = tokio::sync::watch::channel(0u64);
+        let (h, res, r) = (handshakes.clone(), resumed.clone(), requests.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, h, r) = (acceptor.clone(), h.clone(), r.clone());
+                let (acceptor, h, res, r) = (acceptor.clone(), h.clone(), res.clone(), r.clone());
+                let mut killed = killed.clone();
+                killed.mark_unchanged();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        res.fetch_add(1, Ordering::SeqCst);
+                    }
                     let conn = h.fetch_add(1, Ordering::SeqCst);
                     let svc = service_fn(move |_req| {
                         r.fetch_add(1, Ordering::SeqCst);
@@ -111,16 +168,21 @@ impl TlsOrigin {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let serve = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc);
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = killed.changed() => {}
+                    }
                 });
             }
         });
         TlsOrigin {
             addr,
             handshakes,
+            resumed,
             requests,
+            kill,
             task,
         }
     }
