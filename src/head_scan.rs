@@ -91,6 +91,8 @@ pub struct HeadScan {
     name_len: usize,
     content_length: bool,
     transfer_encoding: bool,
+    /// The head asks to switch protocols (`Upgrade:`).
+    upgrade: bool,
     /// Reading a Content-Length value.
     in_length: bool,
     length_digits: usize,
@@ -116,6 +118,7 @@ impl HeadScan {
             name_len: 0,
             content_length: false,
             transfer_encoding: false,
+            upgrade: false,
             in_length: false,
             length_digits: 0,
             length: None,
@@ -193,9 +196,10 @@ impl HeadScan {
                 Verdict::Incomplete => {}
                 Verdict::Complete => {
                     self.heads += 1;
-                    if self.method_len == 7 && &self.method == b"CONNECT" {
-                        // What follows is tunnelled bytes (or a new request
-                        // after a refusal): not ours to parse.
+                    if self.upgrade || (self.method_len == 7 && &self.method == b"CONNECT") {
+                        // What follows may be tunnelled or upgraded bytes
+                        // (or a new request after a refusal): not ours to
+                        // parse.
                         self.state = State::Lost;
                         return None;
                     }
@@ -344,6 +348,7 @@ impl HeadScan {
                             self.length_digits = 0;
                         }
                         self.transfer_encoding |= name == b"transfer-encoding";
+                        self.upgrade |= name == b"upgrade";
                     }
                     self.state = State::Value;
                 }

@@ -11,6 +11,7 @@ mod headers;
 mod router;
 mod target;
 mod tunnel;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -66,6 +67,8 @@ pub struct ListenerCtx {
 pub enum ProxyBody {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
+    /// A body from a dedicated (never pooled) upstream connection.
+    Direct(Incoming),
 }
 
 impl From<Bytes> for ProxyBody {
@@ -85,6 +88,7 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Direct(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -92,6 +96,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Direct(b) => b.is_end_stream(),
         }
     }
 
@@ -99,6 +104,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Direct(b) => b.size_hint(),
         }
     }
 }
@@ -123,7 +129,7 @@ pub async fn handle(
     let result = if req.method() == Method::CONNECT && ctx.mode == ListenerMode::Forward {
         tunnel::connect(req, ctx, &mut record, hold).await
     } else {
-        proxy(req, ctx, &mut record).await
+        proxy(req, ctx, &mut record, hold).await
     };
     let mut response = match result {
         Ok(resp) => resp,
@@ -142,6 +148,7 @@ pub async fn handle(
             record.bytes_out = b.as_ref().map_or(0, |b| b.len() as u64);
             record.ended = Some(std::time::Instant::now());
         }
+        ProxyBody::Direct(_) => record.ended = Some(std::time::Instant::now()),
     }
     response
 }
@@ -150,6 +157,7 @@ async fn proxy(
     req: Request<Incoming>,
     ctx: &ListenerCtx,
     record: &mut AccessRecord,
+    hold: &ConnHold,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     if parts.method == Method::CONNECT {
@@ -163,6 +171,10 @@ async fn proxy(
     };
     if ctx.loop_guard.is_own_target(&target) {
         return Err(ProxyError::Loop(format!("{}:{}", target.host, target.port)));
+    }
+    if upgrade::is_upgrade(&parts.headers) {
+        let req = Request::from_parts(parts, body);
+        return upgrade::relay(req, target, ctx, record, hold).await;
     }
     let route = ctx.router.route(&target);
     let host = HeaderValue::from_str(&target.authority)

@@ -16,3 +16,4 @@ mod pool;
 mod retry;
 mod tls;
 mod tunnel;
+mod websocket;

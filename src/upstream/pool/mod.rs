@@ -233,6 +233,33 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A connection of its own for an `Upgrade` request (WebSocket): the
+    /// same connect path as pooled ones (DNS, TCP, TLS, loop checks), but
+    /// it belongs to the caller and never enters the pool.
+    pub async fn open_dedicated(
+        &self,
+        origin: &Origin,
+        timeout: std::time::Duration,
+    ) -> Result<hyper::client::conn::http1::SendRequest<crate::upstream::ReqBody>, ProxyError> {
+        let connected = self
+            .shared
+            .connector
+            .connect(origin, Instant::now() + timeout)
+            .await?;
+        let metrics = self.shared.metrics.origin(origin.as_str());
+        metrics.opened.inc();
+        metrics.upstream_new.inc();
+        let task_origin = origin.clone();
+        let connection = connected.connection.with_upgrades();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(origin = %task_origin, error = %e, "dedicated upstream connection ended");
+            }
+            metrics.connection_closed(CloseReason::PeerClosed);
+        });
+        Ok(connected.sender)
+    }
+
     /// A plain TCP connection for a CONNECT tunnel: never pooled, but
     /// dialled with the same DNS, deadline and loop checks.
     pub async fn open_tunnel(
