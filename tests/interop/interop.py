@@ -89,6 +89,20 @@ def prometheus_query(port, query):
     return float(result[0]["value"][1]) if result else None
 
 
+def make_certs(work):
+    """A CA and a localhost certificate signed by it, made for this run."""
+    def run(*args):
+        subprocess.run(args, cwd=work, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=eddy interop CA")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
+        "-subj", "/CN=localhost")
+    with open(os.path.join(work, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "srv.pem", "-days", "1", "-extfile", "ext.cnf")
+
+
 NGINX_CONF = """
 worker_processes 1;
 daemon off;
@@ -115,6 +129,13 @@ http {{
         location / {{ default_type text/plain; return 200 "{body}"; }}
     }}
     server {{
+        # A TLS origin with a certificate from a CA made for this run.
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {dir}/srv.pem;
+        ssl_certificate_key {dir}/srv.key;
+        location / {{ default_type text/plain; return 200 "tls hello\\n"; }}
+    }}
+    server {{
         # An origin that closes idle keep-alive connections after 1 s.
         listen 127.0.0.1:{short_port};
         keepalive_timeout 1s;
@@ -138,10 +159,14 @@ def main():
     for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(work, d), exist_ok=True)
     origin_port, proxy_port, admin_port, short_port = free_port(), free_port(), free_port(), free_port()
+    tls_port = free_port()
+    make_certs(work)
+    unix_sock = os.path.join(work, "route.sock")
     max_conns = 4
 
     with open(os.path.join(work, "nginx.conf"), "w") as f:
-        f.write(NGINX_CONF.format(dir=work, port=origin_port, short_port=short_port, body="x" * 1024))
+        f.write(NGINX_CONF.format(dir=work, port=origin_port, short_port=short_port, tls_port=tls_port,
+                                  body="x" * 1024))
     with open(os.path.join(work, "eddy.toml"), "w") as f:
         f.write(f"""
 [admin]
@@ -150,10 +175,19 @@ listen = "127.0.0.1:{admin_port}"
 access_log = false
 [[listener]]
 listen = "127.0.0.1:{proxy_port}"
+[[listener]]
+name = "route-unix"
+listen = "unix:{unix_sock}"
+mode = "route"
+upstream = "http://127.0.0.1:{origin_port}"
 [pool]
 max_connections_per_host = {max_conns}
 [security]
-connect_ports = [443, {origin_port}]
+connect_ports = [443, {origin_port}, {tls_port}]
+[[upstream]]
+match = "secure.internal"
+connect = "https://localhost:{tls_port}"
+ca_file = "{work}/ca.pem"
 """)
 
     procs = []
@@ -258,6 +292,27 @@ connect_ports = [443, {origin_port}]
         out = subprocess.run(["curl", "-sS", "--noproxy", "", "-p", "-x", proxy, f"{origin}/hello"],
                              capture_output=True, text=True, timeout=30)
         check("curl -p through a CONNECT tunnel", out.returncode == 0 and out.stdout == "hello from nginx\n",
+              out.stderr + out.stdout)
+
+        # HTTPS_PROXY: a client-verified TLS session end to end through a
+        # CONNECT tunnel.
+        out = subprocess.run(["curl", "-sS", "--noproxy", "", "-x", proxy, "--cacert", f"{work}/ca.pem",
+                              f"https://localhost:{tls_port}/"], capture_output=True, text=True, timeout=30)
+        check("curl https through CONNECT, verified end to end", out.returncode == 0 and out.stdout == "tls hello\n",
+              out.stderr + out.stdout)
+        # CONNECT to a port not in connect_ports is refused.
+        out = subprocess.run(["curl", "-sS", "--noproxy", "", "-p", "-x", proxy, "-o", "/dev/null", "-w", "%{http_connect}",
+                              "http://127.0.0.1:25/"], capture_output=True, text=True, timeout=30)
+        check("CONNECT to port 25 gets 403", out.stdout.strip() == "403", out.stdout + out.stderr)
+        # TLS origination: plain HTTP in, pooled TLS out.
+        out = subprocess.run(["curl", "-sS", "--noproxy", "", "-x", proxy, "http://secure.internal/"],
+                             capture_output=True, text=True, timeout=30)
+        check("TLS origination to nginx over https", out.returncode == 0 and out.stdout == "tls hello\n",
+              out.stderr + out.stdout)
+        # A route listener on a Unix socket.
+        out = subprocess.run(["curl", "-sS", "--unix-socket", unix_sock, "http://localhost/hello"],
+                             capture_output=True, text=True, timeout=30)
+        check("curl --unix-socket to a route listener", out.returncode == 0 and out.stdout == "hello from nginx\n",
               out.stderr + out.stdout)
 
         # Stale connections: nginx closes idle connections after 1 s while
