@@ -104,12 +104,6 @@ impl Eddy {
         );
         metrics.register_pool(pool.downgrade());
         pool.prewarm(router.prewarm_routes());
-        for u in config.upstreams.iter().filter(|u| u.http2) {
-            tracing::warn!(
-                upstream = %u.match_,
-                "http2 = true is not supported yet; this upstream is reached over HTTP/1.1"
-            );
-        }
 
         let (stop_listeners, listeners_signal) = shutdown::channel();
         let (stop_admin, admin_signal) = shutdown::channel();

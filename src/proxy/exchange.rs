@@ -102,6 +102,20 @@ impl Template {
         })
     }
 
+    /// A fresh copy of the request (for HTTP/2, where each attempt needs
+    /// one).
+    fn to_request(&self) -> Request<ReqBody> {
+        let mut req = Request::new(match &self.body {
+            Some(b) => ReqBody::Full(Some(b.clone())),
+            None => ReqBody::Empty,
+        });
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+
     fn build(self) -> Request<ReqBody> {
         let mut req = Request::new(match self.body {
             Some(b) => ReqBody::Full(Some(b)),
@@ -184,6 +198,93 @@ pub(super) async fn send_with_retry(
         tracing::debug!(origin = %route.origin, retry = record.retries + 1, "stale upstream connection; sending again on a new one");
         record.retries += 1;
         reuse = Reuse::Fresh;
+    }
+}
+
+/// Sends `req` over the origin's shared HTTP/2 connection. A request that
+/// fails with the connection (the origin sent GOAWAY, or it was lost) goes
+/// again on a new connection if it can be replayed, at most
+/// `retry.stale_retries` times.
+pub(super) async fn send_h2(
+    pool: &Pool,
+    route: &Route,
+    mut req: Request<ReqBody>,
+    retry: &RetryConfig,
+    record: &mut AccessRecord,
+) -> Result<Response<Incoming>, ProxyError> {
+    let origin = route.origin.to_string();
+    // HTTP/2 carries the authority in the request URI (`:authority`).
+    let authority = req
+        .headers_mut()
+        .remove(http::header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_string))
+        .unwrap_or_else(|| route.origin.host().to_string());
+    let scheme = if route.origin.is_tls() {
+        "https"
+    } else {
+        "http"
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    *req.uri_mut() = format!("{scheme}://{authority}{path}")
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("the target cannot be sent over HTTP/2"))?;
+    *req.version_mut() = Version::HTTP_2;
+    let replayable = idempotent(req.method(), req.headers())
+        && matches!(req.body(), ReqBody::Empty | ReqBody::Full(_));
+    let template = (replayable && retry.stale_retries > 0)
+        .then(|| Template::of(&req))
+        .flatten();
+    let timeout = route.settings.response_header_timeout.get();
+    loop {
+        let (mut sender, id, reused) = pool
+            .h2_sender(&route.origin, route.settings.connect_timeout.get())
+            .await?;
+        record.reused = Some(reused);
+        if let Some(m) = &record.origin {
+            if reused {
+                m.upstream_reused.inc();
+            } else {
+                m.upstream_new.inc();
+            }
+        }
+        let attempt = async {
+            sender.ready().await?;
+            sender.send_request(req).await
+        };
+        let error = match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(resp)) => {
+                if let (true, Some(m)) = (record.retries > 0, &record.origin) {
+                    m.retries_succeeded.inc();
+                }
+                return Ok(resp);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => return Err(ProxyError::ResponseTimeout { origin }),
+        };
+        pool.h2_forget(&route.origin, id);
+        if let (true, Some(m)) = (record.retries > 0, &record.origin) {
+            m.retries_failed.inc();
+        }
+        let again = record.retries < retry.stale_retries && !error.is_user() && !error.is_parse();
+        match (&template, again) {
+            (Some(t), true) => {
+                tracing::debug!(%origin, error = %error, "HTTP/2 connection failed; sending again on a new one");
+                req = t.to_request();
+                record.retries += 1;
+            }
+            _ if error.is_parse() => {
+                return Err(ProxyError::HttpProtocol {
+                    origin,
+                    reason: error.to_string(),
+                })
+            }
+            _ => {
+                return Err(ProxyError::ConnectionTerminated {
+                    origin,
+                    reason: error.to_string(),
+                })
+            }
+        }
     }
 }
 

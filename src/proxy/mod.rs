@@ -200,6 +200,14 @@ async fn proxy(
             ReqBody::from_incoming(body, ctx.body_idle_timeout)
         };
     let upstream_req = Request::from_parts(parts, body);
+    if route.http2 {
+        record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
+        let resp = exchange::send_h2(&ctx.pool, &route, upstream_req, &ctx.retry, record).await?;
+        let (mut parts, incoming) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.version = Version::HTTP_11;
+        return Ok(Response::from_parts(parts, ProxyBody::Direct(incoming)));
+    }
 
     let sent = exchange::send_with_retry(
         &ctx.pool,

@@ -29,6 +29,7 @@ struct Entry {
     settings: Arc<PoolConfig>,
     min_idle: usize,
     default_port: u16,
+    http2: bool,
 }
 
 impl Router {
@@ -59,6 +60,7 @@ impl Router {
                 min_idle: settings.min_idle_per_host,
                 settings: Arc::new(settings),
                 default_port: port.unwrap_or(80),
+                http2: u.http2,
             };
             entries.insert((host, port), entry);
         }
@@ -100,6 +102,7 @@ impl Router {
                     .clone()
                     .unwrap_or_else(|| Router::origin_of(target, e.tls.as_ref())),
                 settings: e.settings.clone(),
+                http2: e.http2,
             },
             None => {
                 let origin = Router::origin_of(target, None);
@@ -108,7 +111,11 @@ impl Router {
                     .get(&origin)
                     .unwrap_or(&self.default_settings)
                     .clone();
-                Route { origin, settings }
+                Route {
+                    origin,
+                    settings,
+                    http2: false,
+                }
             }
         }
     }
@@ -118,13 +125,14 @@ impl Router {
     pub fn prewarm_routes(&self) -> Vec<Route> {
         self.entries
             .iter()
-            .filter(|(_, e)| e.min_idle > 0)
+            .filter(|(_, e)| e.min_idle > 0 && !e.http2)
             .map(|((host, port), e)| Route {
                 origin: e
                     .connect
                     .clone()
                     .unwrap_or_else(|| Origin::new(false, host, port.unwrap_or(e.default_port))),
                 settings: e.settings.clone(),
+                http2: false,
             })
             .collect()
     }

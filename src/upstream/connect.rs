@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -65,7 +66,7 @@ impl Connector {
             .try_clone()
             .map_err(|e| refused(origin, &e))?;
         let stream = if origin.is_tls() {
-            Stream::Tls(Box::new(self.tls(origin, stream, deadline).await?))
+            Stream::Tls(Box::new(self.tls(origin, stream, deadline, false).await?))
         } else {
             Stream::Tcp(stream)
         };
@@ -121,6 +122,7 @@ impl Connector {
         origin: &Origin,
         stream: TcpStream,
         deadline: Instant,
+        h2: bool,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
         let profile = origin.tls_profile().unwrap_or(&self.default_tls);
         let server_name = match &profile.sni {
@@ -132,7 +134,12 @@ impl Connector {
                 }
             })?,
         };
-        let connector = tokio_rustls::TlsConnector::from(profile.config.clone());
+        let config = if h2 {
+            &profile.config_h2
+        } else {
+            &profile.config
+        };
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
         match timeout_at(deadline, connector.connect(server_name, stream)).await {
             Ok(Ok(tls)) => Ok(tls),
             Ok(Err(e)) => Err(tls_error(origin, e)),
@@ -140,6 +147,53 @@ impl Connector {
                 origin: origin.to_string(),
             }),
         }
+    }
+}
+
+impl Connector {
+    /// An HTTP/2 connection: over TLS with ALPN `h2`, or by prior
+    /// knowledge over plain TCP. Its task runs until the connection ends.
+    pub(crate) async fn connect_h2(
+        &self,
+        origin: &Origin,
+        deadline: Instant,
+    ) -> Result<http2::SendRequest<ReqBody>, ProxyError> {
+        let tcp = self.tcp(origin, deadline).await?;
+        let stream = if origin.is_tls() {
+            let tls = self.tls(origin, tcp, deadline, true).await?;
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(ProxyError::TlsProtocol {
+                    origin: origin.to_string(),
+                    reason: "the origin did not agree to HTTP/2 (ALPN h2)".into(),
+                });
+            }
+            Stream::Tls(Box::new(tls))
+        } else {
+            Stream::Tcp(tcp)
+        };
+        let (io, _) = CountingIo::new(stream);
+        let handshake = http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(io));
+        let (sender, connection) = match timeout_at(deadline, handshake).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                return Err(ProxyError::HttpProtocol {
+                    origin: origin.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(ProxyError::ConnectTimeout {
+                    origin: origin.to_string(),
+                })
+            }
+        };
+        let task_origin = origin.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(origin = %task_origin, error = %e, "HTTP/2 upstream connection ended");
+            }
+        });
+        Ok(sender)
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub(crate) mod connect;
+pub(crate) mod h2;
 pub(crate) mod io;
 pub mod learn;
 pub mod origin;

@@ -22,6 +22,8 @@ pub struct TlsProfile {
     /// Distinguishes profiles in the pool key.
     pub(crate) id: u64,
     pub(crate) config: Arc<ClientConfig>,
+    /// The same settings offering `h2` by ALPN (for `http2 = true`).
+    pub(crate) config_h2: Arc<ClientConfig>,
     /// The server name to present instead of the origin's host.
     pub(crate) sni: Option<ServerName<'static>>,
 }
@@ -78,6 +80,8 @@ impl TlsProfile {
             }
             None => builder.with_no_client_auth(),
         };
+        let mut config_h2 = config.clone();
+        config_h2.alpn_protocols = vec![b"h2".to_vec()];
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let sni = match sni {
             Some(name) => Some(
@@ -89,6 +93,7 @@ impl TlsProfile {
         Ok(TlsProfile {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config: Arc::new(config),
+            config_h2: Arc::new(config_h2),
             sni,
         })
     }

@@ -9,6 +9,7 @@ mod deploy;
 mod drain;
 mod errors;
 mod headers;
+mod http2;
 mod idle;
 mod listener;
 mod metrics;

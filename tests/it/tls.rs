@@ -163,3 +163,32 @@ async fn mutual_tls_works_with_a_client_certificate_and_fails_cleanly_without() 
     );
     assert_eq!(origin.requests.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_is_negotiated_by_alpn_and_multiplexed() {
+    let ca = TestCa::new("eddy test CA");
+    let origin = TlsOrigin::start_h2(&ca).await;
+    let proxy = eddy::start(
+        "",
+        &upstream(&origin, &ca.write_pem("h2"), "http2 = true\n"),
+    )
+    .await;
+    let addr = proxy.addr;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        tasks.push(tokio::spawn(async move {
+            get(addr, &format!("http://api.test/{i}")).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "tls ok\n");
+    }
+    assert_eq!(
+        origin.handshakes.load(Ordering::SeqCst),
+        1,
+        "one HTTP/2 connection"
+    );
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 30);
+}

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod eddy;
+pub mod h2;
 pub mod origin;
 pub mod tls;
 

@@ -106,12 +106,17 @@ impl Drop for TlsOrigin {
 
 impl TlsOrigin {
     pub async fn start(ca: &TestCa) -> TlsOrigin {
-        TlsOrigin::start_with(ca, false).await
+        TlsOrigin::start_with(ca, false, false).await
+    }
+
+    /// An origin that speaks HTTP/2 (ALPN `h2`) only.
+    pub async fn start_h2(ca: &TestCa) -> TlsOrigin {
+        TlsOrigin::start_with(ca, false, true).await
     }
 
     /// An origin that requires a client certificate signed by `ca`.
     pub async fn start_requiring_client_cert(ca: &TestCa) -> TlsOrigin {
-        TlsOrigin::start_with(ca, true).await
+        TlsOrigin::start_with(ca, true, false).await
     }
 
     /// Closes every open connection, as an origin restart would.
@@ -119,7 +124,7 @@ impl TlsOrigin {
         self.kill.send_modify(|n| *n += 1);
     }
 
-    async fn start_with(ca: &TestCa, client_auth: bool) -> TlsOrigin {
+    async fn start_with(ca: &TestCa, client_auth: bool, h2: bool) -> TlsOrigin {
         let (chain, key) = ca.leaf();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -137,7 +142,11 @@ impl TlsOrigin {
             builder.with_no_client_auth()
         };
         let mut config = builder.with_single_cert(chain, key).expect("server config");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![if h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -168,11 +177,23 @@ impl TlsOrigin {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let serve = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc);
-                    tokio::select! {
-                        _ = serve => {}
-                        _ = killed.changed() => {}
+                    let io = TokioIo::new(tls);
+                    if h2 {
+                        let serve = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(io, svc);
+                        tokio::select! {
+                            _ = serve => {}
+                            _ = killed.changed() => {}
+                        }
+                    } else {
+                        let serve =
+                            hyper::server::conn::http1::Builder::new().serve_connection(io, svc);
+                        tokio::select! {
+                            _ = serve => {}
+                            _ = killed.changed() => {}
+                        }
                     }
                 });
             }

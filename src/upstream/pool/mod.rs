@@ -131,6 +131,9 @@ impl Reuse {
 pub struct Route {
     pub origin: Origin,
     pub settings: Arc<PoolConfig>,
+    /// `[[upstream]] http2 = true`: served by a multiplexed connection,
+    /// not the HTTP/1 pool.
+    pub http2: bool,
 }
 
 struct State {
@@ -148,6 +151,7 @@ struct Shared {
     prewarm_wake: Notify,
     connector: Connector,
     metrics: Arc<Metrics>,
+    h2: crate::upstream::h2::H2Slots,
     next_id: AtomicU64,
 }
 
@@ -217,6 +221,7 @@ impl Pool {
                 prewarm_wake: Notify::new(),
                 connector,
                 metrics,
+                h2: Default::default(),
                 next_id: AtomicU64::new(1),
             }),
         };
@@ -258,6 +263,53 @@ impl Pool {
             metrics.connection_closed(CloseReason::PeerClosed);
         });
         Ok(connected.sender)
+    }
+
+    /// The shared HTTP/2 connection to `origin`, opened (once, however many
+    /// requests ask at the same time) if there is none or it has closed.
+    /// Returns it with its id and whether it already existed.
+    pub async fn h2_sender(
+        &self,
+        origin: &Origin,
+        timeout: std::time::Duration,
+    ) -> Result<
+        (
+            hyper::client::conn::http2::SendRequest<crate::upstream::ReqBody>,
+            u64,
+            bool,
+        ),
+        ProxyError,
+    > {
+        let slot = self.shared.h2.slot(origin);
+        let mut current = slot.lock().await;
+        if let Some(c) = current.as_ref() {
+            if !c.sender.is_closed() {
+                return Ok((c.sender.clone(), c.id, true));
+            }
+        }
+        let started = Instant::now();
+        let sender = self
+            .shared
+            .connector
+            .connect_h2(origin, started + timeout)
+            .await?;
+        let metrics = self.shared.metrics.origin(origin.as_str());
+        metrics.opened.inc();
+        metrics
+            .connect_duration
+            .observe(started.elapsed().as_secs_f64());
+        let id = self.shared.h2.next_id();
+        *current = Some(crate::upstream::h2::H2Conn {
+            id,
+            sender: sender.clone(),
+        });
+        Ok((sender, id, false))
+    }
+
+    /// Drops HTTP/2 connection `id` of `origin` so the next request opens
+    /// a new one (it failed, or the origin sent GOAWAY).
+    pub fn h2_forget(&self, origin: &Origin, id: u64) {
+        self.shared.h2.forget(origin, id);
     }
 
     /// A plain TCP connection for a CONNECT tunnel: never pooled, but

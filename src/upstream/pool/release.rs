@@ -136,6 +136,7 @@ impl Pool {
             let route = Route {
                 origin: origin.clone(),
                 settings: os.settings.clone(),
+                http2: false,
             };
             match waiter
                 .tx

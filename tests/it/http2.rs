@@ -1,0 +1,65 @@
+//! `[[upstream]] http2 = true`: many client requests multiplexed over one
+//! HTTP/2 connection; GOAWAY costs idempotent requests nothing.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::support::client::get;
+use crate::support::eddy;
+use crate::support::h2::H2Origin;
+
+fn upstream(origin: &H2Origin) -> String {
+    format!(
+        "[[upstream]]\nmatch = \"h2.test\"\nconnect = \"http://{}\"\nhttp2 = true\n",
+        origin.addr
+    )
+}
+
+async fn hundred_concurrent(proxy: std::net::SocketAddr) -> Vec<u16> {
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        tasks.push(tokio::spawn(async move {
+            let r = get(proxy, &format!("http://h2.test/{i}")).await;
+            assert_eq!(
+                r.text(),
+                if r.status == 200 {
+                    "h2 ok\n".to_string()
+                } else {
+                    r.text()
+                }
+            );
+            r.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("task"));
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_requests_share_one_http2_connection() {
+    let origin = H2Origin::start(None, Duration::from_millis(100)).await;
+    let proxy = eddy::start("", &upstream(&origin)).await;
+    let statuses = hundred_concurrent(proxy.addr).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(origin.streams.load(Ordering::SeqCst), 100);
+    assert!(
+        origin.max_in_flight.load(Ordering::SeqCst) > 1,
+        "requests were multiplexed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_mid_run_costs_idempotent_requests_nothing() {
+    let origin = H2Origin::start(Some(30), Duration::from_millis(50)).await;
+    let proxy = eddy::start("", &upstream(&origin)).await;
+    let statuses = hundred_concurrent(proxy.addr).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert!(
+        origin.connections.load(Ordering::SeqCst) >= 2,
+        "GOAWAY made eddy open another connection"
+    );
+}

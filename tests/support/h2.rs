@@ -1,0 +1,91 @@
+//! An HTTP/2 origin (prior knowledge over TCP) that counts connections and
+//! streams, and can send GOAWAY after a number of streams on a connection.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+pub struct H2Origin {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub streams: Arc<AtomicUsize>,
+    /// The most streams in flight at once, over all connections.
+    pub max_in_flight: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl H2Origin {
+    pub async fn start(goaway_after: Option<usize>, delay: Duration) -> H2Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let streams = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (c, s, m) = (connections.clone(), streams.clone(), max_in_flight.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let (s, m, f) = (s.clone(), m.clone(), in_flight.clone());
+                tokio::spawn(async move {
+                    let goaway = Arc::new(Notify::new());
+                    let on_conn = Arc::new(AtomicUsize::new(0));
+                    let g = goaway.clone();
+                    let svc = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                        let (s, m, f, g, on_conn) =
+                            (s.clone(), m.clone(), f.clone(), g.clone(), on_conn.clone());
+                        async move {
+                            s.fetch_add(1, Ordering::SeqCst);
+                            let n = on_conn.fetch_add(1, Ordering::SeqCst) + 1;
+                            if Some(n) == goaway_after {
+                                g.notify_one();
+                            }
+                            let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                            m.fetch_max(now, Ordering::SeqCst);
+                            tokio::time::sleep(delay).await;
+                            f.fetch_sub(1, Ordering::SeqCst);
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                                "h2 ok\n",
+                            ))))
+                        }
+                    });
+                    let mut conn = pin!(hyper::server::conn::http2::Builder::new(
+                        TokioExecutor::new()
+                    )
+                    .serve_connection(TokioIo::new(tcp), svc));
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = goaway.notified() => {
+                            // GOAWAY: streams in flight finish, new ones are refused.
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        });
+        H2Origin {
+            addr,
+            connections,
+            streams,
+            max_in_flight,
+            task,
+        }
+    }
+}
