@@ -201,6 +201,20 @@ pub(super) async fn send_with_retry(
     }
 }
 
+/// Whether the origin refused the stream (GOAWAY or `REFUSED_STREAM`): it
+/// never processed the request, so sending it again is safe for any method.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// Sends `req` over the origin's shared HTTP/2 connection. A request that
 /// fails with the connection (the origin sent GOAWAY, or it was lost) goes
 /// again on a new connection if it can be replayed, at most
@@ -229,9 +243,11 @@ pub(super) async fn send_h2(
         .parse()
         .map_err(|_| ProxyError::BadRequest("the target cannot be sent over HTTP/2"))?;
     *req.version_mut() = Version::HTTP_2;
-    let replayable = idempotent(req.method(), req.headers())
-        && matches!(req.body(), ReqBody::Empty | ReqBody::Full(_));
-    let template = (replayable && retry.stale_retries > 0)
+    let idempotent = idempotent(req.method(), req.headers());
+    // Any request whose body is at hand can be re-sent if the origin
+    // refused its stream (never processed); idempotent ones also after
+    // other connection failures.
+    let template = (retry.stale_retries > 0)
         .then(|| Template::of(&req))
         .flatten();
     let timeout = route.settings.response_header_timeout.get();
@@ -265,7 +281,10 @@ pub(super) async fn send_h2(
         if let (true, Some(m)) = (record.retries > 0, &record.origin) {
             m.retries_failed.inc();
         }
-        let again = record.retries < retry.stale_retries && !error.is_user() && !error.is_parse();
+        let again = record.retries < retry.stale_retries
+            && !error.is_user()
+            && !error.is_parse()
+            && (idempotent || refused_stream(&error));
         match (&template, again) {
             (Some(t), true) => {
                 tracing::debug!(%origin, error = %error, "HTTP/2 connection failed; sending again on a new one");
