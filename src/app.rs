@@ -98,7 +98,11 @@ impl Eddy {
         let default_tls = Arc::new(TlsProfile::default_roots().map_err(StartError::Tls)?);
         let router = Arc::new(Router::new(&config).map_err(StartError::Tls)?);
         let pool = Pool::new(
-            Connector::new(loop_guard.clone(), default_tls),
+            Connector::new(
+                loop_guard.clone(),
+                default_tls,
+                config.security.deny_cidrs.clone(),
+            ),
             config.pool.max_idle_total,
             metrics.clone(),
         );
@@ -131,6 +135,7 @@ impl Eddy {
                 body_idle_timeout: lc.client_idle_timeout.get(),
                 retry: config.retry.clone(),
                 connect_ports: config.security.connect_ports.clone(),
+                allow_hosts: config.security.allow_hosts.clone(),
                 tunnels: metrics.tunnels.with_label_values(&[&lc.name]),
                 tunnels_open: metrics.tunnels_open.with_label_values(&[&lc.name]),
                 drain: DrainLimits {

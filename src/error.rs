@@ -51,6 +51,9 @@ pub enum ProxyError {
     /// The destination is not allowed (403).
     #[error("destination not allowed: {0}")]
     Denied(&'static str),
+    /// Every address the destination resolved to is in `deny_cidrs` (403).
+    #[error("{0} resolves only to addresses in security.deny_cidrs")]
+    Prohibited(String),
     /// The request is addressed to eddy itself (508).
     #[error("request addressed to eddy's own listener {0}")]
     Loop(String),
@@ -74,7 +77,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
-            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Denied(_) | ProxyError::Prohibited(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -95,6 +98,7 @@ impl ProxyError {
             ProxyError::ResponseTimeout { .. } => "http_response_timeout",
             ProxyError::Loop(_) => "proxy_loop_detected",
             ProxyError::Denied(_) => "http_request_denied",
+            ProxyError::Prohibited(_) => "destination_ip_prohibited",
         }
     }
 

@@ -30,7 +30,7 @@ pub use target::{forward_target, origin_form, LoopGuard, Target};
 pub use tunnel::ConnHold;
 
 use crate::access::AccessRecord;
-use crate::config::{ListenerMode, RetryConfig};
+use crate::config::{HostPattern, ListenerMode, RetryConfig};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::upstream::{DrainLimits, Pool, ReqBody, UpstreamBody};
@@ -54,9 +54,24 @@ pub struct ListenerCtx {
     pub drain: DrainLimits,
     /// Ports CONNECT may tunnel to (`security.connect_ports`).
     pub connect_ports: Vec<u16>,
+    /// `security.allow_hosts`; empty means any host.
+    pub allow_hosts: Vec<HostPattern>,
     pub tunnels: prometheus::IntCounter,
     pub tunnels_open: prometheus::IntGauge,
     pub access_log: bool,
+}
+
+impl ListenerCtx {
+    /// `security.allow_hosts`: when set, only those hosts may be reached.
+    pub fn check_allowed(&self, host: &str) -> Result<(), ProxyError> {
+        if self.allow_hosts.is_empty() || self.allow_hosts.iter().any(|p| p.matches(host)) {
+            Ok(())
+        } else {
+            Err(ProxyError::Denied(
+                "the host is not in security.allow_hosts",
+            ))
+        }
+    }
 }
 
 /// The body of a response to the client: relayed from an origin, or made by
@@ -171,6 +186,9 @@ async fn proxy(
     };
     if ctx.loop_guard.is_own_target(&target) {
         return Err(ProxyError::Loop(format!("{}:{}", target.host, target.port)));
+    }
+    if ctx.mode == ListenerMode::Forward {
+        ctx.check_allowed(&target.host)?;
     }
     if upgrade::is_upgrade(&parts.headers) {
         let req = Request::from_parts(parts, body);

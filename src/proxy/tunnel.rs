@@ -39,6 +39,7 @@ pub(super) async fn connect(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let target = tunnel_target(&req)?;
     record.host = Some(target.authority.clone());
+    ctx.check_allowed(&target.host)?;
     if !ctx.connect_ports.contains(&target.port) {
         return Err(ProxyError::Denied(
             "CONNECT is only allowed to security.connect_ports",

@@ -22,6 +22,7 @@ use super::body::ReqBody;
 use super::io::{CountingIo, Stream};
 use super::origin::Origin;
 use super::tls::TlsProfile;
+use crate::config::Cidr;
 use crate::error::ProxyError;
 use crate::proxy::LoopGuard;
 
@@ -41,10 +42,16 @@ pub(crate) struct Connector {
     h1: http1::Builder,
     /// For `https://` origins without TLS settings of their own.
     default_tls: Arc<TlsProfile>,
+    /// `security.deny_cidrs`: addresses never dialled.
+    deny: Vec<Cidr>,
 }
 
 impl Connector {
-    pub(crate) fn new(loop_guard: Arc<LoopGuard>, default_tls: Arc<TlsProfile>) -> Connector {
+    pub(crate) fn new(
+        loop_guard: Arc<LoopGuard>,
+        default_tls: Arc<TlsProfile>,
+        deny: Vec<Cidr>,
+    ) -> Connector {
         let mut h1 = http1::Builder::new();
         // Origins on the same machine are often slow to read large heads;
         // hyper's defaults (100 headers, ~400 KiB buffer) bound memory.
@@ -53,6 +60,7 @@ impl Connector {
             loop_guard,
             h1,
             default_tls,
+            deny,
         }
     }
 
@@ -103,11 +111,17 @@ impl Connector {
         origin: &Origin,
         deadline: Instant,
     ) -> Result<TcpStream, ProxyError> {
-        let addrs = resolve(origin, deadline).await?;
+        let mut addrs = resolve(origin, deadline).await?;
         for addr in &addrs {
             if self.loop_guard.is_own_address(*addr) {
                 return Err(ProxyError::Loop(addr.to_string()));
             }
+        }
+        // Checked on the resolved addresses, so a name cannot smuggle a
+        // denied address (cloud metadata, say) past the policy.
+        addrs.retain(|a| !self.deny.iter().any(|c| c.contains(a.ip())));
+        if addrs.is_empty() {
+            return Err(ProxyError::Prohibited(origin.to_string()));
         }
         let stream = dial(origin, &addrs, deadline).await?;
         let _ = stream.set_nodelay(true);

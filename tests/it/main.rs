@@ -15,6 +15,7 @@ mod listener;
 mod metrics;
 mod pool;
 mod retry;
+mod security;
 mod tls;
 mod tunnel;
 mod websocket;

@@ -1,0 +1,103 @@
+//! SPEC section 2 `[security]`: where eddy refuses to go.
+
+use std::time::{Duration, Instant};
+
+use crate::support::client::get;
+use crate::support::eddy;
+use crate::support::origin::{Behavior, Origin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_metadata_is_never_dialled_directly_or_by_name() {
+    let proxy = eddy::start(
+        "",
+        "[[upstream]]\nmatch = \"metadata.test\"\nconnect = \"http://169.254.169.254\"\n",
+    )
+    .await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://metadata.test/",
+    ] {
+        let started = Instant::now();
+        let r = get(proxy.addr, url).await;
+        assert_eq!(r.status, 403, "{url}: {}", r.text());
+        assert_eq!(
+            r.proxy_error().as_deref(),
+            Some("destination_ip_prohibited")
+        );
+        // Refused before any connect attempt (a dial would hang or time out).
+        assert!(started.elapsed() < Duration::from_millis(1500));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_address_receives_no_connection_at_all() {
+    let origin = Origin::start_on("127.0.0.2:0", Behavior::default()).await;
+    let allowed = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start(
+        "",
+        &format!(
+            "[security]\ndeny_cidrs = [\"127.0.0.2/32\"]\n[[upstream]]\nmatch = \"inside.test\"\nconnect = \"{}\"\n",
+            origin.url()
+        ),
+    )
+    .await;
+    for url in [origin.url(), "http://inside.test/".to_string()] {
+        let r = get(proxy.addr, &url).await;
+        assert_eq!(r.status, 403, "{url}: {}", r.text());
+        assert_eq!(
+            r.proxy_error().as_deref(),
+            Some("destination_ip_prohibited")
+        );
+    }
+    assert_eq!(
+        origin.stats.accepted(),
+        0,
+        "no TCP connection reached the denied address"
+    );
+    assert_eq!(get(proxy.addr, &allowed.url()).await.status, 200);
+    let prohibited = proxy
+        .metric(
+            "eddy_errors_total",
+            &[("error", "destination_ip_prohibited")],
+        )
+        .await;
+    assert!(prohibited > 0.0, "counted in eddy_errors_total");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_hosts_admits_only_matching_names() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start(
+        "",
+        &format!(
+            "[security]\nallow_hosts = [\"*.example.test\"]\nconnect_ports = [{port}]\n\
+             [[upstream]]\nmatch = \"a.example.test\"\nconnect = \"{url}\"\n\
+             [[upstream]]\nmatch = \"example.test.evil\"\nconnect = \"{url}\"\n",
+            url = origin.url(),
+            port = origin.addr.port()
+        ),
+    )
+    .await;
+    assert_eq!(get(proxy.addr, "http://a.example.test/").await.status, 200);
+    for url in [
+        "http://example.test.evil/",
+        "http://example.test/",
+        &origin.url(),
+    ] {
+        let r = get(proxy.addr, url).await;
+        assert_eq!(r.status, 403, "{url}: {}", r.text());
+        assert_eq!(r.proxy_error().as_deref(), Some("http_request_denied"));
+    }
+    // CONNECT obeys the same list.
+    let r = crate::support::client::send_raw(
+        proxy.addr,
+        format!(
+            "CONNECT {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            origin.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(origin.stats.requests(), 1);
+}
