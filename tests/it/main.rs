@@ -16,6 +16,7 @@ mod metrics;
 mod pool;
 mod retry;
 mod security;
+mod smuggling;
 mod tls;
 mod tunnel;
 mod websocket;

@@ -50,6 +50,9 @@ pub struct Behavior {
     pub reject_body_over: Option<usize>,
     /// Read request heads, never their bodies, and never answer.
     pub deaf_to_bodies: bool,
+    /// Answer with exactly these bytes (malformed on purpose), then keep
+    /// the connection open.
+    pub raw_response: Option<&'static [u8]>,
 }
 
 #[derive(Debug, Clone)]
@@ -400,6 +403,9 @@ async fn respond(
     body: &[u8],
     b: &Behavior,
 ) -> std::io::Result<()> {
+    if let Some(raw) = b.raw_response {
+        return stream.write_all(raw).await;
+    }
     let version = if b.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
     let mut out = format!("{version} 200 OK\r\nX-Conn: {conn}\r\nX-Req: {req}\r\n");
     if b.connection_close {

@@ -201,6 +201,18 @@ impl Pooled {
                 })
             }
             Some(Ok(resp)) => {
+                let h = resp.headers();
+                if h.contains_key(http::header::TRANSFER_ENCODING)
+                    && h.contains_key(http::header::CONTENT_LENGTH)
+                {
+                    // hyper lets chunked win; a proxy must not relay a
+                    // response whose framing is in doubt (response
+                    // splitting). The connection closes with `self`.
+                    return Err(SendFailure::new(ProxyError::HttpProtocol {
+                        origin: self.origin.to_string(),
+                        reason: "conflicting Content-Length and Transfer-Encoding".into(),
+                    }));
+                }
                 let (reusable, hint) = persistence(resp.version(), resp.headers());
                 if let (Some(conn), Some(hint)) = (self.conn.as_mut(), hint) {
                     conn.keepalive_hint = Some(hint);

@@ -1,0 +1,133 @@
+//! Request smuggling and response splitting: every malformed framing eddy
+//! meets, from either side, ends with an error answer and a closed
+//! connection, and the next honest request is served over a clean one.
+
+use std::time::Duration;
+
+use crate::support::client::{get, send_raw};
+use crate::support::eddy;
+use crate::support::eventually;
+use crate::support::origin::{Behavior, Origin};
+
+/// Malformed responses from an origin: 502 `http_protocol_error`, that
+/// connection closed, the next request on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_responses_are_502_and_their_connection_is_closed() {
+    let vectors: &[(&str, &[u8])] = &[
+        (
+            "Content-Length and Transfer-Encoding",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "differing Content-Lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
+        (
+            "obsolete line folding",
+            b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        (
+            "whitespace before the colon",
+            b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
+        ),
+        ("garbage status line", b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ];
+    for (name, raw) in vectors {
+        let bad = Origin::start(Behavior {
+            raw_response: Some(raw),
+            ..Behavior::default()
+        })
+        .await;
+        let proxy = eddy::start("", "").await;
+        let r = get(proxy.addr, &bad.url()).await;
+        println!("{name}: {} {:?}", r.status, r.proxy_error());
+        assert_eq!(r.status, 502, "{name}: {}", r.text());
+        assert_eq!(
+            r.proxy_error().as_deref(),
+            Some("http_protocol_error"),
+            "{name}"
+        );
+        let stats = bad.stats.clone();
+        eventually(
+            &format!("{name}: the connection is closed"),
+            Duration::from_secs(5),
+            || {
+                let s = stats.clone();
+                async move { s.open() == 0 }
+            },
+        )
+        .await;
+        let good = Origin::start(Behavior::default()).await;
+        assert_eq!(get(proxy.addr, &good.url()).await.status, 200, "{name}");
+    }
+}
+
+/// A malformed chunk size in a response body: the head was already
+/// relayed, so the client's response is cut off; the upstream connection
+/// is closed and never reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunk_in_a_response_closes_both_sides() {
+    let bad = Origin::start(Behavior {
+        raw_response: Some(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        format!("GET {}/ HTTP/1.1\r\nHost: x\r\n\r\n", bad.url()).as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf),
+    )
+    .await
+    .expect("the client connection ends")
+    .ok();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        !text.contains("hello"),
+        "no smuggled body reached the client: {text}"
+    );
+    let stats = bad.stats.clone();
+    eventually(
+        "the upstream connection is closed",
+        Duration::from_secs(5),
+        || {
+            let s = stats.clone();
+            async move { s.open() == 0 }
+        },
+    )
+    .await;
+}
+
+/// Client-side vectors (the head scanner and hyper): 400 and a closed
+/// connection; nothing reaches the origin; the next request is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_400_and_never_reach_the_origin() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    let url = origin.url();
+    let vectors = [
+        format!("POST {url}/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        format!("POST {url}/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+        format!("POST {url}/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        format!("GET {url}/ HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n"),
+        format!("GET {url}/ HTTP/1.1\r\nHost : x\r\n\r\n"),
+        format!("GET {url}/caf\u{e9} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ];
+    for v in &vectors {
+        let r = send_raw(proxy.addr, v.as_bytes()).await;
+        assert_eq!(r.status, 400, "{v:?}: {}", r.text());
+    }
+    assert_eq!(origin.stats.requests(), 0, "nothing reached the origin");
+    assert_eq!(get(proxy.addr, &url).await.status, 200);
+}
