@@ -114,6 +114,7 @@ impl Eddy {
         let tracker = ConnTracker::default();
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
+        let via = crate::proxy::via_entry();
         for (index, (lc, b)) in bound.into_iter().enumerate() {
             let addr = match &b {
                 Bound::Tcp(l) => l
@@ -136,6 +137,7 @@ impl Eddy {
                 retry: config.retry.clone(),
                 connect_ports: config.security.connect_ports.clone(),
                 allow_hosts: config.security.allow_hosts.clone(),
+                via: via.clone(),
                 tunnels: metrics.tunnels.with_label_values(&[&lc.name]),
                 tunnels_open: metrics.tunnels_open.with_label_values(&[&lc.name]),
                 drain: DrainLimits {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{HOST, VIA};
 use http::{HeaderValue, Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -56,9 +56,34 @@ pub struct ListenerCtx {
     pub connect_ports: Vec<u16>,
     /// `security.allow_hosts`; empty means any host.
     pub allow_hosts: Vec<HostPattern>,
+    /// This process's `Via` entry (`1.1 eddy-<token>`): added to requests
+    /// eddy forwards, and a request that already carries it has looped.
+    pub via: HeaderValue,
     pub tunnels: prometheus::IntCounter,
     pub tunnels_open: prometheus::IntGauge,
     pub access_log: bool,
+}
+
+/// Whether any `Via` entry is this process's own.
+fn carries_via(headers: &http::HeaderMap, own: &HeaderValue) -> bool {
+    let Ok(own) = own.to_str() else { return false };
+    let token = own.rsplit(' ').next().unwrap_or(own);
+    headers
+        .get_all(VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|entry| entry.split_whitespace().nth(1) == Some(token))
+}
+
+/// A `Via` entry unique to this process.
+pub fn via_entry() -> HeaderValue {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = (nanos ^ (u64::from(std::process::id()) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    HeaderValue::from_str(&format!("1.1 eddy-{:08x}", mixed >> 32))
+        .unwrap_or_else(|_| HeaderValue::from_static("1.1 eddy"))
 }
 
 impl ListenerCtx {
@@ -187,6 +212,9 @@ async fn proxy(
     if ctx.loop_guard.is_own_target(&target) {
         return Err(ProxyError::Loop(format!("{}:{}", target.host, target.port)));
     }
+    if carries_via(&parts.headers, &ctx.via) {
+        return Err(ProxyError::Loop(format!("{} (Via)", target.authority)));
+    }
     if ctx.mode == ListenerMode::Forward {
         ctx.check_allowed(&target.host)?;
     }
@@ -203,6 +231,7 @@ async fn proxy(
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(HOST, host);
+    parts.headers.append(VIA, ctx.via.clone());
     // A body is kept in memory only where that makes a replay possible.
     let (body, body_done) =
         if ctx.retry.stale_retries > 0 && exchange::idempotent(&parts.method, &parts.headers) {

@@ -101,3 +101,39 @@ async fn allow_hosts_admits_only_matching_names() {
     assert_eq!(r.status, 403);
     assert_eq!(origin.stats.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_carrying_eddys_own_via_token_has_looped() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    assert_eq!(get(proxy.addr, &origin.url()).await.status, 200);
+    // What eddy added on the way through.
+    let head = origin.stats.recorded()[0].head.clone();
+    let via = head
+        .lines()
+        .find_map(|l| l.strip_prefix("via: ").or_else(|| l.strip_prefix("Via: ")))
+        .expect("eddy adds a Via entry")
+        .to_string();
+    assert!(via.starts_with("1.1 eddy-"), "{via}");
+    // The same request coming back to eddy, as through a loop of names or
+    // another proxy, is refused.
+    let looped = format!(
+        "GET {}/again HTTP/1.1\r\nHost: x\r\nVia: 1.0 other-proxy, {via}\r\nConnection: close\r\n\r\n",
+        origin.url()
+    );
+    let r = crate::support::client::send_raw(proxy.addr, looped.as_bytes()).await;
+    assert_eq!(r.status, 508, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("proxy_loop_detected"));
+    // Another proxy's Via is fine.
+    let r = crate::support::client::send_raw(
+        proxy.addr,
+        format!(
+            "GET {}/ok HTTP/1.1\r\nHost: x\r\nVia: 1.1 squid\r\nConnection: close\r\n\r\n",
+            origin.url()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.stats.requests(), 2);
+}
