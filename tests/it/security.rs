@@ -137,3 +137,36 @@ async fn a_request_carrying_eddys_own_via_token_has_looped() {
     assert_eq!(r.status, 200);
     assert_eq!(origin.stats.requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_slowloris_connections_do_not_starve_a_good_client() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("client_header_timeout = \"30s\"\n", "").await;
+    // 2,000 clients that start a head and never finish it.
+    let mut loris = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        s.write_all(b"GET http://x/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("partial head");
+        loris.push(s);
+    }
+    crate::support::eventually(
+        "all slow clients accepted",
+        Duration::from_secs(20),
+        || async { proxy.eddy.client_connections() >= 2000 },
+    )
+    .await;
+    let started = Instant::now();
+    let r = get(proxy.addr, &origin.url()).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "served in {:?} beside 2,000 slow clients",
+        started.elapsed()
+    );
+    drop(loris);
+}
