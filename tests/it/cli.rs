@@ -88,7 +88,7 @@ fn check_without_a_file_prints_the_embedded_default() {
 
 /// Starts the eddy binary on `config` and returns it with a line reader on
 /// its standard output.
-fn spawn_eddy(
+pub(crate) fn spawn_eddy(
     config: &str,
     name: &str,
     envs: &[(&str, &str)],

@@ -17,6 +17,7 @@ mod pool;
 mod retry;
 mod security;
 mod smuggling;
+mod soak;
 mod tls;
 mod tunnel;
 mod websocket;

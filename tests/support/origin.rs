@@ -404,7 +404,13 @@ async fn respond(
     b: &Behavior,
 ) -> std::io::Result<()> {
     if let Some(raw) = b.raw_response {
-        return stream.write_all(raw).await;
+        stream.write_all(raw).await?;
+        if b.connection_close {
+            // Whatever the bytes promised, the connection ends here.
+            stream.shutdown().await?;
+            return Err(std::io::Error::other("closed after a raw response"));
+        }
+        return Ok(());
     }
     let version = if b.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
     let mut out = format!("{version} 200 OK\r\nX-Conn: {conn}\r\nX-Req: {req}\r\n");
