@@ -54,6 +54,7 @@ impl Bound {
             Bound::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
                 let _ = s.set_nodelay(true);
+                crate::upstream::connect::keepalive(&s);
                 // A bounded send buffer makes the kernel report write
                 // progress every ~170 KB drained; an autotuned one (up to
                 // 4 MB) could make a slow but steady reader look stalled

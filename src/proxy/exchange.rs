@@ -215,6 +215,20 @@ fn refused_stream(e: &hyper::Error) -> bool {
     false
 }
 
+/// Whether an HTTP/2 error concerns the whole connection (GOAWAY, I/O, a
+/// closed connection) rather than one stream (a reset stream leaves the
+/// shared connection healthy).
+fn connection_level(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() || h2.is_io() || !h2.is_reset();
+        }
+        source = err.source();
+    }
+    true
+}
+
 /// Sends `req` over the origin's shared HTTP/2 connection. A request that
 /// fails with the connection (the origin sent GOAWAY, or it was lost) goes
 /// again on a new connection if it can be replayed, at most
@@ -275,9 +289,16 @@ pub(super) async fn send_h2(
                 return Ok(resp);
             }
             Ok(Err(e)) => e,
-            Err(_) => return Err(ProxyError::ResponseTimeout { origin }),
+            Err(_) => {
+                // A connection that cannot answer in time is not trusted
+                // with the next request.
+                pool.h2_forget(&route.origin, id).await;
+                return Err(ProxyError::ResponseTimeout { origin });
+            }
         };
-        pool.h2_forget(&route.origin, id);
+        if connection_level(&error) {
+            pool.h2_forget(&route.origin, id).await;
+        }
         if let (true, Some(m)) = (record.retries > 0, &record.origin) {
             m.retries_failed.inc();
         }

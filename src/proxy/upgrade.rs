@@ -45,6 +45,7 @@ pub(super) async fn relay(
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(HOST, host);
+    parts.headers.append(http::header::VIA, ctx.via.clone());
     if let Some(p) = protocol {
         parts.headers.insert(UPGRADE, p);
         parts

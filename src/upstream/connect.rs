@@ -12,8 +12,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
@@ -125,6 +125,7 @@ impl Connector {
         }
         let stream = dial(origin, &addrs, deadline).await?;
         let _ = stream.set_nodelay(true);
+        keepalive(&stream);
         Ok(stream)
     }
 }
@@ -186,11 +187,19 @@ impl Connector {
             Stream::Tcp(tcp)
         };
         let (io, _) = CountingIo::new(stream);
-        let handshake = http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(io));
+        // Pings find a connection that died silently (a NAT dropping the
+        // flow), which would otherwise take every request to that origin
+        // down with it until TCP gives up.
+        let handshake = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(std::time::Duration::from_secs(20))
+            .keep_alive_timeout(std::time::Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(io));
         let (sender, connection) = match timeout_at(deadline, handshake).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
-                return Err(ProxyError::HttpProtocol {
+                return Err(ProxyError::ConnectionTerminated {
                     origin: origin.to_string(),
                     reason: e.to_string(),
                 })
@@ -230,6 +239,16 @@ fn tls_error(origin: &Origin, e: io::Error) -> ProxyError {
     } else {
         ProxyError::TlsProtocol { origin, reason }
     }
+}
+
+/// TCP keepalive: a peer that vanished without a FIN or RST (a NAT that
+/// forgot the flow, a host that died) is noticed in about three minutes,
+/// which ends tunnels and relays that would otherwise wait for ever.
+pub(crate) fn keepalive(stream: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(60))
+        .with_interval(std::time::Duration::from_secs(15));
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
 }
 
 async fn resolve(origin: &Origin, deadline: Instant) -> Result<Vec<SocketAddr>, ProxyError> {

@@ -45,15 +45,13 @@ impl H2Slots {
     }
 
     /// Forgets connection `id` if it is still the origin's current one.
-    pub(crate) fn forget(&self, origin: &Origin, id: u64) {
+    pub(crate) async fn forget(&self, origin: &Origin, id: u64) {
         let slot = self.slot(origin);
-        let forgotten = match slot.try_lock() {
-            Ok(mut current) if current.as_ref().is_some_and(|c| c.id == id) => {
-                *current = None;
-                true
-            }
-            _ => false,
-        };
+        let mut current = slot.lock().await;
+        let forgotten = current.as_ref().is_some_and(|c| c.id == id);
+        if forgotten {
+            *current = None;
+        }
         tracing::trace!(%origin, id, forgotten, "HTTP/2 connection dropped from its slot");
     }
 }

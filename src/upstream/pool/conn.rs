@@ -15,6 +15,14 @@ use crate::config::PoolConfig;
 use crate::metrics::OriginMetrics;
 use crate::upstream::body::ReqBody;
 
+/// What the liveness probe saw on a connection that is not dead.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Probe {
+    Quiet,
+    /// TLS bytes are waiting that hyper's task has not read yet.
+    Readable,
+}
+
 /// A live upstream connection, owned by whoever holds it.
 pub(super) struct Conn {
     pub(super) id: u64,
@@ -39,15 +47,17 @@ impl Conn {
     /// Non-blocking probe of the socket: `Err` with the reason to discard it.
     /// A readable EOF means the peer closed; unexpected bytes on an idle
     /// HTTP/1 connection mean it cannot be trusted either.
-    pub(super) fn probe(&self) -> Result<(), CloseReason> {
+    pub(super) fn probe(&self) -> Result<Probe, CloseReason> {
         if self.sender.is_closed() {
             return Err(CloseReason::PeerClosed);
         }
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         match self.socket.peek(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Probe::Quiet),
             Ok(0) => Err(CloseReason::PeerClosed),
-            Ok(_) if self.tls => Ok(()),
+            // Over TLS, records arrive unasked (session tickets) and hyper's
+            // task consumes them; it may not have run yet.
+            Ok(_) if self.tls => Ok(Probe::Readable),
             Ok(_) => Err(CloseReason::Error),
             Err(_) => Err(CloseReason::PeerClosed),
         }

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
-use super::conn::{persistence, Conn};
+use super::conn::{persistence, Conn, Probe};
 use super::{CloseReason, Closing, Pool, Route};
 use crate::config::PoolConfig;
 use crate::error::ProxyError;
@@ -133,7 +133,18 @@ impl Pooled {
     pub(super) async fn into_ready(mut self, bound: Duration) -> Option<Pooled> {
         let conn = self.conn.as_mut()?;
         if self.reused {
-            if let Err(reason) = conn.probe() {
+            let mut probe = conn.probe();
+            if probe == Ok(Probe::Readable) {
+                // Let hyper's task read them (a session ticket is fine; a
+                // close_notify or a stray response closes the connection),
+                // then look again: bytes still waiting are not to be trusted.
+                tokio::task::yield_now().await;
+                probe = match conn.probe() {
+                    Ok(Probe::Readable) => Err(CloseReason::Error),
+                    other => other,
+                };
+            }
+            if let Err(reason) = probe {
                 self.close_reason = reason;
                 return None;
             }

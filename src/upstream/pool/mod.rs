@@ -280,19 +280,22 @@ impl Pool {
         ),
         ProxyError,
     > {
+        let started = Instant::now();
+        let deadline = started + timeout;
         let slot = self.shared.h2.slot(origin);
-        let mut current = slot.lock().await;
+        // Waiting for another request's connect counts against this one's
+        // connect_timeout: a slow origin cannot build an unbounded queue.
+        let Ok(mut current) = timeout_at(deadline, slot.lock()).await else {
+            return Err(ProxyError::ConnectTimeout {
+                origin: origin.to_string(),
+            });
+        };
         if let Some(c) = current.as_ref() {
             if !c.sender.is_closed() {
                 return Ok((c.sender.clone(), c.id, true));
             }
         }
-        let started = Instant::now();
-        let sender = self
-            .shared
-            .connector
-            .connect_h2(origin, started + timeout)
-            .await?;
+        let sender = self.shared.connector.connect_h2(origin, deadline).await?;
         let metrics = self.shared.metrics.origin(origin.as_str());
         metrics.opened.inc();
         metrics
@@ -308,8 +311,8 @@ impl Pool {
 
     /// Drops HTTP/2 connection `id` of `origin` so the next request opens
     /// a new one (it failed, or the origin sent GOAWAY).
-    pub fn h2_forget(&self, origin: &Origin, id: u64) {
-        self.shared.h2.forget(origin, id);
+    pub async fn h2_forget(&self, origin: &Origin, id: u64) {
+        self.shared.h2.forget(origin, id).await;
     }
 
     /// A plain TCP connection for a CONNECT tunnel: never pooled, but
