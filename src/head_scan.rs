@@ -192,7 +192,7 @@ impl HeadScan {
             if self.state == State::Start && head_start < i && matches!(bytes[i], b'\r' | b'\n') {
                 head_start = i + 1;
             }
-            match self.feed(&bytes[i..=i]) {
+            match self.head_byte(bytes[i]) {
                 Verdict::Incomplete => {}
                 Verdict::Complete => {
                     self.heads += 1;
@@ -288,14 +288,22 @@ impl HeadScan {
             if self.verdict != Verdict::Incomplete {
                 break;
             }
-            self.seen += 1;
-            if self.seen > self.limit {
-                self.verdict = Verdict::Reject(Reject::TooLarge);
-                break;
-            }
-            if let Err(why) = self.step(b) {
-                self.verdict = Verdict::Reject(Reject::Malformed(why));
-            }
+            self.head_byte(b);
+        }
+        self.verdict
+    }
+
+    /// One byte of a head (the hot loop: no slicing, no iterator).
+    #[inline]
+    fn head_byte(&mut self, b: u8) -> Verdict {
+        if self.verdict != Verdict::Incomplete {
+            return self.verdict;
+        }
+        self.seen += 1;
+        if self.seen > self.limit {
+            self.verdict = Verdict::Reject(Reject::TooLarge);
+        } else if let Err(why) = self.step(b) {
+            self.verdict = Verdict::Reject(Reject::Malformed(why));
         }
         self.verdict
     }
@@ -425,9 +433,38 @@ impl HeadScan {
     }
 }
 
-/// RFC 9110 `tchar`.
+/// RFC 9110 `tchar`, as a table: this runs for every byte of every head.
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+};
+
+#[inline]
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
 
 #[cfg(test)]
@@ -444,6 +481,14 @@ mod tests {
 
     fn malformed(v: Verdict) -> bool {
         matches!(v, Verdict::Reject(Reject::Malformed(_)))
+    }
+
+    #[test]
+    fn the_tchar_table_is_rfc_9110() {
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_tchar(b), expected, "{b}");
+        }
     }
 
     #[test]

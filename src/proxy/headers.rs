@@ -13,8 +13,27 @@ use http::header::{
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The hop-by-hop headers removed in every message.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHORIZATION,
+    PROXY_AUTHENTICATE,
+    TE,
+    TRAILER,
+    UPGRADE,
+    TRANSFER_ENCODING,
+];
+
 /// Removes hop-by-hop headers, including those named by `Connection`.
+///
+/// Most messages carry none: one pass over the names finds out, so the
+/// common case costs no hashing.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -27,17 +46,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        PROXY_AUTHORIZATION,
-        PROXY_AUTHENTICATE,
-        TE,
-        TRAILER,
-        UPGRADE,
-        TRANSFER_ENCODING,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
