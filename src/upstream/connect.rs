@@ -79,21 +79,8 @@ impl Connector {
             Stream::Tcp(stream)
         };
         let (io, bytes_read) = CountingIo::new(stream);
-        let (sender, connection) =
-            match timeout_at(deadline, self.h1.handshake(TokioIo::new(io))).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => {
-                    return Err(ProxyError::ConnectionTerminated {
-                        origin: origin.to_string(),
-                        reason: e.to_string(),
-                    })
-                }
-                Err(_) => {
-                    return Err(ProxyError::ConnectTimeout {
-                        origin: origin.to_string(),
-                    })
-                }
-            };
+        let handshake = timeout_at(deadline, self.h1.handshake(TokioIo::new(io))).await;
+        let (sender, connection) = handshake_outcome(origin, handshake)?;
         Ok(Connected {
             sender,
             connection,
@@ -196,20 +183,8 @@ impl Connector {
             .keep_alive_timeout(std::time::Duration::from_secs(10))
             .keep_alive_while_idle(true)
             .handshake(TokioIo::new(io));
-        let (sender, connection) = match timeout_at(deadline, handshake).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                return Err(ProxyError::ConnectionTerminated {
-                    origin: origin.to_string(),
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                return Err(ProxyError::ConnectTimeout {
-                    origin: origin.to_string(),
-                })
-            }
-        };
+        let (sender, connection) =
+            handshake_outcome(origin, timeout_at(deadline, handshake).await)?;
         let task_origin = origin.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -217,6 +192,23 @@ impl Connector {
             }
         });
         Ok(sender)
+    }
+}
+
+/// An HTTP handshake's result under the connect deadline.
+fn handshake_outcome<T>(
+    origin: &Origin,
+    r: Result<Result<T, hyper::Error>, tokio::time::error::Elapsed>,
+) -> Result<T, ProxyError> {
+    match r {
+        Ok(Ok(pair)) => Ok(pair),
+        Ok(Err(e)) => Err(ProxyError::ConnectionTerminated {
+            origin: origin.to_string(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(ProxyError::ConnectTimeout {
+            origin: origin.to_string(),
+        }),
     }
 }
 

@@ -111,16 +111,13 @@ async fn an_endless_body_is_cut_off_by_the_drain_timeout() {
     assert!(s.read(&mut buf).await.expect("read") > 0);
     drop(s);
     wait_drains(&proxy, &origin, "closed", 1.0).await;
-    let stats = origin.stats.clone();
-    eventually(
-        "the endless connection is closed",
-        Duration::from_secs(10),
-        || {
-            let s = stats.clone();
-            async move { s.open() == 0 }
-        },
-    )
-    .await;
+    origin
+        .wait_for(
+            "the endless connection is closed",
+            Duration::from_secs(10),
+            |s| s.open() == 0,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,26 +167,21 @@ async fn a_client_aborting_its_upload_closes_the_upstream_connection() {
     s.write_all(&vec![b'u'; 10 * 1024])
         .await
         .expect("part of the body");
-    let stats = origin.stats.clone();
-    eventually(
-        "the upload reached the origin",
-        Duration::from_secs(5),
-        || {
-            let s = stats.clone();
-            async move { s.accepted() == 1 }
-        },
-    )
-    .await;
+    origin
+        .wait_for(
+            "the upload reached the origin",
+            Duration::from_secs(5),
+            |s| s.accepted() == 1,
+        )
+        .await;
     drop(s);
-    eventually(
-        "the half-written upstream connection is closed",
-        Duration::from_secs(10),
-        || {
-            let s = stats.clone();
-            async move { s.open() == 0 }
-        },
-    )
-    .await;
+    origin
+        .wait_for(
+            "the half-written upstream connection is closed",
+            Duration::from_secs(10),
+            |s| s.open() == 0,
+        )
+        .await;
     let r = request(
         proxy.addr,
         "POST",

@@ -64,42 +64,21 @@ async fn an_origin_that_never_answers_is_504_http_response_timeout() {
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.proxy_error().as_deref(), Some("http_response_timeout"));
     // The timed-out connection is closed, not pooled.
-    let stats = silent.stats.clone();
-    eventually(
-        "the silent origin's connection is closed",
-        Duration::from_secs(5),
-        || {
-            let s = stats.clone();
-            async move { s.open() == 0 }
-        },
-    )
-    .await;
+    silent
+        .wait_for(
+            "the silent origin's connection is closed",
+            Duration::from_secs(5),
+            |s| s.open() == 0,
+        )
+        .await;
     still_healthy(&proxy, &origin).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_timeout_is_504_connection_timeout() {
-    // A listener whose backlog is full never completes new handshakes.
-    let full =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    full.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .expect("addr")
-            .into(),
-    )
-    .expect("bind");
-    full.listen(0).expect("listen");
-    let addr = full.local_addr().expect("addr").as_socket().expect("inet");
-    // Fill the backlog.
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        if let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
-        {
-            fillers.push(s);
-        }
-    }
+    // A listener whose backlog is full never completes a handshake.
+    let stalled = crate::support::stalled_listener().await;
+    let addr = stalled.addr;
     let origin = Origin::start(Behavior::default()).await;
     let proxy = eddy::start("", "[pool]\nconnect_timeout = \"300ms\"\n").await;
     let r = get(proxy.addr, &format!("http://{addr}/")).await;
@@ -204,14 +183,10 @@ async fn a_client_leaving_mid_response_does_not_poison_the_pool() {
         Some("1"),
         "served by a new connection"
     );
-    let stats = slow.stats.clone();
-    eventually(
+    slow.wait_for(
         "the half-read connection is closed",
         Duration::from_secs(10),
-        || {
-            let s = stats.clone();
-            async move { s.open() <= 1 }
-        },
+        |s| s.open() <= 1,
     )
     .await;
     eventually("nothing stuck in use", Duration::from_secs(10), || async {

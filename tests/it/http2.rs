@@ -82,28 +82,8 @@ async fn goaway_mid_run_costs_idempotent_requests_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_a_slow_http2_connect_is_bounded_by_connect_timeout() {
     // A listener whose backlog is full never completes a handshake.
-    let full =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    full.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .expect("addr")
-            .into(),
-    )
-    .expect("bind");
-    full.listen(0).expect("listen");
-    let addr = full.local_addr().expect("addr").as_socket().expect("inet");
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        if let Ok(Ok(s)) = tokio::time::timeout(
-            Duration::from_millis(200),
-            tokio::net::TcpStream::connect(addr),
-        )
-        .await
-        {
-            fillers.push(s);
-        }
-    }
+    let stalled = crate::support::stalled_listener().await;
+    let addr = stalled.addr;
     let proxy = eddy::start(
         "",
         &format!(

@@ -179,16 +179,13 @@ async fn min_idle_per_host_prewarms_named_upstreams() {
         ),
     )
     .await;
-    let stats = origin.stats.clone();
-    eventually(
-        "two connections opened ahead of demand",
-        Duration::from_secs(5),
-        || {
-            let s = stats.clone();
-            async move { s.open() == 2 }
-        },
-    )
-    .await;
+    origin
+        .wait_for(
+            "two connections opened ahead of demand",
+            Duration::from_secs(5),
+            |s| s.open() == 2,
+        )
+        .await;
     assert_eq!(origin.stats.requests(), 0);
     assert_eq!(get(proxy.addr, &origin.url()).await.status, 200);
     // The request used a warm connection (no new connect on its path); the

@@ -128,12 +128,11 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
     let admin = proxy.admin;
     let url = origin.url();
     let in_flight = tokio::spawn(async move { get(addr, &url).await });
-    let stats = origin.stats.clone();
-    crate::support::eventually("request reached the origin", Duration::from_secs(5), || {
-        let s = stats.clone();
-        async move { s.requests() == 1 }
-    })
-    .await;
+    origin
+        .wait_for("request reached the origin", Duration::from_secs(5), |s| {
+            s.requests() == 1
+        })
+        .await;
     let shutdown = tokio::spawn(proxy.eddy.shutdown());
     // Readiness drops while draining.
     crate::support::eventually("readyz turns 503", Duration::from_secs(5), || async move {
@@ -155,16 +154,11 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_ones() {
         TcpStream::connect(addr).await.is_err(),
         "the listener is closed"
     );
-    let stats = origin.stats.clone();
-    crate::support::eventually(
-        "upstream connections closed",
-        Duration::from_secs(5),
-        || {
-            let s = stats.clone();
-            async move { s.open() == 0 }
-        },
-    )
-    .await;
+    origin
+        .wait_for("upstream connections closed", Duration::from_secs(5), |s| {
+            s.open() == 0
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

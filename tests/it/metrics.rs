@@ -323,14 +323,10 @@ async fn abandoned_and_refused_requests_are_counted_too() {
     s.write_all(format!("GET {}/slow HTTP/1.1\r\nHost: x\r\n\r\n", slow.url()).as_bytes())
         .await
         .expect("write");
-    let stats = slow.stats.clone();
-    eventually(
+    slow.wait_for(
         "the request reached the origin",
         Duration::from_secs(5),
-        || {
-            let s = stats.clone();
-            async move { s.requests() == 1 }
-        },
+        |s| s.requests() == 1,
     )
     .await;
     drop(s);

@@ -128,16 +128,11 @@ async fn a_waiter_gets_503_after_pending_timeout() {
         tokio::spawn(async move { get(addr, &url).await })
     };
     // Wait until the first request holds the only connection.
-    let stats = origin.stats.clone();
-    crate::support::eventually(
-        "first request at the origin",
-        Duration::from_secs(5),
-        || {
-            let s = stats.clone();
-            async move { s.requests() == 1 }
-        },
-    )
-    .await;
+    origin
+        .wait_for("first request at the origin", Duration::from_secs(5), |s| {
+            s.requests() == 1
+        })
+        .await;
     let started = Instant::now();
     let second = get(proxy.addr, &url).await;
     assert_eq!(second.status, 503, "{}", second.text());
@@ -245,12 +240,8 @@ async fn prewarming_never_evicts_to_stay_warm() {
         ),
     )
     .await;
-    let stats = warm.stats.clone();
-    crate::support::eventually("prewarmed", Duration::from_secs(5), || {
-        let s = stats.clone();
-        async move { s.open() == 2 }
-    })
-    .await;
+    warm.wait_for("prewarmed", Duration::from_secs(5), |s| s.open() == 2)
+        .await;
     // Another origin's idle connection pushes one warm connection out; the
     // prewarmer must not fight back with a connect/close loop.
     assert_eq!(get(proxy.addr, &other.url()).await.status, 200);

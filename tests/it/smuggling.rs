@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::support::client::{get, send_raw};
 use crate::support::eddy;
-use crate::support::eventually;
 use crate::support::origin::{Behavior, Origin};
 
 /// Malformed responses from an origin: 502 `http_protocol_error`, that
@@ -47,14 +46,10 @@ async fn malformed_responses_are_502_and_their_connection_is_closed() {
             Some("http_protocol_error"),
             "{name}"
         );
-        let stats = bad.stats.clone();
-        eventually(
+        bad.wait_for(
             &format!("{name}: the connection is closed"),
             Duration::from_secs(5),
-            || {
-                let s = stats.clone();
-                async move { s.open() == 0 }
-            },
+            |s| s.open() == 0,
         )
         .await;
         let good = Origin::start(Behavior::default()).await;
@@ -97,14 +92,10 @@ async fn a_malformed_chunk_in_a_response_closes_both_sides() {
         !text.contains("hello"),
         "no smuggled body reached the client: {text}"
     );
-    let stats = bad.stats.clone();
-    eventually(
+    bad.wait_for(
         "the upstream connection is closed",
         Duration::from_secs(5),
-        || {
-            let s = stats.clone();
-            async move { s.open() == 0 }
-        },
+        |s| s.open() == 0,
     )
     .await;
 }

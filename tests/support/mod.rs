@@ -29,3 +29,40 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A listener whose backlog is full: connects to it never complete, which
+/// is how tests make a connect time out. Dropping it frees the port.
+pub struct StalledListener {
+    pub addr: std::net::SocketAddr,
+    _socket: socket2::Socket,
+    _fillers: Vec<tokio::net::TcpStream>,
+}
+
+pub async fn stalled_listener() -> StalledListener {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    socket.bind(&any.into()).expect("bind");
+    socket.listen(0).expect("listen");
+    let addr = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    StalledListener {
+        addr,
+        _socket: socket,
+        _fillers: fillers,
+    }
+}

@@ -169,6 +169,17 @@ impl Origin {
         Origin { addr, stats, task }
     }
 
+    /// Waits (up to `limit`) until `check` holds for this origin's counters.
+    pub async fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Stats) -> bool) {
+        let stats = self.stats.clone();
+        let check = &check;
+        super::eventually(what, limit, || {
+            let s = stats.clone();
+            async move { check(&s) }
+        })
+        .await;
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
