@@ -254,7 +254,11 @@ async fn bind(addr: &ListenAddr) -> Result<Bound, StartError> {
         source,
     };
     match addr {
-        ListenAddr::Tcp(a) => TcpListener::bind(a).await.map(Bound::Tcp).map_err(err),
+        ListenAddr::Tcp(a) => {
+            let l = TcpListener::bind(a).await.map_err(err)?;
+            crate::listener::prepare_tcp_listener(&l);
+            Ok(Bound::Tcp(l))
+        }
         ListenAddr::Unix(path) => {
             remove_stale_socket(path).map_err(err)?;
             let l = UnixListener::bind(path).map_err(err)?;

@@ -52,10 +52,10 @@ impl Connector {
         default_tls: Arc<TlsProfile>,
         deny: Vec<Cidr>,
     ) -> Connector {
-        let mut h1 = http1::Builder::new();
-        // Origins on the same machine are often slow to read large heads;
-        // hyper's defaults (100 headers, ~400 KiB buffer) bound memory.
-        h1.max_headers(200);
+        // hyper's defaults bound a response head: 100 headers, ~400 KiB of
+        // buffer. Raising the header count would cost every response a heap
+        // array filled before parsing; 100 parse on the stack.
+        let h1 = http1::Builder::new();
         Connector {
             loop_guard,
             h1,
@@ -237,10 +237,13 @@ fn tls_error(origin: &Origin, e: io::Error) -> ProxyError {
 /// forgot the flow, a host that died) is noticed in about three minutes,
 /// which ends tunnels and relays that would otherwise wait for ever.
 pub(crate) fn keepalive(stream: &TcpStream) {
-    let ka = socket2::TcpKeepalive::new()
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive_params());
+}
+
+pub(crate) fn keepalive_params() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
         .with_time(std::time::Duration::from_secs(60))
-        .with_interval(std::time::Duration::from_secs(15));
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+        .with_interval(std::time::Duration::from_secs(15))
 }
 
 async fn resolve(origin: &Origin, deadline: Instant) -> Result<Vec<SocketAddr>, ProxyError> {
