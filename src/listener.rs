@@ -121,19 +121,25 @@ pub async fn serve(
         .metrics
         .client_connections_open
         .with_label_values(&[&ctx.name]);
-    let mut stop = shutdown.clone();
+    // One wait on the shutdown signal for the whole loop: each new wait
+    // would register with the signal again.
+    let mut stop_signal = shutdown.clone();
+    let mut stop = pin!(stop_signal.wait());
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = &mut stop => break,
             },
-            _ = stop.wait() => break,
         };
         let accepted = tokio::select! {
             r = bound.accept() => r,
-            _ = stop.wait() => break,
+            _ = &mut stop => break,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
@@ -236,18 +242,33 @@ impl ClientConn {
         let mut armed = activity.deadline_ms();
         let mut timer = pin!(tokio::time::sleep_until(activity.instant(armed)));
         let timed_out = poll_fn(|cx| {
-            if !stopping
-                && (stop.as_mut().poll(cx).is_ready()
-                    || activity.close_requested.load(Ordering::Relaxed))
-            {
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            loop {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                    return Poll::Ready(false);
                 }
-                return Poll::Ready(false);
+                if stopping {
+                    break;
+                }
+                // Waiting on the shutdown signal registers with a list all
+                // connections share, so only a connection idle between
+                // requests waits on it. A busy one is polled again when its
+                // exchange ends (it is idle then), and a new one either
+                // gets its head within `client_header_timeout` or is cut
+                // off; meanwhile a glance at the fired flag is a plain load.
+                let stop_now = if activity.phase.load(Ordering::Relaxed) == PHASE_IDLE {
+                    stop.as_mut().poll(cx).is_ready()
+                } else {
+                    self.shutdown.is_fired()
+                };
+                if stop_now || activity.close_requested.load(Ordering::Relaxed) {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                    continue;
+                }
+                break;
             }
             // The connection's phase can only change while it is polled,
             // so re-arming here keeps the timer exact.
@@ -587,6 +608,16 @@ impl AsyncWrite for WatchedIo {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.scan.at_head_boundary() {
+            // hyper ends an HTTP connection whose requests were all read to
+            // the end: the socket closes right after and close sends the
+            // FIN, so `shutdown` would be a system call for nothing. It is
+            // passed on in every other case: a tunnel or upgraded stream
+            // may be half-closed, and for a client still sending a body
+            // (an early answer), the FIN must go out before the close
+            // resets the connection over the unread bytes.
+            return Poll::Ready(Ok(()));
+        }
         match &mut self.inner {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Unix(s) => Pin::new(s).poll_shutdown(cx),

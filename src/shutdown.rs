@@ -1,25 +1,47 @@
 //! Graceful shutdown plumbing: a signal every task can wait on, and a count
 //! of open client connections that shutdown waits to reach zero.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
 
 /// Fires once; every clone sees it.
 #[derive(Clone)]
-pub struct ShutdownSignal(watch::Receiver<bool>);
+pub struct ShutdownSignal {
+    rx: watch::Receiver<bool>,
+    /// Set before the watch fires: a check without the watch's lock.
+    fired: Arc<AtomicBool>,
+}
 
-pub struct ShutdownTrigger(watch::Sender<bool>);
+pub struct ShutdownTrigger {
+    tx: watch::Sender<bool>,
+    fired: Arc<AtomicBool>,
+}
 
 pub fn channel() -> (ShutdownTrigger, ShutdownSignal) {
     let (tx, rx) = watch::channel(false);
-    (ShutdownTrigger(tx), ShutdownSignal(rx))
+    let fired = Arc::new(AtomicBool::new(false));
+    (
+        ShutdownTrigger {
+            tx,
+            fired: fired.clone(),
+        },
+        ShutdownSignal { rx, fired },
+    )
 }
 
 impl ShutdownTrigger {
     pub fn fire(&self) {
-        self.0.send_replace(true);
+        self.fired.store(true, Ordering::Release);
+        self.tx.send_replace(true);
+    }
+}
+
+impl Drop for ShutdownTrigger {
+    /// A dropped trigger counts as fired, as [`ShutdownSignal::wait`] says.
+    fn drop(&mut self) {
+        self.fired.store(true, Ordering::Release);
     }
 }
 
@@ -27,11 +49,11 @@ impl ShutdownSignal {
     /// Resolves once shutdown has started (or the trigger is gone).
     pub async fn wait(&mut self) {
         // An error means the trigger was dropped: treat it as shutdown.
-        let _ = self.0.wait_for(|fired| *fired).await;
+        let _ = self.rx.wait_for(|fired| *fired).await;
     }
 
     pub fn is_fired(&self) -> bool {
-        *self.0.borrow()
+        self.fired.load(Ordering::Acquire)
     }
 }
 

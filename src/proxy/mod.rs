@@ -167,7 +167,9 @@ pub async fn handle(
         ctx.access_log,
     );
     let result = if req.method() == Method::CONNECT && ctx.mode == ListenerMode::Forward {
-        tunnel::connect(req, ctx, &mut record, hold).await
+        // Rare paths are boxed so the common request future stays small:
+        // hyper moves it into place, and every byte of it is copied.
+        Box::pin(tunnel::connect(req, ctx, &mut record, hold)).await
     } else {
         proxy(req, ctx, &mut record, hold).await
     };
@@ -220,7 +222,7 @@ async fn proxy(
     }
     if upgrade::is_upgrade(&parts.headers) {
         let req = Request::from_parts(parts, body);
-        return upgrade::relay(req, target, ctx, record, hold).await;
+        return Box::pin(upgrade::relay(req, target, ctx, record, hold)).await;
     }
     let route = ctx.router.route(&target);
     let host = HeaderValue::from_str(&target.authority)
@@ -249,7 +251,14 @@ async fn proxy(
     let upstream_req = Request::from_parts(parts, body);
     if route.http2 {
         record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
-        let resp = exchange::send_h2(&ctx.pool, &route, upstream_req, &ctx.retry, record).await?;
+        let resp = Box::pin(exchange::send_h2(
+            &ctx.pool,
+            &route,
+            upstream_req,
+            &ctx.retry,
+            record,
+        ))
+        .await?;
         let (mut parts, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.version = Version::HTTP_11;

@@ -91,10 +91,14 @@ impl Router {
     }
 
     pub fn route(&self, target: &Target) -> Route {
-        let entry = self
-            .entries
-            .get(&(target.host.clone(), Some(target.port)))
-            .or_else(|| self.entries.get(&(target.host.clone(), None)));
+        // Most forward proxies name no `[[upstream]]`: no lookup at all.
+        let entry = if self.entries.is_empty() {
+            None
+        } else {
+            self.entries
+                .get(&(target.host.clone(), Some(target.port)))
+                .or_else(|| self.entries.get(&(target.host.clone(), None)))
+        };
         match entry {
             Some(e) => Route {
                 origin: e
@@ -106,11 +110,14 @@ impl Router {
             },
             None => {
                 let origin = Router::origin_of(target, None);
-                let settings = self
-                    .by_origin
-                    .get(&origin)
-                    .unwrap_or(&self.default_settings)
-                    .clone();
+                let settings = if self.by_origin.is_empty() {
+                    &self.default_settings
+                } else {
+                    self.by_origin
+                        .get(&origin)
+                        .unwrap_or(&self.default_settings)
+                }
+                .clone();
                 Route {
                     origin,
                     settings,

@@ -17,19 +17,26 @@ pub struct Origin(Arc<Inner>);
 
 struct Inner {
     tls: bool,
-    host: Box<str>,
     port: u16,
     /// TLS settings other than the defaults (`[[upstream]]` ones).
     profile: Option<Arc<TlsProfile>>,
     /// `scheme://host:port`, derived from the fields above.
     name: Box<str>,
+    /// Where the host is in `name` (one allocation serves both).
+    host: std::ops::Range<usize>,
+}
+
+impl Inner {
+    fn host(&self) -> &str {
+        &self.name[self.host.clone()]
+    }
 }
 
 impl PartialEq for Inner {
     fn eq(&self, other: &Inner) -> bool {
         self.tls == other.tls
             && self.port == other.port
-            && self.host == other.host
+            && self.host() == other.host()
             && self.profile.as_ref().map(|p| p.id) == other.profile.as_ref().map(|p| p.id)
     }
 }
@@ -39,7 +46,7 @@ impl Eq for Inner {}
 impl Hash for Inner {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.tls.hash(state);
-        self.host.hash(state);
+        self.host().hash(state);
         self.port.hash(state);
         self.profile.as_ref().map(|p| p.id).hash(state);
     }
@@ -70,18 +77,30 @@ impl Origin {
         Origin::build(true, host, port, Some(profile))
     }
 
+    /// Built for every forward request, so by hand: one allocation for
+    /// the name, no formatting machinery. Renders like [`OriginUrl`].
     fn build(tls: bool, host: &str, port: u16, profile: Option<Arc<TlsProfile>>) -> Origin {
-        let url = OriginUrl {
-            tls,
-            host: host.to_string(),
-            port,
-        };
+        let scheme = if tls { "https://" } else { "http://" };
+        let v6 = host.contains(':');
+        let mut name = String::with_capacity(scheme.len() + host.len() + 8);
+        name.push_str(scheme);
+        if v6 {
+            name.push('[');
+        }
+        let start = name.len();
+        name.push_str(host);
+        let end = name.len();
+        if v6 {
+            name.push(']');
+        }
+        name.push(':');
+        push_decimal(&mut name, port);
         Origin(Arc::new(Inner {
             tls,
-            host: host.into(),
             port,
             profile,
-            name: url.to_string().into(),
+            name: name.into_boxed_str(),
+            host: start..end,
         }))
     }
 
@@ -93,7 +112,7 @@ impl Origin {
         self.0.tls
     }
     pub fn host(&self) -> &str {
-        &self.0.host
+        self.0.host()
     }
     pub fn port(&self) -> u16 {
         self.0.port
@@ -108,6 +127,23 @@ impl Origin {
     }
 }
 
+fn push_decimal(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -117,5 +153,47 @@ impl fmt::Display for Origin {
 impl fmt::Debug for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_like_the_config_url() {
+        for (tls, host, port) in [
+            (false, "example.com", 80),
+            (true, "api.internal", 443),
+            (false, "127.0.0.1", 0),
+            (true, "::1", 65535),
+            (false, "fe80::1", 8080),
+            (false, "a", 9),
+        ] {
+            let o = Origin::new(tls, host, port);
+            let url = OriginUrl {
+                tls,
+                host: host.to_string(),
+                port,
+            };
+            assert_eq!(o.as_str(), url.to_string());
+            assert_eq!(o.host(), host);
+            assert_eq!(o.port(), port);
+            assert_eq!(o.is_tls(), tls);
+        }
+    }
+
+    #[test]
+    fn equal_origins_hash_alike() {
+        use std::collections::HashSet;
+        let set: HashSet<Origin> = [
+            Origin::new(false, "a.test", 80),
+            Origin::new(false, "a.test", 80),
+            Origin::new(true, "a.test", 80),
+            Origin::new(false, "a.test", 81),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(set.len(), 3);
     }
 }

@@ -88,6 +88,7 @@ impl ConnectPermit {
             self.route.settings.clone(),
             conn,
             false,
+            false,
         )
     }
 }
@@ -110,6 +111,8 @@ pub struct Pooled {
     /// `Some` until the connection is returned or closed.
     pub(super) conn: Option<Conn>,
     pub(super) reused: bool,
+    /// Whether the liveness probe runs before use (see [`super::PROBE_AFTER_IDLE`]).
+    pub(super) probe: bool,
     pub(super) close_reason: CloseReason,
     /// How long the request waited in the pool's queue for it.
     pub(super) waited: Duration,
@@ -132,7 +135,7 @@ impl Pooled {
     /// `None` means it was dead and has been discarded.
     pub(super) async fn into_ready(mut self, bound: Duration) -> Option<Pooled> {
         let conn = self.conn.as_mut()?;
-        if self.reused {
+        if self.probe {
             let mut probe = conn.probe();
             if probe == Ok(Probe::Readable) {
                 // Let hyper's task read them (a session ticket is fine; a
@@ -148,6 +151,9 @@ impl Pooled {
                 self.close_reason = reason;
                 return None;
             }
+        }
+        if conn.sender.is_ready() {
+            return Some(self);
         }
         match timeout(bound, conn.sender.ready()).await {
             Ok(Ok(())) => Some(self),

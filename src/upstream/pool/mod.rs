@@ -360,7 +360,9 @@ impl Pool {
             let pooled = match step {
                 Step::Reuse(pooled) => pooled,
                 Step::Connect(permit) => {
-                    return self.connect(permit).await.map(|p| stamp(p, waited))
+                    return Box::pin(self.connect(permit))
+                        .await
+                        .map(|p| stamp(p, waited))
                 }
                 Step::Full(pending) => {
                     self.shared
@@ -375,18 +377,19 @@ impl Pool {
                 }
                 Step::Wait(id, rx) => {
                     let queued = Instant::now();
-                    let grant = self.wait(route, id, rx, pending_deadline).await;
+                    let grant = Box::pin(self.wait(route, id, rx, pending_deadline)).await;
                     waited += queued.elapsed();
                     match grant? {
                         Grant::Conn(pooled) if reuse == Reuse::Fresh => {
-                            return self
-                                .connect(pooled.into_permit(route))
+                            return Box::pin(self.connect(pooled.into_permit(route)))
                                 .await
                                 .map(|p| stamp(p, waited))
                         }
                         Grant::Conn(pooled) => pooled,
                         Grant::Permit(permit) => {
-                            return self.connect(permit).await.map(|p| stamp(p, waited))
+                            return Box::pin(self.connect(permit))
+                                .await
+                                .map(|p| stamp(p, waited))
                         }
                     }
                 }
@@ -429,12 +432,13 @@ impl Pool {
             }
             os.in_use += 1;
             os.reused_total += 1;
-            reused = Some(idle.conn);
+            let probe = now.saturating_duration_since(idle.since) >= PROBE_AFTER_IDLE;
+            reused = Some((idle.conn, probe));
             break;
         }
         let pinned = os.pinned;
-        let step = if let Some(conn) = reused {
-            let pooled = self.pooled(route.origin.clone(), os.settings.clone(), conn, true);
+        let step = if let Some((conn, probe)) = reused {
+            let pooled = self.pooled(route.origin.clone(), os.settings.clone(), conn, true, probe);
             Step::Reuse(pooled)
         } else if os.total() < os.settings.max_connections_per_host
             || (reuse != Reuse::Any && !os.idle.is_empty())
@@ -544,6 +548,7 @@ impl Pool {
         settings: Arc<PoolConfig>,
         conn: Conn,
         reused: bool,
+        probe: bool,
     ) -> Pooled {
         Pooled {
             pool: self.clone(),
@@ -551,11 +556,21 @@ impl Pool {
             settings,
             conn: Some(conn),
             reused,
+            probe,
             close_reason: CloseReason::Error,
             waited: std::time::Duration::ZERO,
         }
     }
 }
+
+/// A connection idle at least this long is probed (`MSG_PEEK`) before use.
+/// hyper's own task reads an EOF on an idle connection as soon as it
+/// arrives, so the probe only covers a close that arrived moments before
+/// checkout; for a connection idle less than this, that needs an origin
+/// closing connections within this long of their last response, and the
+/// stale retry still covers idempotent requests. Under load most reuses
+/// are that young, and the probe is one system call each.
+pub(super) const PROBE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 enum Step {
     Reuse(Pooled),

@@ -60,7 +60,8 @@ impl Pool {
         // Hand-off: the oldest live waiter gets it; it stays "in use".
         let mut conn = conn;
         while let Some(waiter) = os.waiters.pop_front() {
-            let pooled = self.pooled(origin.clone(), os.settings.clone(), conn, true);
+            // Just released by a finished exchange: no probe needed.
+            let pooled = self.pooled(origin.clone(), os.settings.clone(), conn, true, false);
             match waiter.tx.send(Grant::Conn(pooled)) {
                 Ok(()) => {
                     os.reused_total += 1;
