@@ -685,6 +685,12 @@ def main():
         eddy = start("eddy", [eddy_bin, "--config", write("eddy.toml", eddy_conf())], FRONT["eddy"])
         ngx = start("nginx", ["nginx", "-p", WORK, "-c", write("nginx.conf", nginx_conf())], FRONT["nginx"])
         hap = start("haproxy", ["haproxy", "-db", "-f", write("haproxy.cfg", haproxy_conf())], FRONT["haproxy"])
+        # TIME-WAIT sockets live 60 s: start with none toward our origins,
+        # so that the counts after each run are this run's own.
+        ports = [p for p in ORIGIN.values() if p]
+        deadline = time.time() + 65
+        while any(time_wait(p) for p in ports) and time.time() < deadline:
+            time.sleep(1)
         pids = {"eddy": [eddy.pid], "nginx": family(ngx.pid), "haproxy": family(hap.pid),
                 "direct": None, "ceiling": family(ngx.pid)}
         log(f"pids: {pids}; work dir {WORK}")

@@ -88,11 +88,36 @@ fn check_without_a_file_prints_the_embedded_default() {
 
 /// Starts the eddy binary on `config` and returns it with a line reader on
 /// its standard output.
+/// An eddy process that is killed when the test ends, failed or not.
+pub(crate) struct Spawned(std::process::Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub(crate) fn spawn_eddy(
     config: &str,
     name: &str,
     envs: &[(&str, &str)],
-) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+) -> (Spawned, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let path = write_temp(name, config);
     let mut cmd = eddy();
@@ -115,7 +140,7 @@ pub(crate) fn spawn_eddy(
             }
         }
     });
-    (child, rx)
+    (Spawned(child), rx)
 }
 
 fn next_line(rx: &std::sync::mpsc::Receiver<String>) -> Option<String> {

@@ -119,8 +119,9 @@ pub struct Pooled {
 }
 
 impl Pooled {
-    /// How long the request waited for a connection (queue time; the
-    /// time to open a new one is `eddy_upstream_connect_duration_seconds`).
+    /// How long the checkout took: queue time, and for a pooled connection
+    /// the lookup and probe (opening a new one is
+    /// `eddy_upstream_connect_duration_seconds`).
     pub fn waited(&self) -> Duration {
         self.waited
     }

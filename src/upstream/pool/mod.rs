@@ -340,7 +340,8 @@ impl Pool {
     /// a new one, or one freed by another request after waiting in line.
     pub async fn checkout(&self, route: &Route, reuse: Reuse) -> Result<Pooled, ProxyError> {
         let settings = &route.settings;
-        let pending_deadline = Instant::now() + settings.pending_timeout.get();
+        let started = Instant::now();
+        let pending_deadline = started + settings.pending_timeout.get();
         let mut waited = std::time::Duration::ZERO;
         // Records the queue time on the connection and in the histogram.
         let stamp = |mut p: Pooled, waited| {
@@ -395,7 +396,9 @@ impl Pool {
                 }
             };
             if let Some(ready) = pooled.into_ready(settings.connect_timeout.get()).await {
-                return Ok(stamp(ready, waited));
+                // A pooled connection's wait is the whole checkout: queue,
+                // lookup and probe.
+                return Ok(stamp(ready, started.elapsed()));
             }
             // The connection was dead; its slot is free again. Try again.
         }
