@@ -133,14 +133,14 @@ impl Template {
 /// one it went on was stale. What happens is written into `record` as it
 /// happens, so a request abandoned midway is still accounted for.
 pub(super) async fn send_with_retry(
-    pool: &Pool,
+    ctx: &super::ListenerCtx,
     route: &Route,
     req: Request<ReqBody>,
     done: Option<Arc<BodyDone>>,
-    retry: &RetryConfig,
-    body_idle: Duration,
     record: &mut AccessRecord,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let (pool, retry) = (&ctx.pool, &ctx.retry);
+    let (body_idle, drain) = (ctx.body_idle_timeout, ctx.drain);
     let replayable = idempotent(req.method(), req.headers())
         && matches!(req.body(), ReqBody::Empty | ReqBody::Full(_));
     let mut reuse = if replayable {
@@ -177,7 +177,10 @@ pub(super) async fn send_with_retry(
         let template = (replayable && record.retries < retry.stale_retries && pooled.is_reused())
             .then(|| Template::of(&req))
             .flatten();
-        let failure = match pooled.send(req, done.clone(), timeout, body_idle).await {
+        let failure = match pooled
+            .send(req, done.clone(), timeout, body_idle, drain)
+            .await
+        {
             Ok(exchanged) => {
                 if let (true, Some(m)) = (record.retries > 0, &record.origin) {
                     m.retries_succeeded.inc();

@@ -265,16 +265,7 @@ async fn proxy(
         return Ok(Response::from_parts(parts, ProxyBody::Direct(incoming)));
     }
 
-    let sent = exchange::send_with_retry(
-        &ctx.pool,
-        &route,
-        upstream_req,
-        body_done,
-        &ctx.retry,
-        ctx.body_idle_timeout,
-        record,
-    )
-    .await;
+    let sent = exchange::send_with_retry(ctx, &route, upstream_req, body_done, record).await;
     let (response, lease) = match sent {
         Ok(exchanged) => exchanged,
         Err(e) => {

@@ -71,6 +71,37 @@ async fn an_abandoned_body_within_the_limits_is_drained_and_the_connection_saved
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_before_the_response_head_does_not_cost_the_connection() {
+    // The origin takes 300 ms to answer; the client hangs up as soon as the
+    // origin has the request (a load tool stopping, an app timing out).
+    let origin = Origin::start(Behavior {
+        delay: Duration::from_millis(300),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "[drain]\ntimeout = \"5s\"\n").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let req = format!("GET {}/slow HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
+    s.write_all(req.as_bytes()).await.expect("write");
+    origin
+        .wait_for("the origin has the request", Duration::from_secs(10), |s| {
+            s.requests() >= 1
+        })
+        .await;
+    drop(s);
+    wait_drains(&proxy, &origin, "reused", 1.0).await;
+    let r = get(proxy.addr, &format!("{}/next", origin.url())).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        origin.stats.accepted(),
+        1,
+        "served on the connection the first client left"
+    );
+    assert_eq!(origin.stats.per_conn(), vec![2]);
+    assert_eq!(drains(&proxy, &origin, "closed").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_max_bytes_closes_the_connection() {
     let origin = Origin::start(Behavior {
         slow_body: Some((2048, 1024, Duration::from_millis(1))),

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use std::future::Future;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
@@ -20,7 +22,7 @@ use super::{CloseReason, Closing, Pool, Route};
 use crate::config::PoolConfig;
 use crate::error::ProxyError;
 use crate::metrics::OriginMetrics;
-use crate::upstream::body::{BodyDone, ReqBody};
+use crate::upstream::body::{BodyDone, DrainLimits, ReqBody, UpstreamBody};
 use crate::upstream::origin::Origin;
 
 pub(super) struct Waiter {
@@ -168,40 +170,58 @@ impl Pooled {
     /// Sends the request and waits for the response head, at most
     /// `response_timeout` after the request body was fully handed over. A
     /// body the origin stops taking for `body_idle` ends the wait too (504).
+    ///
+    /// If the client goes away while the head is awaited (this future is
+    /// dropped), the exchange is adopted: see [`Adopt`].
     pub async fn send(
         mut self,
         req: Request<ReqBody>,
         done: Option<Arc<BodyDone>>,
         response_timeout: Duration,
         body_idle: Duration,
+        drain: DrainLimits,
     ) -> Result<(Response<Incoming>, Lease), SendFailure> {
-        let (outcome, read_before, read_after) = {
-            let Some(conn) = self.conn.as_mut() else {
-                return Err(SendFailure::new(terminated(
-                    &self.origin,
-                    "connection already closed".into(),
-                )));
-            };
-            conn.requests += 1;
-            let read_before = conn.bytes_read();
-            let response = conn.sender.try_send_request(req);
-            let head_timer = async {
-                if let Some(done) = &done {
-                    if done.wait_progress(body_idle).await.is_err() {
-                        return;
-                    }
-                }
-                tokio::time::sleep(response_timeout).await;
-            };
-            let outcome = tokio::select! {
-                r = response => Some(r),
-                _ = head_timer => None,
-            };
-            (outcome, read_before, conn.bytes_read())
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(SendFailure::new(terminated(
+                &self.origin,
+                "connection already closed".into(),
+            )));
         };
+        conn.requests += 1;
+        let read_before = conn.bytes_read();
+        let response = Box::pin(conn.sender.try_send_request(req));
+        let origin = self.origin.clone();
+        let mut adopt = Adopt {
+            exchange: Some((self, response)),
+            done: done.clone(),
+            drain,
+        };
+        let head_timer = async {
+            if let Some(done) = &done {
+                if done.wait_progress(body_idle).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(response_timeout).await;
+        };
+        let response = std::future::poll_fn(|cx| match adopt.exchange.as_mut() {
+            Some((_, response)) => response.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        });
+        let outcome = tokio::select! {
+            r = response => Some(r),
+            _ = head_timer => None,
+        };
+        let Some((mut this, _)) = adopt.exchange.take() else {
+            return Err(SendFailure::new(terminated(
+                &origin,
+                "exchange lost".into(),
+            )));
+        };
+        let read_after = this.conn.as_ref().map_or(read_before, Conn::bytes_read);
         match outcome {
             None => Err(SendFailure::new(ProxyError::ResponseTimeout {
-                origin: self.origin.to_string(),
+                origin: this.origin.to_string(),
             })),
             Some(Err(mut e)) => {
                 let unsent = e.take_message();
@@ -211,9 +231,9 @@ impl Pooled {
                 // served a request or before the request was written.
                 let stale = is_connection_lost(&error)
                     && read_after == read_before
-                    && (self.reused || unsent.is_some());
+                    && (this.reused || unsent.is_some());
                 Err(SendFailure {
-                    error: classify(&self.origin, &error),
+                    error: classify(&this.origin, &error),
                     unsent,
                     stale,
                 })
@@ -225,24 +245,29 @@ impl Pooled {
                 {
                     // hyper lets chunked win; a proxy must not relay a
                     // response whose framing is in doubt (response
-                    // splitting). The connection closes with `self`.
+                    // splitting). The connection closes with `this`.
                     return Err(SendFailure::new(ProxyError::HttpProtocol {
-                        origin: self.origin.to_string(),
+                        origin: this.origin.to_string(),
                         reason: "conflicting Content-Length and Transfer-Encoding".into(),
                     }));
                 }
                 let (reusable, hint) = persistence(resp.version(), resp.headers());
-                if let (Some(conn), Some(hint)) = (self.conn.as_mut(), hint) {
+                if let (Some(conn), Some(hint)) = (this.conn.as_mut(), hint) {
                     conn.keepalive_hint = Some(hint);
                 }
                 let lease = Lease {
-                    pooled: self,
+                    pooled: this,
                     req_done: done,
                     reusable,
                 };
                 Ok((resp, lease))
             }
         }
+    }
+
+    /// Closes the connection, counted under `reason`.
+    fn discard(mut self, reason: CloseReason) {
+        self.close_reason = reason;
     }
 
     /// The origin's counters.
@@ -267,6 +292,68 @@ impl Pooled {
         }
         drop(closing);
         ConnectPermit::new(self.pool.clone(), route.clone())
+    }
+}
+
+/// The in-flight response of a request whose client may go away.
+type ResponseFuture = std::pin::Pin<
+    Box<
+        dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<ReqBody>>>>
+            + Send
+            + 'static,
+    >,
+>;
+
+/// Owns an exchange while its response head is awaited. Dropped while
+/// still holding it, the client went away before the head (a load tool
+/// stopping, an app timing out): the request is on the wire, so closing
+/// the connection would waste it and leave a TIME-WAIT socket toward the
+/// origin. If the request was sent whole, the exchange is adopted by a
+/// task that waits for the head and drains the body, within the drain
+/// limits (SPEC section 6), and the connection goes back to the pool.
+struct Adopt {
+    exchange: Option<(Pooled, ResponseFuture)>,
+    done: Option<Arc<BodyDone>>,
+    drain: DrainLimits,
+}
+
+impl Drop for Adopt {
+    fn drop(&mut self) {
+        let Some((pooled, response)) = self.exchange.take() else {
+            return;
+        };
+        let sent_whole = self.done.as_ref().is_none_or(|d| d.is_done());
+        let runtime = tokio::runtime::Handle::try_current();
+        let (true, Ok(runtime)) = (sent_whole, runtime) else {
+            return;
+        };
+        let drain = self.drain;
+        runtime.spawn(async move {
+            let started = tokio::time::Instant::now();
+            match tokio::time::timeout(drain.timeout, response).await {
+                Ok(Ok(resp)) => {
+                    let (reusable, _) = persistence(resp.version(), resp.headers());
+                    let lease = Lease {
+                        pooled,
+                        req_done: None,
+                        reusable,
+                    };
+                    let left = DrainLimits {
+                        max_bytes: drain.max_bytes,
+                        timeout: drain.timeout.saturating_sub(started.elapsed()),
+                    };
+                    // Dropped unread: an empty body finishes the lease, any
+                    // other is drained by the body's own drain task.
+                    drop(UpstreamBody::new(resp.into_body(), lease, left));
+                }
+                _ => {
+                    if let Some(m) = pooled.metrics() {
+                        m.drains_closed.inc();
+                    }
+                    pooled.discard(CloseReason::NotDrained);
+                }
+            }
+        });
     }
 }
 
