@@ -221,7 +221,11 @@ impl ClientConn {
             let hold = hold.clone();
             let busy = BusyGuard::begin(svc_activity.clone());
             async move {
-                let resp = proxy::handle(req, &ctx, peer, &hold).await;
+                // Boxed: hyper keeps room for the service future in every
+                // connection, idle or not; a pointer's worth instead of the
+                // whole request state machine (~4 KiB) keeps idle keep-alive
+                // connections small.
+                let resp = Box::pin(proxy::handle(req, &ctx, peer, &hold)).await;
                 Ok::<_, Infallible>(resp.map(|body| ClientBody { body, _busy: busy }))
             }
         });
