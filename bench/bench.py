@@ -748,9 +748,9 @@ def main():
     opened = sum(r["upstream_conns"] for runs in legacy for r in runs)
     if opened > BOUND:
         problems.append(f"eddy opened {opened} upstream connections over the legacy run (bound {BOUND})")
-    time_wait = max(r["time_wait"] for runs in legacy for r in runs)
-    if time_wait:
-        problems.append(f"{time_wait} TIME-WAIT sockets toward the origin after a legacy run through eddy")
+    lingering = max(r["time_wait"] for runs in legacy for r in runs)
+    if lingering:
+        problems.append(f"{lingering} TIME-WAIT sockets toward the origin after a legacy run through eddy")
     errors = sum(r["errors"] for cases in results.values() for r in cases["eddy"])
     if errors:
         problems.append(f"eddy had {errors} client-visible errors under load")
