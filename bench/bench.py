@@ -169,22 +169,28 @@ def time_wait(port):
 # ---------------------------------------------------------------- configs
 
 
+def nginx_preamble(name, workers):
+    """The start of an nginx.conf, up to inside `http {`."""
+    return f"""
+worker_processes {workers};
+worker_rlimit_nofile {NOFILE};
+daemon off;
+pid {WORK}/{name}.pid;
+error_log {WORK}/{name}-error.log warn;
+events {{ worker_connections {NOFILE - 100}; }}
+http {{
+    access_log off;
+    client_body_temp_path {WORK}/tmp;
+    proxy_temp_path {WORK}/tmp;
+    default_type text/plain;"""
+
+
 def origin_conf():
     many = "\n".join(f"        listen 127.0.0.1:{MANY_BASE + i};" for i in range(MANY))
     fixed = "\n".join(
         f"        listen 127.0.0.1:{p};" for p in ORIGIN.values() if p is not None
     )
-    return f"""
-worker_processes 1;
-worker_rlimit_nofile {NOFILE};
-daemon off;
-pid {WORK}/origin.pid;
-error_log {WORK}/origin-error.log warn;
-events {{ worker_connections {NOFILE - 100}; }}
-http {{
-    access_log off;
-    client_body_temp_path {WORK}/tmp;
-    default_type text/plain;
+    return nginx_preamble("origin", 1) + f"""
     keepalive_requests 100000000;
     keepalive_timeout 600s;
     server {{
@@ -209,18 +215,7 @@ http {{
 
 
 def nginx_conf():
-    return f"""
-worker_processes {CORES};
-worker_rlimit_nofile {NOFILE};
-daemon off;
-pid {WORK}/nginx.pid;
-error_log {WORK}/nginx-error.log warn;
-events {{ worker_connections {NOFILE - 100}; }}
-http {{
-    access_log off;
-    client_body_temp_path {WORK}/tmp;
-    proxy_temp_path {WORK}/tmp;
-    default_type text/plain;
+    return nginx_preamble("nginx", CORES) + f"""
     keepalive_timeout 60s;
     upstream origin {{
         server 127.0.0.1:{ORIGIN["nginx"]};
