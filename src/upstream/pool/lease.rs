@@ -115,6 +115,10 @@ pub struct Pooled {
     pub(super) reused: bool,
     /// Whether the liveness probe runs before use (see [`super::PROBE_AFTER_IDLE`]).
     pub(super) probe: bool,
+    /// No request was sent on it and nothing found it broken: dropped like
+    /// this (its request's client left while it was handed over or made
+    /// ready), it goes back to the pool instead of being closed.
+    pub(super) untouched: bool,
     pub(super) close_reason: CloseReason,
     /// How long the request waited in the pool's queue for it.
     pub(super) waited: Duration,
@@ -151,7 +155,7 @@ impl Pooled {
                 };
             }
             if let Err(reason) = probe {
-                self.close_reason = reason;
+                self.condemn(reason);
                 return None;
             }
         }
@@ -161,7 +165,7 @@ impl Pooled {
         match timeout(bound, conn.sender.ready()).await {
             Ok(Ok(())) => Some(self),
             _ => {
-                self.close_reason = CloseReason::PeerClosed;
+                self.condemn(CloseReason::PeerClosed);
                 None
             }
         }
@@ -188,6 +192,7 @@ impl Pooled {
             )));
         };
         conn.requests += 1;
+        self.untouched = false;
         let read_before = conn.bytes_read();
         let response = Box::pin(conn.sender.try_send_request(req));
         let origin = self.origin.clone();
@@ -255,10 +260,15 @@ impl Pooled {
                 if let (Some(conn), Some(hint)) = (this.conn.as_mut(), hint) {
                     conn.keepalive_hint = Some(hint);
                 }
+                // An answer before the whole request body was sent: the
+                // origin may never read the rest, even if hyper manages to
+                // write it into the socket buffers later (SPEC section 6).
+                let early = done.as_ref().is_some_and(|d| !d.is_done());
                 let lease = Lease {
                     pooled: this,
                     req_done: done,
                     reusable,
+                    answered_early: early,
                 };
                 Ok((resp, lease))
             }
@@ -267,6 +277,13 @@ impl Pooled {
 
     /// Closes the connection, counted under `reason`.
     fn discard(mut self, reason: CloseReason) {
+        self.condemn(reason);
+    }
+
+    /// Marks the connection to be closed, counted under `reason`, when this
+    /// handle is dropped.
+    pub(super) fn condemn(&mut self, reason: CloseReason) {
+        self.untouched = false;
         self.close_reason = reason;
     }
 
@@ -337,6 +354,7 @@ impl Drop for Adopt {
                         pooled,
                         req_done: None,
                         reusable,
+                        answered_early: false,
                     };
                     let left = DrainLimits {
                         max_bytes: drain.max_bytes,
@@ -408,6 +426,10 @@ fn is_connection_lost(e: &hyper::Error) -> bool {
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
+            if self.untouched {
+                self.pool.release(&self.origin, &self.settings, conn);
+                return;
+            }
             let mut closing = Closing::new();
             closing.push((conn, self.close_reason));
             self.pool.forget(&self.origin, false, &mut closing);
@@ -421,6 +443,8 @@ pub struct Lease {
     pub(super) pooled: Pooled,
     pub(super) req_done: Option<Arc<BodyDone>>,
     pub(super) reusable: bool,
+    /// The response head came before the request body was sent in full.
+    pub(super) answered_early: bool,
 }
 
 impl Lease {
@@ -429,12 +453,12 @@ impl Lease {
     /// Returns whether the connection went back to the pool.
     pub(in crate::upstream) fn finish(mut self) -> bool {
         if !self.reusable {
-            self.pooled.close_reason = CloseReason::PeerClosed;
+            self.pooled.condemn(CloseReason::PeerClosed);
             return false;
         }
-        if self.req_done.as_ref().is_some_and(|d| !d.is_done()) {
+        if self.answered_early || self.req_done.as_ref().is_some_and(|d| !d.is_done()) {
             // The origin answered before the request body was sent in full.
-            self.pooled.close_reason = CloseReason::Error;
+            self.pooled.condemn(CloseReason::Error);
             return false;
         }
         let Some(conn) = self.pooled.conn.take() else {
@@ -451,7 +475,7 @@ impl Lease {
 
     /// The exchange did not complete: close the connection.
     pub(in crate::upstream) fn close(mut self, reason: CloseReason) {
-        self.pooled.close_reason = reason;
+        self.pooled.condemn(reason);
     }
 }
 

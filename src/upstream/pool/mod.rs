@@ -560,6 +560,7 @@ impl Pool {
             conn: Some(conn),
             reused,
             probe,
+            untouched: true,
             close_reason: CloseReason::Error,
             waited: std::time::Duration::ZERO,
         }
