@@ -632,17 +632,22 @@ COLORS = {"eddy": "#1b7f5b", "nginx": "#3465a4", "haproxy": "#c17d11", "direct":
 
 
 def chart(results):
-    """Two panels of grouped bars: req/s and proxy CPU µs per request."""
+    """Two panels of grouped bars: req/s as a share of the ceiling (so that
+    every load fits one scale), and proxy CPU µs per request."""
     groups = list(results)
     med = {g: {c: {k: median([r[k] for r in runs]) for k in ("rps", "cpu_us")}
                for c, runs in results[g].items()} for g in groups}
+    for g in groups:
+        ceiling = med[g]["ceiling"]["rps"] or 1
+        for c in med[g]:
+            med[g][c]["share"] = med[g][c]["rps"] / ceiling
     W, H, pad, top = 460, 300, 50, 40
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{H + 70}" '
            f'font-family="sans-serif" font-size="11">',
            f'<rect width="{2 * W}" height="{H + 70}" fill="white"/>']
 
-    def panel(x0, title, key, cases):
-        vmax = max((med[g][c][key] or 0) for g in groups for c in cases) * 1.1 or 1
+    def panel(x0, title, key, cases, label):
+        vmax = max((med[g][c][key] or 0) for g in groups for c in cases) * 1.15 or 1
         svg.append(f'<text x="{x0 + W / 2}" y="20" text-anchor="middle" font-size="13">{title}</text>')
         gw = (W - pad - 10) / len(groups)
         bw = gw * 0.8 / len(cases)
@@ -651,7 +656,7 @@ def chart(results):
         for t in range(5):
             v = vmax * t / 4
             y = base - (base - top) * t / 4
-            svg.append(f'<text x="{x0 + pad - 4}" y="{y + 4}" text-anchor="end">{v:.0f}</text>')
+            svg.append(f'<text x="{x0 + pad - 4}" y="{y + 4}" text-anchor="end">{label(v)}</text>')
             svg.append(f'<line x1="{x0 + pad}" y1="{y}" x2="{x0 + W - 10}" y2="{y}" stroke="#eee"/>')
         for i, g in enumerate(groups):
             gx = x0 + pad + i * gw + gw * 0.1
@@ -660,12 +665,16 @@ def chart(results):
                 if v is None:
                     continue
                 h = (base - top) * v / vmax
-                svg.append(f'<rect x="{gx + j * bw:.1f}" y="{base - h:.1f}" width="{bw - 1:.1f}" '
-                           f'height="{h:.1f}" fill="{COLORS[c]}"><title>{c}: {v:.1f}</title></rect>')
+                x = gx + j * bw
+                svg.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{bw - 1:.1f}" '
+                           f'height="{h:.1f}" fill="{COLORS[c]}"><title>{c}: {v:.2f}</title></rect>')
+                svg.append(f'<text x="{x + bw / 2:.1f}" y="{base - h - 3:.1f}" text-anchor="middle" '
+                           f'font-size="8">{label(v)}</text>')
             svg.append(f'<text x="{gx + gw * 0.4}" y="{base + 14}" text-anchor="middle">{g[0]} c={g[1]}</text>')
 
-    panel(0, "requests per second (higher is better)", "rps", CASES)
-    panel(W, "proxy CPU µs per request (lower is better)", "cpu_us", ["eddy", "nginx", "haproxy", "ceiling"])
+    panel(0, "requests per second ÷ ceiling (higher is better)", "share", CASES, lambda v: f"{v:.2f}")
+    panel(W, "proxy CPU µs per request (lower is better)", "cpu_us", ["eddy", "nginx", "haproxy", "ceiling"],
+          lambda v: f"{v:.0f}")
     for i, c in enumerate(CASES):
         x = 60 + i * 150
         svg.append(f'<rect x="{x}" y="{H + 35}" width="12" height="12" fill="{COLORS[c]}"/>')
