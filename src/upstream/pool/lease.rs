@@ -141,28 +141,32 @@ impl Pooled {
     /// then hyper's readiness (the previous exchange fully processed).
     /// `None` means it was dead and has been discarded.
     pub(super) async fn into_ready(mut self, bound: Duration) -> Option<Pooled> {
-        let conn = self.conn.as_mut()?;
         if self.probe {
-            let mut probe = conn.probe();
+            let mut probe = self.conn.as_ref()?.probe();
             if probe == Ok(Probe::Readable) {
                 // Let hyper's task read them (a session ticket is fine; a
                 // close_notify or a stray response closes the connection),
                 // then look again: bytes still waiting are not to be trusted.
+                // Dropped meanwhile, it is closed, not put back unread.
+                self.untouched = false;
                 tokio::task::yield_now().await;
-                probe = match conn.probe() {
+                probe = match self.conn.as_ref()?.probe() {
                     Ok(Probe::Readable) => Err(CloseReason::Error),
                     other => other,
                 };
+                self.untouched = probe.is_ok();
             }
             if let Err(reason) = probe {
                 self.condemn(reason);
                 return None;
             }
         }
+        let conn = self.conn.as_mut()?;
         if conn.sender.is_ready() {
             return Some(self);
         }
-        match timeout(bound, conn.sender.ready()).await {
+        let ready = timeout(bound, conn.sender.ready()).await;
+        match ready {
             Ok(Ok(())) => Some(self),
             _ => {
                 self.condemn(CloseReason::PeerClosed);
@@ -325,8 +329,8 @@ type ResponseFuture = std::pin::Pin<
 /// still holding it, the client went away before the head (a load tool
 /// stopping, an app timing out): the request is on the wire, so closing
 /// the connection would waste it and leave a TIME-WAIT socket toward the
-/// origin. If the request was sent whole, the exchange is adopted by a
-/// task that waits for the head and drains the body, within the drain
+/// origin. If the request had no streamed body, the exchange is adopted by
+/// a task that waits for the head and drains the body, within the drain
 /// limits (SPEC section 6), and the connection goes back to the pool.
 struct Adopt {
     exchange: Option<(Pooled, ResponseFuture)>,
@@ -339,9 +343,10 @@ impl Drop for Adopt {
         let Some((pooled, response)) = self.exchange.take() else {
             return;
         };
-        let sent_whole = self.done.as_ref().is_none_or(|d| d.is_done());
+        // Only requests without a streamed body: for one with, whether the
+        // origin answered before reading all of it can no longer be told.
         let runtime = tokio::runtime::Handle::try_current();
-        let (true, Ok(runtime)) = (sent_whole, runtime) else {
+        let (true, Ok(runtime)) = (self.done.is_none(), runtime) else {
             return;
         };
         let drain = self.drain;
@@ -349,7 +354,19 @@ impl Drop for Adopt {
             let started = tokio::time::Instant::now();
             match tokio::time::timeout(drain.timeout, response).await {
                 Ok(Ok(resp)) => {
-                    let (reusable, _) = persistence(resp.version(), resp.headers());
+                    let h = resp.headers();
+                    if h.contains_key(http::header::TRANSFER_ENCODING)
+                        && h.contains_key(http::header::CONTENT_LENGTH)
+                    {
+                        // Framing in doubt, as in `send`: never reused.
+                        pooled.discard(CloseReason::Error);
+                        return;
+                    }
+                    let (reusable, hint) = persistence(resp.version(), resp.headers());
+                    let mut pooled = pooled;
+                    if let (Some(conn), Some(hint)) = (pooled.conn.as_mut(), hint) {
+                        conn.keepalive_hint = Some(hint);
+                    }
                     let lease = Lease {
                         pooled,
                         req_done: None,

@@ -395,6 +395,13 @@ impl Pool {
                     }
                 }
             };
+            // A request that cannot be replayed has no stale retry behind
+            // it: it always gets the probe on a connection that served
+            // before, however young or freshly handed over.
+            let mut pooled = pooled;
+            if reuse != Reuse::Any && pooled.reused {
+                pooled.probe = true;
+            }
             if let Some(ready) = pooled.into_ready(settings.connect_timeout.get()).await {
                 // A pooled connection's wait is the whole checkout: queue,
                 // lookup and probe.
