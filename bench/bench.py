@@ -329,6 +329,11 @@ def wrk(case, mode, conns, seconds, script_extra=""):
     argv = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s",
             "--latency", "-s", script, f"http://127.0.0.1:{FRONT[case]}/"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out):
+    """Requests, req/s, p50/p99 (with --latency) and errors from wrk's report."""
     r = {"requests": 0, "rps": 0.0, "p50_ms": float("nan"), "p99_ms": float("nan"), "errors": 0}
     for line in out.splitlines():
         s = line.split()
@@ -462,9 +467,8 @@ end
     argv = ["wrk", "-t", str(CORES), "-c", "16", "-d", f"{seconds}s", "-s", script,
             f"http://127.0.0.1:{FRONT['eddy']}/"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
-    errors = sum(int(x) for l in out.splitlines() if "Socket errors" in l for x in re.findall(r"\d+", l))
-    errors += sum(int(l.split()[-1]) for l in out.splitlines() if "Non-2xx" in l)
-    requests = next((int(l.split()[0]) for l in out.splitlines() if "requests in" in l), 0)
+    parsed = parse_wrk(out)
+    errors, requests = parsed["errors"], parsed["requests"]
     rss1 = status_kib(pids, "VmRSS")
     b1, s1, n1 = wait_histogram(eddy_metrics())
     with urllib.request.urlopen(f"http://127.0.0.1:{EDDY_ADMIN}/pools", timeout=5) as r:

@@ -90,6 +90,12 @@ pub struct OriginMetrics {
 }
 
 impl OriginMetrics {
+    /// A pooled connection opened after `took` (DNS, TCP, TLS, handshake).
+    pub fn connection_opened(&self, took: std::time::Duration) {
+        self.opened.inc();
+        self.connect_duration.observe(took.as_secs_f64());
+    }
+
     pub fn connection_closed(&self, reason: CloseReason) {
         if let Some(c) = self.closed.get(reason as usize) {
             c.inc();

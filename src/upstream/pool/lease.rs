@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tokio::time::timeout;
 
 use super::conn::{persistence, Conn, Probe};
-use super::{CloseReason, Closing, Pool, Route};
+use super::{CloseReason, Closing, Pool, Reuse, Route, PROBE_AFTER_IDLE};
 use crate::config::PoolConfig;
 use crate::error::ProxyError;
 use crate::metrics::OriginMetrics;
@@ -90,7 +90,7 @@ impl ConnectPermit {
             self.route.settings.clone(),
             conn,
             false,
-            false,
+            Duration::ZERO,
         )
     }
 }
@@ -113,8 +113,9 @@ pub struct Pooled {
     /// `Some` until the connection is returned or closed.
     pub(super) conn: Option<Conn>,
     pub(super) reused: bool,
-    /// Whether the liveness probe runs before use (see [`super::PROBE_AFTER_IDLE`]).
-    pub(super) probe: bool,
+    /// How long the connection sat idle before this checkout (zero for a
+    /// new one or a hand-off); decides the probe ([`Pooled::into_ready`]).
+    pub(super) idle_for: Duration,
     /// No request was sent on it and nothing found it broken: dropped like
     /// this (its request's client left while it was handed over or made
     /// ready), it goes back to the pool instead of being closed.
@@ -140,8 +141,14 @@ impl Pooled {
     /// Checks a connection before use: the liveness probe for a reused one,
     /// then hyper's readiness (the previous exchange fully processed).
     /// `None` means it was dead and has been discarded.
-    pub(super) async fn into_ready(mut self, bound: Duration) -> Option<Pooled> {
-        if self.probe {
+    ///
+    /// The probe runs on a connection that served before when it sat idle
+    /// at least [`super::PROBE_AFTER_IDLE`], and always for a request that
+    /// cannot be replayed (`reuse` is not `Any`): no stale retry stands
+    /// behind that one.
+    pub(super) async fn into_ready(mut self, reuse: Reuse, bound: Duration) -> Option<Pooled> {
+        let probe = self.reused && (reuse != Reuse::Any || self.idle_for >= PROBE_AFTER_IDLE);
+        if probe {
             let mut probe = self.conn.as_ref()?.probe();
             if probe == Ok(Probe::Readable) {
                 // Let hyper's task read them (a session ticket is fine; a

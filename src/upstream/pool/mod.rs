@@ -297,10 +297,7 @@ impl Pool {
         }
         let sender = self.shared.connector.connect_h2(origin, deadline).await?;
         let metrics = self.shared.metrics.origin(origin.as_str());
-        metrics.opened.inc();
-        metrics
-            .connect_duration
-            .observe(started.elapsed().as_secs_f64());
+        metrics.connection_opened(started.elapsed());
         let id = self.shared.h2.next_id();
         *current = Some(crate::upstream::h2::H2Conn {
             id,
@@ -395,14 +392,10 @@ impl Pool {
                     }
                 }
             };
-            // A request that cannot be replayed has no stale retry behind
-            // it: it always gets the probe on a connection that served
-            // before, however young or freshly handed over.
-            let mut pooled = pooled;
-            if reuse != Reuse::Any && pooled.reused {
-                pooled.probe = true;
-            }
-            if let Some(ready) = pooled.into_ready(settings.connect_timeout.get()).await {
+            if let Some(ready) = pooled
+                .into_ready(reuse, settings.connect_timeout.get())
+                .await
+            {
                 // A pooled connection's wait is the whole checkout: queue,
                 // lookup and probe.
                 return Ok(stamp(ready, started.elapsed()));
@@ -442,13 +435,18 @@ impl Pool {
             }
             os.in_use += 1;
             os.reused_total += 1;
-            let probe = now.saturating_duration_since(idle.since) >= PROBE_AFTER_IDLE;
-            reused = Some((idle.conn, probe));
+            reused = Some((idle.conn, now.saturating_duration_since(idle.since)));
             break;
         }
         let pinned = os.pinned;
-        let step = if let Some((conn, probe)) = reused {
-            let pooled = self.pooled(route.origin.clone(), os.settings.clone(), conn, true, probe);
+        let step = if let Some((conn, idle_for)) = reused {
+            let pooled = self.pooled(
+                route.origin.clone(),
+                os.settings.clone(),
+                conn,
+                true,
+                idle_for,
+            );
             Step::Reuse(pooled)
         } else if os.total() < os.settings.max_connections_per_host
             || (reuse != Reuse::Any && !os.idle.is_empty())
@@ -521,10 +519,7 @@ impl Pool {
         let started = Instant::now();
         let connected = self.shared.connector.connect(origin, deadline).await?;
         let metrics = self.shared.metrics.origin(origin.as_str());
-        metrics.opened.inc();
-        metrics
-            .connect_duration
-            .observe(started.elapsed().as_secs_f64());
+        metrics.connection_opened(started.elapsed());
         let id = self.next_id();
         let task_pool = self.clone();
         let task_origin = origin.clone();
@@ -558,7 +553,7 @@ impl Pool {
         settings: Arc<PoolConfig>,
         conn: Conn,
         reused: bool,
-        probe: bool,
+        idle_for: std::time::Duration,
     ) -> Pooled {
         Pooled {
             pool: self.clone(),
@@ -566,7 +561,7 @@ impl Pool {
             settings,
             conn: Some(conn),
             reused,
-            probe,
+            idle_for,
             untouched: true,
             close_reason: CloseReason::Error,
             waited: std::time::Duration::ZERO,

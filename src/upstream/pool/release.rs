@@ -4,6 +4,7 @@
 //! origin's own closes of idle connections, which teach the learner.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -60,8 +61,14 @@ impl Pool {
         // Hand-off: the oldest live waiter gets it; it stays "in use".
         let mut conn = conn;
         while let Some(waiter) = os.waiters.pop_front() {
-            // Just released by a finished exchange: no probe needed.
-            let pooled = self.pooled(origin.clone(), os.settings.clone(), conn, true, false);
+            // Just released by a finished exchange: not idle at all.
+            let pooled = self.pooled(
+                origin.clone(),
+                os.settings.clone(),
+                conn,
+                true,
+                Duration::ZERO,
+            );
             match waiter.tx.send(Grant::Conn(pooled)) {
                 Ok(()) => {
                     os.reused_total += 1;
