@@ -256,17 +256,73 @@ pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
         };
         (host, port)
     } else {
-        match s.rsplit_once(':') {
+        let (host, port) = match s.rsplit_once(':') {
             Some((h, p)) => (h, Some(p.parse::<u16>().ok()?)),
             None => (s, None),
-        }
-    };
-    if host.is_empty()
-        || !host
+        };
+        // A name or IPv4 address never holds a colon: an unbracketed
+        // `::1` or `a:b:80` is ambiguous, and would print back bracketed
+        // as something else.
+        if !host
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_' || b == b':')
-    {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        (host, port)
+    };
+    if host.is_empty() {
         return None;
     }
     Some((host.to_ascii_lowercase(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_split() {
+        assert_eq!(
+            split_host_port("Example.com"),
+            Some(("example.com".into(), None))
+        );
+        assert_eq!(split_host_port("a:81"), Some(("a".into(), Some(81))));
+        assert_eq!(
+            split_host_port("[::1]:443"),
+            Some(("::1".into(), Some(443)))
+        );
+        assert_eq!(split_host_port("[::1]"), Some(("::1".into(), None)));
+    }
+
+    #[test]
+    fn an_unbracketed_colon_in_the_host_is_rejected() {
+        // Found by the config fuzzer: `b0.1:3128:::0` was taken as host
+        // `b0.1:3128::`, which printed back as an unparseable `[...]`.
+        for bad in [
+            "b0.1:3128:::0",
+            "::1",
+            "::1:443",
+            "a:b:80",
+            ":80",
+            "[::1]x",
+            "[nope]:1",
+        ] {
+            assert_eq!(split_host_port(bad), None, "{bad}");
+        }
+        assert!(OriginUrl::parse("https://b0.1:3128:::0").is_err());
+    }
+
+    #[test]
+    fn every_accepted_origin_prints_back_to_itself() {
+        for s in [
+            "http://a",
+            "https://a:8443",
+            "http://[::1]:80",
+            "https://10.0.0.1",
+        ] {
+            let o = OriginUrl::parse(s).expect(s);
+            assert_eq!(OriginUrl::parse(&o.to_string()), Ok(o), "{s}");
+        }
+    }
 }
