@@ -22,11 +22,21 @@ use crate::upstream::Pool;
 
 /// What the admin endpoints read.
 pub struct AdminState {
-    pub config: Arc<Config>,
+    /// The configuration in effect (a reload replaces it).
+    pub config: std::sync::RwLock<Arc<Config>>,
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
     /// True once every listener is bound; false again while shutting down.
     pub ready: AtomicBool,
+}
+
+impl AdminState {
+    pub fn current_config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: ShutdownSignal) {
@@ -83,7 +93,7 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         ),
         "/config" => with_type(
             StatusCode::OK,
-            state.config.to_toml(),
+            state.current_config().to_toml(),
             "application/toml; charset=utf-8",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

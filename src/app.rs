@@ -11,8 +11,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -22,7 +22,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ListenAddr, ListenerConfig};
 use crate::listener::{self, Bound};
 use crate::metrics::Metrics;
-use crate::proxy::{forward_target, ListenerCtx, LoopGuard, Router, Target};
+use crate::proxy::{forward_target, ListenerCtx, ListenerSlot, LoopGuard, Router, Target};
 use crate::shutdown::{self, ConnTracker, ShutdownTrigger};
 use crate::upstream::connect::Connector;
 use crate::upstream::tls::TlsProfile;
@@ -33,14 +33,60 @@ pub struct Eddy {
     /// Each listener's name and bound address, in configuration order.
     pub listeners: Vec<(String, ListenAddr)>,
     pub admin_addr: SocketAddr,
-    pool: Pool,
-    admin_state: Arc<AdminState>,
+    pub(crate) pool: Pool,
+    pub(crate) admin_state: Arc<AdminState>,
     stop_listeners: ShutdownTrigger,
     stop_admin: ShutdownTrigger,
     tracker: ConnTracker,
-    grace: Duration,
+    /// `shutdown_grace` in milliseconds (a reload may change it).
+    pub(crate) grace_ms: AtomicU64,
     tasks: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
+    /// One per listener, in configuration order: what a reload replaces.
+    pub(crate) slots: Vec<Arc<ListenerSlot>>,
+    pub(crate) parts: CtxParts,
+}
+
+/// What every listener's context shares and a reload keeps.
+pub(crate) struct CtxParts {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) pool: Pool,
+    pub(crate) loop_guard: Arc<LoopGuard>,
+    pub(crate) via: http::HeaderValue,
+}
+
+impl CtxParts {
+    /// The context listener `index` serves with under `config`.
+    pub(crate) fn listener_ctx(
+        &self,
+        index: usize,
+        lc: &ListenerConfig,
+        config: &Config,
+        router: &Arc<Router>,
+    ) -> ListenerCtx {
+        ListenerCtx {
+            index,
+            name: lc.name.as_str().into(),
+            metrics: self.metrics.clone(),
+            mode: lc.mode,
+            route_target: route_target(lc),
+            router: router.clone(),
+            pool: self.pool.clone(),
+            loop_guard: self.loop_guard.clone(),
+            body_idle_timeout: lc.client_idle_timeout.get(),
+            retry: config.retry.clone(),
+            connect_ports: config.security.connect_ports.clone(),
+            allow_hosts: config.security.allow_hosts.clone(),
+            via: self.via.clone(),
+            tunnels: self.metrics.tunnels.with_label_values(&[&lc.name]),
+            tunnels_open: self.metrics.tunnels_open.with_label_values(&[&lc.name]),
+            drain: DrainLimits {
+                max_bytes: config.drain.max_bytes.bytes(),
+                timeout: config.drain.timeout.get(),
+            },
+            access_log: config.log.access_log,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +160,13 @@ impl Eddy {
         let tracker = ConnTracker::default();
         let mut listeners = Vec::new();
         let mut tasks = Vec::new();
-        let via = crate::proxy::via_entry();
+        let mut slots = Vec::new();
+        let parts = CtxParts {
+            metrics: metrics.clone(),
+            pool: pool.clone(),
+            loop_guard: loop_guard.clone(),
+            via: crate::proxy::via_entry(),
+        };
         for (index, (lc, b)) in bound.into_iter().enumerate() {
             let addr = match &b {
                 Bound::Tcp(l) => l
@@ -124,36 +176,18 @@ impl Eddy {
                 Bound::Unix(_, p) => ListenAddr::Unix(p.clone()),
             };
             listeners.push((lc.name.clone(), addr));
-            let ctx = Arc::new(ListenerCtx {
-                index,
-                name: lc.name.as_str().into(),
-                metrics: metrics.clone(),
-                mode: lc.mode,
-                route_target: route_target(&lc),
-                router: router.clone(),
-                pool: pool.clone(),
-                loop_guard: loop_guard.clone(),
-                body_idle_timeout: lc.client_idle_timeout.get(),
-                retry: config.retry.clone(),
-                connect_ports: config.security.connect_ports.clone(),
-                allow_hosts: config.security.allow_hosts.clone(),
-                via: via.clone(),
-                tunnels: metrics.tunnels.with_label_values(&[&lc.name]),
-                tunnels_open: metrics.tunnels_open.with_label_values(&[&lc.name]),
-                drain: DrainLimits {
-                    max_bytes: config.drain.max_bytes.bytes(),
-                    timeout: config.drain.timeout.get(),
-                },
-                access_log: config.log.access_log,
-            });
+            let slot = Arc::new(ListenerSlot::new(
+                parts.listener_ctx(index, &lc, &config, &router),
+            ));
+            slots.push(slot.clone());
             let signal = listeners_signal.clone();
             let tracker = tracker.clone();
             tasks.push(tokio::spawn(async move {
-                listener::serve(b, &lc, ctx, signal, tracker).await;
+                listener::serve(b, &lc, slot, signal, tracker).await;
             }));
         }
         let admin_state = Arc::new(AdminState {
-            config: config.clone(),
+            config: RwLock::new(config.clone()),
             pool: pool.clone(),
             metrics: metrics.clone(),
             ready: true.into(),
@@ -180,9 +214,11 @@ impl Eddy {
             stop_listeners,
             stop_admin,
             tracker,
-            grace: config.shutdown_grace.get(),
+            grace_ms: AtomicU64::new(duration_ms(config.shutdown_grace.get())),
             tasks,
             admin_task,
+            slots,
+            parts,
         })
     }
 
@@ -211,11 +247,12 @@ impl Eddy {
         for t in self.tasks {
             let _ = t.await;
         }
+        let grace = Duration::from_millis(self.grace_ms.load(Ordering::Acquire));
         let open = self.tracker.open();
         if open > 0 {
-            tracing::info!(open, grace = ?self.grace, "waiting for in-flight requests");
+            tracing::info!(open, ?grace, "waiting for in-flight requests");
         }
-        if tokio::time::timeout(self.grace, self.tracker.wait_idle())
+        if tokio::time::timeout(grace, self.tracker.wait_idle())
             .await
             .is_err()
         {
@@ -228,6 +265,10 @@ impl Eddy {
         self.stop_admin.fire();
         let _ = self.admin_task.await;
     }
+}
+
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn route_target(lc: &ListenerConfig) -> Option<Target> {

@@ -15,6 +15,7 @@
 //!
 //! - [`config`]: the TOML schema, defaults and validation.
 //! - [`app`]: binds sockets, wires everything, orders shutdown.
+//! - [`reload`]: SIGHUP, a new configuration applied to new work.
 //! - [`listener`]: accept loop and per-connection timeouts.
 //! - [`proxy`]: one request: target, route, hop-by-hop rewrite, send.
 //! - [`upstream`]: origins, the pool, connecting, learning keep-alive limits.
@@ -37,6 +38,7 @@ pub mod head_scan;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod shutdown;
 pub mod upstream;
 

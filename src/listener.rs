@@ -39,7 +39,7 @@ use crate::access::AccessRecord;
 use crate::config::ListenerConfig;
 use crate::error::ProxyError;
 use crate::head_scan::{HeadScan, Reject};
-use crate::proxy::{self, ConnHold, ListenerCtx, ProxyBody};
+use crate::proxy::{self, ConnHold, ListenerCtx, ListenerSlot, ProxyBody};
 use crate::shutdown::{ConnTracker, ShutdownSignal};
 
 /// A bound listening socket.
@@ -102,7 +102,7 @@ struct ClientLimits {
 pub async fn serve(
     bound: Bound,
     config: &ListenerConfig,
-    ctx: Arc<ListenerCtx>,
+    slot: Arc<ListenerSlot>,
     shutdown: ShutdownSignal,
     tracker: ConnTracker,
 ) {
@@ -113,6 +113,7 @@ pub async fn serve(
         max_header_bytes: config.max_header_bytes.as_usize(),
     });
     let builder = Arc::new(http1_builder(config.max_header_bytes.as_usize()));
+    let ctx = slot.current();
     let accepted_total = ctx
         .metrics
         .client_connections
@@ -161,7 +162,7 @@ pub async fn serve(
                 _permit: permit,
                 _track: tracker.track(),
             }),
-            ctx: ctx.clone(),
+            slot: slot.clone(),
             limits: limits.clone(),
             builder: builder.clone(),
             shutdown: shutdown.clone(),
@@ -204,7 +205,9 @@ struct Held {
 
 struct ClientConn {
     hold: ConnHold,
-    ctx: Arc<ListenerCtx>,
+    /// Read per request, so a reload applies to the next request on a
+    /// keep-alive connection too.
+    slot: Arc<ListenerSlot>,
     limits: Arc<ClientLimits>,
     builder: Arc<http1::Builder>,
     shutdown: ShutdownSignal,
@@ -213,11 +216,11 @@ struct ClientConn {
 impl ClientConn {
     async fn serve(self, stream: ClientStream, peer: SocketAddr) {
         let activity = Arc::new(Activity::new(&self.limits));
-        let ctx = self.ctx.clone();
+        let slot = self.slot.clone();
         let svc_activity = activity.clone();
         let hold = self.hold.clone();
         let svc = service_fn(move |req| {
-            let ctx = ctx.clone();
+            let ctx = slot.current();
             let hold = hold.clone();
             let busy = BusyGuard::begin(svc_activity.clone());
             async move {
@@ -237,7 +240,7 @@ impl ClientConn {
             answered: false,
             cut: false,
             peer,
-            ctx: self.ctx.clone(),
+            ctx: self.slot.current(),
         });
         let mut conn = pin!(self.builder.serve_connection(io, svc).with_upgrades());
         let mut shutdown = self.shutdown.clone();
@@ -285,7 +288,7 @@ impl ClientConn {
         })
         .await;
         if timed_out {
-            tracing::debug!(%peer, listener = %self.ctx.name, "client connection timed out");
+            tracing::debug!(%peer, listener = %self.slot.current().name, "client connection timed out");
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The `eddy` command: CLI → configuration → logging → [`eddy::Eddy`], until
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT; SIGHUP reloads the configuration file.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
-        None => run(config),
+        None => run(config, cli.config),
     }
 }
 
@@ -65,8 +65,8 @@ fn load(path: Option<&Path>) -> Result<Config, eddy::config::ConfigError> {
     }
 }
 
-fn run(config: Config) -> ExitCode {
-    init_logging(&config);
+fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
+    let log_level = init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,7 +85,7 @@ fn run(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_stop().await;
+        handle_signals(&eddy, path.as_deref(), log_level.as_ref()).await;
         tracing::info!("shutting down");
         eddy.shutdown().await;
         tracing::info!("stopped");
@@ -93,9 +93,8 @@ fn run(config: Config) -> ExitCode {
     })
 }
 
-/// SIGTERM or SIGINT. SIGHUP is caught so that it does not kill the process;
-/// reloading on it is not implemented yet.
-async fn wait_for_stop() {
+/// Returns on SIGTERM or SIGINT; reloads the configuration on SIGHUP.
+async fn handle_signals(eddy: &Eddy, path: Option<&Path>, log_level: Option<&LogLevelHandle>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -110,17 +109,66 @@ async fn wait_for_stop() {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; restart eddy to apply changes"),
+            _ = hup.recv() => reload(eddy, path, log_level),
         }
     }
 }
 
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(config.log.level.as_str()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+fn reload(eddy: &Eddy, path: Option<&Path>, log_level: Option<&LogLevelHandle>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: eddy runs on its embedded default; there is no file to reload");
+        return;
+    };
+    match eddy.reload_file(path) {
+        Ok(reloaded) => {
+            if let Some(set_level) = log_level {
+                if let Err(e) = set_level(eddy.config().log.level.as_str()) {
+                    tracing::warn!(error = %e, "log level not changed");
+                }
+            }
+            for change in &reloaded.needs_restart {
+                tracing::warn!(%change, "configuration changed; restart eddy to apply it");
+            }
+            tracing::info!(file = %path.display(), "configuration reloaded");
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            "configuration reload failed; the running configuration stays in effect"
+        ),
     }
+}
+
+/// Sets the log level filter (absent when `RUST_LOG` decides it).
+type LogLevelHandle = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+fn level_setter<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<EnvFilter, S>,
+) -> LogLevelHandle {
+    Box::new(move |level| {
+        handle
+            .reload(EnvFilter::new(level))
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn init_logging(config: &Config) -> Option<LogLevelHandle> {
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_decides = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(config.log.level.as_str()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let handle = match config.log.format {
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            level_setter(handle)
+        }
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            level_setter(handle)
+        }
+    };
+    (!env_decides).then_some(handle)
 }

@@ -64,6 +64,26 @@ pub struct ListenerCtx {
     pub access_log: bool,
 }
 
+/// A listener's [`ListenerCtx`], replaced whole by a configuration reload.
+/// Each request reads the one current when it arrives and keeps it to the
+/// end, so an exchange never sees half of an old and half of a new
+/// configuration.
+pub struct ListenerSlot(std::sync::RwLock<Arc<ListenerCtx>>);
+
+impl ListenerSlot {
+    pub fn new(ctx: ListenerCtx) -> ListenerSlot {
+        ListenerSlot(std::sync::RwLock::new(Arc::new(ctx)))
+    }
+
+    pub fn current(&self) -> Arc<ListenerCtx> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, ctx: ListenerCtx) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ctx);
+    }
+}
+
 /// Whether any `Via` entry is this process's own.
 fn carries_via(headers: &http::HeaderMap, own: &HeaderValue) -> bool {
     let Ok(own) = own.to_str() else { return false };

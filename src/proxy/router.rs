@@ -127,6 +127,33 @@ impl Router {
         }
     }
 
+    /// The settings a pooled origin has under this table, for a reload.
+    /// `None` for an origin no request can reach any more: one built with
+    /// TLS settings of an earlier table (a reload re-reads certificate
+    /// files, so an `[[upstream]]` with TLS settings of its own gets new
+    /// pools).
+    pub fn settings_for(&self, origin: &Origin) -> Option<Arc<PoolConfig>> {
+        if let Some(profile) = origin.tls_profile() {
+            return self
+                .entries
+                .values()
+                .find(|e| e.tls.as_ref().is_some_and(|t| Arc::ptr_eq(t, profile)))
+                .map(|e| e.settings.clone());
+        }
+        if let Some(s) = self.by_origin.get(origin) {
+            return Some(s.clone());
+        }
+        let any_port = self
+            .entries
+            .get(&(origin.host().to_string(), None))
+            .filter(|e| e.connect.is_none());
+        Some(
+            any_port
+                .map_or(&self.default_settings, |e| &e.settings)
+                .clone(),
+        )
+    }
+
     /// The routes to keep warm: `[[upstream]]` entries with
     /// `min_idle_per_host > 0`.
     pub fn prewarm_routes(&self) -> Vec<Route> {

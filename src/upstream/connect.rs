@@ -42,8 +42,9 @@ pub(crate) struct Connector {
     h1: http1::Builder,
     /// For `https://` origins without TLS settings of their own.
     default_tls: Arc<TlsProfile>,
-    /// `security.deny_cidrs`: addresses never dialled.
-    deny: Vec<Cidr>,
+    /// `security.deny_cidrs`: addresses never dialled. Read once per new
+    /// connection; replaced by a reload.
+    deny: std::sync::RwLock<Vec<Cidr>>,
 }
 
 impl Connector {
@@ -60,8 +61,13 @@ impl Connector {
             loop_guard,
             h1,
             default_tls,
-            deny,
+            deny: std::sync::RwLock::new(deny),
         }
+    }
+
+    /// Replaces `security.deny_cidrs` for connections opened from now on.
+    pub(crate) fn set_deny(&self, deny: Vec<Cidr>) {
+        *self.deny.write().unwrap_or_else(|p| p.into_inner()) = deny;
     }
 
     pub(crate) async fn connect(
@@ -106,7 +112,10 @@ impl Connector {
         }
         // Checked on the resolved addresses, so a name cannot smuggle a
         // denied address (cloud metadata, say) past the policy.
-        addrs.retain(|a| !self.deny.iter().any(|c| c.contains(a.ip())));
+        {
+            let deny = self.deny.read().unwrap_or_else(|p| p.into_inner());
+            addrs.retain(|a| !deny.iter().any(|c| c.contains(a.ip())));
+        }
         if addrs.is_empty() {
             return Err(ProxyError::Prohibited(origin.to_string()));
         }

@@ -14,6 +14,7 @@ mod idle;
 mod listener;
 mod metrics;
 mod pool;
+mod reload;
 mod retry;
 mod security;
 mod smuggling;

@@ -2,6 +2,7 @@
 //! at their expiry, prewarming of `min_idle_per_host`, shutdown, and the
 //! snapshot behind `/pools`.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -74,7 +75,17 @@ impl Pool {
 
     /// Keeps `min_idle_per_host` connections open for each route, opening
     /// them one at a time, until the pool shuts down.
+    ///
+    /// Each call replaces the routes of the one before (a reload calls it
+    /// with the new configuration's routes, possibly none).
     pub fn prewarm(&self, routes: Vec<Route>) {
+        let generation = self
+            .shared
+            .prewarm_generation
+            .fetch_add(1, Ordering::AcqRel)
+            + 1;
+        // An earlier call's loop sees the new generation and stops.
+        self.shared.prewarm_wake.notify_waiters();
         if routes.is_empty() {
             return;
         }
@@ -98,7 +109,8 @@ impl Pool {
                 for route in &routes {
                     pool.prewarm_route(route).await;
                 }
-                if pool.lock().closing {
+                let replaced = pool.shared.prewarm_generation.load(Ordering::Acquire) != generation;
+                if replaced || pool.lock().closing {
                     return;
                 }
                 tokio::select! {

@@ -30,12 +30,14 @@
 //! - `lease`: the RAII handles a request holds (permit, pooled, lease);
 //! - `conn`: one connection, its liveness probe and retirement rules;
 //! - `origin_state`: one origin's idle list, waiters, counts, learner;
-//! - `maintenance`: reaper, prewarming, shutdown, `/pools` snapshot.
+//! - `maintenance`: reaper, prewarming, shutdown, `/pools` snapshot;
+//! - `reconfigure`: a reloaded configuration applied to the live pool.
 
 mod conn;
 mod lease;
 mod maintenance;
 mod origin_state;
+mod reconfigure;
 mod release;
 
 use std::collections::HashMap;
@@ -149,6 +151,9 @@ struct Shared {
     state: Mutex<State>,
     reaper_wake: Notify,
     prewarm_wake: Notify,
+    /// Bumped by each [`Pool::prewarm`]; a prewarm loop of an older
+    /// generation stops.
+    prewarm_generation: AtomicU64,
     connector: Connector,
     metrics: Arc<Metrics>,
     h2: crate::upstream::h2::H2Slots,
@@ -219,6 +224,7 @@ impl Pool {
                 }),
                 reaper_wake: Notify::new(),
                 prewarm_wake: Notify::new(),
+                prewarm_generation: AtomicU64::new(0),
                 connector,
                 metrics,
                 h2: Default::default(),

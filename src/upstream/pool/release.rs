@@ -49,7 +49,11 @@ impl Pool {
             // The origin closed it as the response ended.
             Some(CloseReason::PeerClosed)
         } else {
-            conn.retirement(now, settings)
+            conn.retirement(now, settings).or_else(|| {
+                // A reload lowered the bound: connections above it retire
+                // as their exchanges end.
+                (os.total() > os.settings.max_connections_per_host).then_some(CloseReason::Evicted)
+            })
         };
         if let Some(reason) = reason {
             os.in_use -= 1;

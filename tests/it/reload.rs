@@ -1,0 +1,286 @@
+//! SPEC section 1: SIGHUP reloads the configuration file; pool and upstream
+//! settings apply to new work, in-flight requests finish, and a bad file
+//! keeps the running configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::cli::spawn_eddy;
+use crate::support::client::{get, send_raw, Response};
+use crate::support::eddy;
+use crate::support::origin::{Behavior, Origin};
+
+fn tagged(tag: &str, delay: Duration) -> Behavior {
+    Behavior {
+        delay,
+        extra_headers: vec![format!("X-Origin: {tag}")],
+        ..Behavior::default()
+    }
+}
+
+fn config(bound: usize, connect: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\naccess_log = false\n\
+         [[listener]]\nname = \"app\"\nlisten = \"127.0.0.1:0\"\n\
+         [pool]\nmax_connections_per_host = {bound}\n\
+         [[upstream]]\nmatch = \"api.test\"\nconnect = \"{connect}\"\n"
+    )
+}
+
+/// Reads eddy's JSON log until it names its proxy and admin addresses.
+fn addresses(rx: &std::sync::mpsc::Receiver<String>) -> (SocketAddr, SocketAddr) {
+    let (mut proxy, mut admin) = (None, None);
+    while proxy.is_none() || admin.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("eddy logs its addresses");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let field = |name: &str| v["fields"][name].as_str().and_then(|a| a.parse().ok());
+        match v["fields"]["message"].as_str() {
+            Some("listening") => proxy = field("addr"),
+            Some("admin listening") => admin = field("admin_addr"),
+            _ => {}
+        }
+    }
+    (
+        proxy.unwrap_or_else(|| unreachable!()),
+        admin.unwrap_or_else(|| unreachable!()),
+    )
+}
+
+async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let r = send_raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    r.text()
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn wait_for_metric(admin: SocketAddr, series: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if metric(admin, series).await == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never reached {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn hangup(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// `n` GETs of `url` at once through `proxy`; each must answer 200.
+async fn at_once(proxy: SocketAddr, url: &str, n: usize) -> Vec<Response> {
+    let all: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move { get(proxy, &url).await })
+        })
+        .collect();
+    let mut responses = Vec::new();
+    for r in all {
+        let r = r.await.expect("request task");
+        assert_eq!(r.status, 200, "{}", r.text());
+        responses.push(r);
+    }
+    responses
+}
+
+/// Four requests at once, each answered by the origin its header names.
+async fn burst(proxy: SocketAddr) -> Vec<String> {
+    at_once(proxy, "http://api.test/r", 4)
+        .await
+        .iter()
+        .map(|r| r.header("x-origin").unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_bound_and_route_and_a_bad_file_changes_nothing() {
+    let slow = Duration::from_millis(400);
+    let a = Origin::start(tagged("a", slow)).await;
+    let b = Origin::start(tagged("b", slow)).await;
+    let (child, rx) = spawn_eddy(&config(4, &a.url()), "reload", &[]);
+    let path = std::env::temp_dir()
+        .join(format!("eddy-cli-{}-reload", std::process::id()))
+        .join("eddy.toml");
+    let (proxy, admin) = addresses(&rx);
+
+    // The running bound: four at once reach the origin on four connections.
+    assert_eq!(burst(proxy).await, ["a", "a", "a", "a"]);
+    assert_eq!(a.stats.max_open(), 4);
+
+    // A request in flight across the reload finishes where it started.
+    let in_flight = tokio::spawn(async move { get(proxy, "http://api.test/slow").await });
+    a.wait_for("the in-flight request", Duration::from_secs(10), |s| {
+        s.requests() == 5
+    })
+    .await;
+    std::fs::write(&path, config(1, &b.url())).expect("write the new file");
+    hangup(child.id());
+    wait_for_metric(admin, "eddy_config_reloads_total{outcome=\"success\"}", 1.0).await;
+    let r = in_flight.await.expect("in-flight task");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-origin").as_deref(), Some("a"));
+
+    // New requests take the new route under the new bound: one connection.
+    assert_eq!(burst(proxy).await, ["b", "b", "b", "b"]);
+    assert_eq!(b.stats.accepted(), 1);
+    assert_eq!(b.stats.max_open(), 1);
+    let shown = send_raw(
+        admin,
+        b"GET /config HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .text();
+    assert!(shown.contains("max_connections_per_host = 1"), "{shown}");
+
+    // A file that does not validate: counted, logged with its position,
+    // and the running configuration keeps serving.
+    std::fs::write(&path, "[pool]\nmax_connections_per_host = \"one\"\n").expect("write");
+    hangup(child.id());
+    wait_for_metric(admin, "eddy_config_reloads_total{outcome=\"failure\"}", 1.0).await;
+    let logged = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the failure is logged");
+        if line.contains("reload failed") {
+            break line;
+        }
+    };
+    assert!(logged.contains("eddy.toml:2:"), "{logged}");
+    assert_eq!(burst(proxy).await, ["b", "b", "b", "b"]);
+    assert_eq!(b.stats.max_open(), 1);
+    assert_eq!(
+        metric(admin, "eddy_config_reloads_total{outcome=\"success\"}").await,
+        1.0
+    );
+    drop(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_bound_closes_idle_connections_over_it_at_once() {
+    let origin = Origin::start(tagged("o", Duration::from_millis(200))).await;
+    let p = eddy::start("", "[pool]\nmax_connections_per_host = 4\n").await;
+    let url = origin.url();
+    at_once(p.addr, &url, 4).await;
+    assert_eq!(origin.stats.accepted(), 4);
+    assert_eq!(p.pools_sum("idle").await, 4);
+
+    // The same addresses as the running configuration (port 0 stays port
+    // 0): nothing in the file needs a restart.
+    let path = bound_file("lowered", 1);
+    let reloaded = p.eddy.reload_file(&path).expect("reload applies");
+    assert!(
+        reloaded.needs_restart.is_empty(),
+        "{:?}",
+        reloaded.needs_restart
+    );
+    assert_eq!(p.pools_sum("idle").await, 1);
+    origin
+        .wait_for("three closes", Duration::from_secs(10), |s| s.open() == 1)
+        .await;
+    assert_eq!(
+        p.metric(
+            "eddy_upstream_connections_closed_total",
+            &[("reason", "evicted")]
+        )
+        .await,
+        3.0
+    );
+
+    // The one connection left serves them all, one at a time.
+    at_once(p.addr, &url, 3).await;
+    assert_eq!(origin.stats.accepted(), 4);
+    assert_eq!(origin.stats.open(), 1);
+}
+
+/// A file like the in-process proxy's own, with a different bound.
+fn bound_file(name: &str, bound: usize) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("eddy-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "shutdown_grace = \"3s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess_log = false\n\
+             [[listener]]\nlisten = \"127.0.0.1:0\"\n[pool]\nmax_connections_per_host = {bound}\n"
+        ),
+    )
+    .expect("write");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_connections_over_a_lowered_bound_retire_as_their_exchanges_end() {
+    // Slow enough that the reload lands while the first four are in flight.
+    let origin = Origin::start(tagged("o", Duration::from_millis(800))).await;
+    let p = eddy::start("", "[pool]\nmax_connections_per_host = 4\n").await;
+    // Four in flight on four connections, four more waiting for one.
+    let all: Vec<_> = (0..8)
+        .map(|_| {
+            let url = origin.url();
+            let addr = p.addr;
+            tokio::spawn(async move { get(addr, &url).await })
+        })
+        .collect();
+    origin
+        .wait_for("four requests in flight", Duration::from_secs(10), |s| {
+            s.requests() == 4
+        })
+        .await;
+    crate::support::eventually("four waiting", Duration::from_secs(10), || async {
+        p.pools_sum("pending").await == 4
+    })
+    .await;
+    let reloaded = p
+        .eddy
+        .reload_file(&bound_file("busy", 1))
+        .expect("reload applies");
+    assert!(
+        reloaded.needs_restart.is_empty(),
+        "{:?}",
+        reloaded.needs_restart
+    );
+    for r in all {
+        assert_eq!(
+            r.await.expect("task").status,
+            200,
+            "in flight across the reload"
+        );
+    }
+    // The first four connections closed as their exchanges ended, but one:
+    // the waiters were served on that one, one at a time, never on four.
+    let mut per_conn = origin.stats.per_conn();
+    per_conn.sort_unstable();
+    assert_eq!(per_conn, [1, 1, 1, 5]);
+    origin
+        .wait_for("one connection left", Duration::from_secs(10), |s| {
+            s.open() == 1
+        })
+        .await;
+    assert_eq!(p.pools_sum("idle").await, 1);
+    assert_eq!(
+        p.metric(
+            "eddy_upstream_connections_closed_total",
+            &[("reason", "evicted")]
+        )
+        .await,
+        3.0
+    );
+}
