@@ -116,3 +116,81 @@ fn the_alert_rules_use_only_spec_metrics() {
         assert!(used.contains(needed), "an alert uses {needed}");
     }
 }
+
+fn repo_file(path: &str) -> String {
+    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+/// Dotted names of every key in a TOML table (`pool.idle_timeout`); an
+/// array of tables contributes the keys of its first entry.
+fn dotted_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
+    for (key, value) in table {
+        let name = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(t) => dotted_keys(&name, t, out),
+            toml::Value::Array(a) => match a.first() {
+                Some(toml::Value::Table(t)) => dotted_keys(&name, t, out),
+                _ => {
+                    out.insert(name);
+                }
+            },
+            _ => {
+                out.insert(name);
+            }
+        }
+    }
+}
+
+/// The operator's guide names every configuration key (SPEC section 2) and
+/// every shipped alert, so neither can be added without documenting it.
+#[test]
+fn the_operators_guide_covers_every_key_and_every_alert() {
+    let readme = repo_file("README.md");
+    let guide = &readme[readme
+        .find("## Operator's guide")
+        .expect("an operator's guide")..];
+    let printed: toml::Table =
+        toml::from_str(&eddy::Config::default().to_toml()).expect("the default prints as TOML");
+    let mut keys = BTreeSet::new();
+    dotted_keys("", &printed, &mut keys);
+    // `[[upstream]]` is empty by default; its keys, by hand.
+    for k in [
+        "match",
+        "connect",
+        "http2",
+        "ca_file",
+        "client_cert",
+        "client_key",
+        "sni",
+    ] {
+        keys.insert(format!("upstream.{k}"));
+    }
+    keys.insert("upstream.pool.*".to_string());
+    let renamed = |k: &str| k.replacen("listeners.", "listener.", 1);
+    assert!(keys.len() > 40, "{keys:?}");
+    for key in &keys {
+        let key = renamed(key);
+        assert!(
+            guide.contains(&format!("`{key}`")),
+            "the guide does not name `{key}`"
+        );
+    }
+    let rules = repo_file("deploy/prometheus/eddy-alerts.yml");
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert:"))
+        .map(str::trim)
+        .collect();
+    assert!(alerts.len() >= 5, "{alerts:?}");
+    for alert in alerts {
+        assert!(
+            guide.contains(&format!("`{alert}`")),
+            "the guide does not name {alert}"
+        );
+    }
+}
