@@ -1,6 +1,8 @@
-//! The admin port (SPEC section 8): liveness, readiness, pool state and the
-//! effective configuration. It answers only these endpoints, and only GET
-//! (HEAD too); everything else is 404 or 405.
+//! The admin port (SPEC section 8): the status page, liveness, readiness,
+//! pool state, metrics and the effective configuration. It answers only
+//! these endpoints, and only GET (HEAD too); everything else is 404 or 405.
+
+mod status;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +30,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// True once every listener is bound; false again while shutting down.
     pub ready: AtomicBool,
+    /// Recent counter samples for the status page's rates.
+    pub(crate) history: status::History,
 }
 
 impl AdminState {
@@ -40,6 +44,20 @@ impl AdminState {
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: ShutdownSignal) {
+    let sampler = {
+        let state = state.clone();
+        let mut stop = shutdown.clone();
+        async move {
+            let mut tick = tokio::time::interval(status::SAMPLE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => state.history.sample(&state.metrics),
+                    _ = stop.wait() => return,
+                }
+            }
+        }
+    };
+    tokio::spawn(sampler);
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -77,6 +95,15 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
+        "/" => with_type(
+            StatusCode::OK,
+            status::PAGE.to_string(),
+            "text/html; charset=utf-8",
+        ),
+        "/status.json" => json(
+            serde_json::to_string(&status::status(&state.pool, &state.metrics, &state.history))
+                .unwrap_or_else(|_| "{}".into()),
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if state.ready.load(Ordering::Acquire) {

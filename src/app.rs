@@ -191,6 +191,7 @@ impl Eddy {
             pool: pool.clone(),
             metrics: metrics.clone(),
             ready: true.into(),
+            history: Default::default(),
         });
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,

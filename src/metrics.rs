@@ -265,9 +265,14 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// Every metric family, as `/metrics` renders them.
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&self.gather(), &mut out) {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(out).unwrap_or_default()

@@ -19,6 +19,7 @@ mod retry;
 mod security;
 mod smuggling;
 mod soak;
+mod status_page;
 mod tls;
 mod tunnel;
 mod websocket;

@@ -224,6 +224,9 @@ impl Pool {
                     now.saturating_duration_since(i.since).as_secs_f64()
                 }),
                 effective_idle_timeout_seconds: os.effective_idle_timeout().0.as_secs_f64(),
+                max_connections_per_host: os.settings.max_connections_per_host,
+                max_pending_per_host: os.settings.max_pending_per_host,
+                idle_timeout_learned: os.effective_idle_timeout().1 == CloseReason::KeepaliveHint,
             })
             .collect();
         out.sort_by(|a, b| a.origin.cmp(&b.origin));
@@ -243,6 +246,14 @@ pub struct OriginStats {
     pub reused_total: u64,
     pub oldest_idle_seconds: f64,
     pub effective_idle_timeout_seconds: f64,
+    /// The bounds in effect, for the status page (not part of `/pools`).
+    #[serde(skip)]
+    pub max_connections_per_host: usize,
+    #[serde(skip)]
+    pub max_pending_per_host: usize,
+    /// The effective idle timeout is one learned from the origin.
+    #[serde(skip)]
+    pub idle_timeout_learned: bool,
 }
 
 /// One `upstream` label's pool gauges.
