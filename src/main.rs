@@ -78,6 +78,9 @@ fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before starting: a SIGHUP during start-up must not kill eddy
+        // (its default action), and systemd reloads as soon as it likes.
+        let signals = Signals::install();
         let eddy = match Eddy::start(config).await {
             Ok(e) => e,
             Err(e) => {
@@ -85,7 +88,7 @@ fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        handle_signals(&eddy, path.as_deref(), log_level.as_ref()).await;
+        handle_signals(signals, &eddy, path.as_deref(), log_level.as_ref()).await;
         tracing::info!("shutting down");
         eddy.shutdown().await;
         tracing::info!("stopped");
@@ -93,23 +96,41 @@ fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
     })
 }
 
+/// SIGTERM, SIGINT and SIGHUP, caught from start-up on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+}
+
 /// Returns on SIGTERM or SIGINT; reloads the configuration on SIGHUP.
-async fn handle_signals(eddy: &Eddy, path: Option<&Path>, log_level: Option<&LogLevelHandle>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+async fn handle_signals(
+    signals: Option<Signals>,
+    eddy: &Eddy,
+    path: Option<&Path>,
+    log_level: Option<&LogLevelHandle>,
+) {
+    let Some(mut s) = signals else {
         tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
     loop {
         tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => reload(eddy, path, log_level),
+            _ = s.term.recv() => return,
+            _ = s.int.recv() => return,
+            _ = s.hup.recv() => reload(eddy, path, log_level),
         }
     }
 }

@@ -63,13 +63,17 @@ impl Eddy {
         let running = self.config();
         let (config, needs_restart) = effective(&running, new);
         // Everything that can fail comes before the first change.
-        let router = Arc::new(Router::new(&config)?);
+        let router = Arc::new(match self.slots.first() {
+            Some(slot) => Router::reloaded(&config, &slot.current().router)?,
+            None => Router::new(&config)?,
+        });
         // New requests first: a checkout sets its origin's settings from
         // the route it was given, so from here on they are the new ones.
         for (index, (slot, lc)) in self.slots.iter().zip(&config.listeners).enumerate() {
             slot.replace(self.parts.listener_ctx(index, lc, &config, &router));
         }
         self.pool.reconfigure(
+            router.generation(),
             config.pool.max_idle_total,
             config.security.deny_cidrs.clone(),
             |origin| router.settings_for(origin),

@@ -45,6 +45,9 @@ pub(crate) struct Connector {
     /// `security.deny_cidrs`: addresses never dialled. Read once per new
     /// connection; replaced by a reload.
     deny: std::sync::RwLock<Vec<Cidr>>,
+    /// Bumped by each [`Connector::set_deny`], so that a connection dialled
+    /// under an older list is checked against the new one once.
+    deny_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Connector {
@@ -62,12 +65,26 @@ impl Connector {
             h1,
             default_tls,
             deny: std::sync::RwLock::new(deny),
+            deny_epoch: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// Replaces `security.deny_cidrs` for connections opened from now on.
+    /// Replaces `security.deny_cidrs` (a reload).
     pub(crate) fn set_deny(&self, deny: Vec<Cidr>) {
         *self.deny.write().unwrap_or_else(|p| p.into_inner()) = deny;
+        self.deny_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Which `deny_cidrs` list is in force (see [`Connector::set_deny`]).
+    pub(crate) fn deny_epoch(&self) -> u64 {
+        self.deny_epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether `deny_cidrs` now forbids `ip`.
+    pub(crate) fn denies(&self, ip: std::net::IpAddr) -> bool {
+        let deny = self.deny.read().unwrap_or_else(|p| p.into_inner());
+        deny.iter().any(|c| c.contains(ip))
     }
 
     pub(crate) async fn connect(

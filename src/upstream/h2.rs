@@ -9,7 +9,8 @@
 //! any `max_connections_per_host`.
 //!
 //! The map is bounded by configuration: only `[[upstream]]` entries with
-//! `http2 = true` have a slot.
+//! `http2 = true` have a slot, and a reload drops the slots of origins no
+//! route reaches any more.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,14 @@ impl H2Slots {
     pub(crate) fn slot(&self, origin: &Origin) -> Arc<tokio::sync::Mutex<Option<H2Conn>>> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(origin.clone()).or_default().clone()
+    }
+
+    /// Keeps the slots of the origins `keep` accepts (a reload): a dropped
+    /// slot's connection closes once the streams on it end, and the next
+    /// request opens one under the new settings.
+    pub(crate) fn retain(&self, keep: impl Fn(&Origin) -> bool) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|origin, _| keep(origin));
     }
 
     /// Forgets connection `id` if it is still the origin's current one.

@@ -37,6 +37,10 @@ pub(super) struct Conn {
     /// Over TLS, bytes on an idle connection are normal (TLS 1.3 session
     /// tickets, a close_notify that rustls will read): only EOF condemns it.
     pub(super) tls: bool,
+    /// The address dialled, for a `deny_cidrs` that a reload changed.
+    pub(super) peer: Option<std::net::IpAddr>,
+    /// The connector's deny-list epoch `peer` was last checked under.
+    pub(super) deny_epoch: u64,
 }
 
 impl Conn {

@@ -107,10 +107,11 @@ impl Pool {
         tokio::spawn(async move {
             loop {
                 for route in &routes {
-                    pool.prewarm_route(route).await;
+                    if !pool.prewarm_route(route, generation).await {
+                        return;
+                    }
                 }
-                let replaced = pool.shared.prewarm_generation.load(Ordering::Acquire) != generation;
-                if replaced || pool.lock().closing {
+                if pool.lock().closing {
                     return;
                 }
                 tokio::select! {
@@ -121,30 +122,43 @@ impl Pool {
         });
     }
 
-    pub(super) async fn prewarm_route(&self, route: &Route) {
+    /// Opens connections for `route` until its origin has its
+    /// `min_idle_per_host`. False once this prewarming was replaced by a
+    /// later [`Pool::prewarm`] (a reload): the caller stops.
+    pub(super) async fn prewarm_route(&self, route: &Route, generation: u64) -> bool {
         loop {
+            if self.shared.prewarm_generation.load(Ordering::Acquire) != generation {
+                return false;
+            }
             let permit = {
                 let mut st = self.lock();
                 if st.closing {
-                    return;
+                    return true;
                 }
                 let Some(os) = st.origins.get_mut(&route.origin) else {
-                    return;
+                    return true;
                 };
-                let min = route.settings.min_idle_per_host;
-                if os.idle.len() + os.connecting >= min
+                // The origin's own settings, which a reload may have
+                // changed since `route` was made; an origin no longer
+                // pinned is not kept warm.
+                let min = os
+                    .settings
+                    .min_idle_per_host
+                    .min(os.settings.max_idle_per_host);
+                if !os.pinned
+                    || os.idle.len() + os.connecting >= min
                     || os.total() >= os.settings.max_connections_per_host
                     || !os.waiters.is_empty()
                 {
-                    return;
+                    return true;
                 }
                 // Prewarming must never evict idle connections, its own or
                 // another origin's: that would be a connect/close loop.
                 if st.idle_total >= st.max_idle_total {
-                    return;
+                    return true;
                 }
                 let Some(os) = st.origins.get_mut(&route.origin) else {
-                    return;
+                    return true;
                 };
                 os.connecting += 1;
                 ConnectPermit::new(self.clone(), route.clone())
@@ -152,12 +166,16 @@ impl Pool {
             match self.connect(permit).await {
                 Ok(mut pooled) => {
                     if let Some(conn) = pooled.conn.take() {
-                        self.release(&route.origin, &route.settings, conn);
+                        // Not kept (evicted at once): opening another would
+                        // only repeat that.
+                        if !self.release(&route.origin, &route.settings, conn) {
+                            return true;
+                        }
                     }
                 }
                 Err(e) => {
                     tracing::debug!(origin = %route.origin, error = %e, "prewarming failed; retrying later");
-                    return;
+                    return true;
                 }
             }
         }

@@ -136,6 +136,8 @@ pub struct Route {
     /// `[[upstream]] http2 = true`: served by a multiplexed connection,
     /// not the HTTP/1 pool.
     pub http2: bool,
+    /// The routing table's generation (0 until the first reload).
+    pub generation: u64,
 }
 
 struct State {
@@ -424,7 +426,11 @@ impl Pool {
                 self.shared.metrics.origin(route.origin.as_str()),
             )
         });
-        os.settings = route.settings.clone();
+        // A route made before a reload must not bring the old settings back.
+        if route.generation >= os.settings_generation {
+            os.settings = route.settings.clone();
+            os.settings_generation = route.generation;
+        }
         let mut idle_taken = 0;
         let mut reused = None;
         while let Some(idle) = os.idle.pop() {
@@ -523,6 +529,7 @@ impl Pool {
         let deadline = Instant::now() + settings.connect_timeout.get();
         let origin = &permit.route.origin;
         let started = Instant::now();
+        let deny_epoch = self.shared.connector.deny_epoch();
         let connected = self.shared.connector.connect(origin, deadline).await?;
         let metrics = self.shared.metrics.origin(origin.as_str());
         metrics.connection_opened(started.elapsed());
@@ -539,6 +546,12 @@ impl Pool {
         let max_lifetime = settings.max_lifetime.get();
         let retire_at = (!max_lifetime.is_zero())
             .then(|| Instant::now() + max_lifetime - jitter(max_lifetime, id));
+        let peer = connected
+            .socket
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.ip());
         let conn = Conn {
             id,
             sender: connected.sender,
@@ -549,6 +562,8 @@ impl Pool {
             bytes_read: connected.bytes_read,
             metrics,
             tls: origin.is_tls(),
+            peer,
+            deny_epoch,
         };
         Ok(permit.fulfil(conn))
     }

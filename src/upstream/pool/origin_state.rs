@@ -17,6 +17,12 @@ use crate::upstream::learn::{expire_before, IdleLearner};
 pub(super) struct OriginState {
     pub(super) metrics: Arc<OriginMetrics>,
     pub(super) settings: Arc<PoolConfig>,
+    /// The routing-table generation `settings` came from.
+    pub(super) settings_generation: u64,
+    /// No route reaches this origin any more (a reload changed its TLS
+    /// settings): it keeps no idle connections and is forgotten once its
+    /// last connection is gone.
+    pub(super) retired: bool,
     /// Oldest first; reuse pops from the end (most recently used).
     pub(super) idle: Vec<IdleConn>,
     pub(super) waiters: VecDeque<Waiter>,
@@ -34,6 +40,8 @@ impl OriginState {
     pub(super) fn new(settings: Arc<PoolConfig>, metrics: Arc<OriginMetrics>) -> OriginState {
         OriginState {
             settings,
+            settings_generation: 0,
+            retired: false,
             metrics,
             idle: Vec::new(),
             waiters: VecDeque::new(),

@@ -14,19 +14,26 @@ use crate::config::{Cidr, PoolConfig};
 use crate::upstream::origin::Origin;
 
 impl Pool {
-    /// Gives every known origin its settings under the new configuration
-    /// (`settings_for`) and applies `max_idle_total` and `deny_cidrs`. An
-    /// origin `settings_for` no longer knows (`None`) keeps no idle
-    /// connections: its idle ones close now, its busy ones when they end.
-    /// Origins kept warm stop being pinned; [`Pool::prewarm`] with the new
-    /// routes pins the ones that still are.
+    /// Gives every known origin its settings under the new routing table
+    /// (`settings_for`, of generation `generation`) and applies
+    /// `max_idle_total` and `deny_cidrs`. An origin `settings_for` no
+    /// longer knows (`None`) is retired: its idle connections close now, its
+    /// busy ones when they end, and then it is forgotten; an HTTP/2
+    /// connection to it is dropped once its streams end. Idle connections
+    /// to an address `deny` now forbids close now; busy ones are checked
+    /// when they come back (release).
     pub fn reconfigure(
         &self,
+        generation: u64,
         max_idle_total: usize,
         deny: Vec<Cidr>,
         settings_for: impl Fn(&Origin) -> Option<Arc<PoolConfig>>,
     ) {
         self.shared.connector.set_deny(deny);
+        let epoch = self.shared.connector.deny_epoch();
+        self.shared
+            .h2
+            .retain(|origin| settings_for(origin).is_some());
         let mut closing = Closing::new();
         {
             let mut st = self.lock();
@@ -37,13 +44,29 @@ impl Pool {
             let mut trimmed = 0;
             let mut emptied = Vec::new();
             for (origin, os) in st.origins.iter_mut() {
-                os.settings = settings_for(origin).unwrap_or_else(|| {
-                    let mut orphaned = (*os.settings).clone();
-                    orphaned.max_idle_per_host = 0;
-                    orphaned.min_idle_per_host = 0;
-                    Arc::new(orphaned)
-                });
+                match settings_for(origin) {
+                    Some(settings) => os.settings = settings,
+                    None => {
+                        let mut retired = (*os.settings).clone();
+                        retired.max_idle_per_host = 0;
+                        retired.min_idle_per_host = 0;
+                        os.settings = Arc::new(retired);
+                        os.retired = true;
+                    }
+                }
+                os.settings_generation = generation;
                 os.pinned = false;
+                let mut i = 0;
+                while i < os.idle.len() {
+                    let conn = &mut os.idle[i].conn;
+                    conn.deny_epoch = epoch;
+                    if conn.peer.is_some_and(|ip| self.shared.connector.denies(ip)) {
+                        closing.push((os.idle.remove(i).conn, CloseReason::Evicted));
+                        trimmed += 1;
+                    } else {
+                        i += 1;
+                    }
+                }
                 let bound = os.settings.max_connections_per_host;
                 let keep_idle = os.settings.max_idle_per_host.min(bound);
                 while !os.idle.is_empty() && (os.idle.len() > keep_idle || os.total() > bound) {

@@ -55,6 +55,19 @@ impl Pool {
                 (os.total() > os.settings.max_connections_per_host).then_some(CloseReason::Evicted)
             })
         };
+        let mut conn = conn;
+        let reason = reason.or_else(|| {
+            // A reload changed `deny_cidrs` since this connection was
+            // dialled: one check, and a now-denied address is not reused.
+            let epoch = self.shared.connector.deny_epoch();
+            if conn.deny_epoch == epoch {
+                return None;
+            }
+            conn.deny_epoch = epoch;
+            conn.peer
+                .is_some_and(|ip| self.shared.connector.denies(ip))
+                .then_some(CloseReason::Evicted)
+        });
         if let Some(reason) = reason {
             os.in_use -= 1;
             closing.push((conn, reason));
@@ -63,7 +76,6 @@ impl Pool {
             return false;
         }
         // Hand-off: the oldest live waiter gets it; it stays "in use".
-        let mut conn = conn;
         while let Some(waiter) = os.waiters.pop_front() {
             // Just released by a finished exchange: not idle at all.
             let pooled = self.pooled(
@@ -149,6 +161,7 @@ impl Pool {
                 origin: origin.clone(),
                 settings: os.settings.clone(),
                 http2: false,
+                generation: os.settings_generation,
             };
             match waiter
                 .tx
@@ -187,10 +200,10 @@ impl Pool {
     /// [`MAX_REMEMBERED_ORIGINS`] are known; past that they are forgotten,
     /// so a forward proxy that sees endless hosts keeps a bounded map.
     pub(super) fn remove_if_unused(&self, st: &mut State, origin: &Origin) {
-        if st.origins.len() <= MAX_REMEMBERED_ORIGINS {
+        let Some(os) = st.origins.get(origin) else {
             return;
-        }
-        if st.origins.get(origin).is_some_and(OriginState::is_unused) {
+        };
+        if os.is_unused() && (os.retired || st.origins.len() > MAX_REMEMBERED_ORIGINS) {
             st.origins.remove(origin);
         }
     }
