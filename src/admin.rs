@@ -35,6 +35,14 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// Records the counters for the status page's window (at start; then
+    /// the sampler in [`serve`] does it).
+    pub(crate) fn sample(&self) {
+        self.history.sample(&self.metrics);
+    }
+}
+
+impl AdminState {
     pub fn current_config(&self) -> Arc<Config> {
         self.config
             .read()
@@ -48,7 +56,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
         let state = state.clone();
         let mut stop = shutdown.clone();
         async move {
-            let mut tick = tokio::time::interval(status::SAMPLE_EVERY);
+            // The first sample was taken at start (Eddy::start).
+            let first = tokio::time::Instant::now() + status::SAMPLE_EVERY;
+            let mut tick = tokio::time::interval_at(first, status::SAMPLE_EVERY);
+            // After a stall, no burst of samples that would shrink the window.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = tick.tick() => state.history.sample(&state.metrics),

@@ -193,6 +193,9 @@ impl Eddy {
             ready: true.into(),
             history: Default::default(),
         });
+        // Before any request: the status page's "recent" figures count from
+        // here until the sampler's window fills.
+        admin_state.sample();
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
             admin_state.clone(),

@@ -8,7 +8,10 @@
 //! counted twice. Rates and "recent errors" need history, which a counter
 //! does not keep, so a sampler records the counters every
 //! [`SAMPLE_EVERY`] into a ring of at most [`SAMPLES`] entries (five
-//! minutes), each bounded by the `upstream` label cap. The page itself is one
+//! minutes), each bounded by the `upstream` label cap. Origins past that cap
+//! (`metrics.max_upstream_labels`) share the `other` counters, as in
+//! `/metrics`: their rows show pool state only, and `other` gets a row of
+//! its own. The page itself is one
 //! HTML file with inline CSS and script: no external assets, so it works on
 //! a loopback-only admin port with no internet.
 
@@ -180,6 +183,8 @@ pub(crate) struct OriginStatus {
     pub drains_reused: u64,
     pub drains_closed: u64,
     pub rejected_total: u64,
+    /// Requests turned away with 503 in the window.
+    pub recent_rejected: u64,
     /// Errors eddy answered for this origin in the window, by Proxy-Status.
     pub recent_errors: BTreeMap<String, u64>,
     /// All slots taken and requests waiting.
@@ -232,6 +237,9 @@ pub(crate) fn status(pool: &Pool, metrics: &Metrics, history: &History) -> Statu
                 })
                 .filter(|(_, v)| *v > 0)
                 .collect();
+            // 503s from a full queue are also in `errors` (as
+            // connection_limit_reached); rejections are counted on their own
+            // for origins past the label cap too.
             let failing = !recent_errors.is_empty()
                 || now_c.rejected > base.rejected
                 || now_c.retries_failed > base.retries_failed;
@@ -266,6 +274,7 @@ pub(crate) fn status(pool: &Pool, metrics: &Metrics, history: &History) -> Statu
                 drains_reused: now_c.drains_reused,
                 drains_closed: now_c.drains_closed,
                 rejected_total: now_c.rejected,
+                recent_rejected: now_c.rejected.saturating_sub(base.rejected),
                 recent_errors,
                 saturated: bound > 0 && busy >= bound && pending > 0,
                 failing,
