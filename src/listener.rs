@@ -39,7 +39,7 @@ use crate::access::AccessRecord;
 use crate::config::ListenerConfig;
 use crate::error::ProxyError;
 use crate::head_scan::{HeadScan, Reject};
-use crate::proxy::{self, ConnHold, ListenerCtx, ListenerSlot, ProxyBody};
+use crate::proxy::{self, ConnHold, ListenerSlot, ProxyBody};
 use crate::shutdown::{ConnTracker, ShutdownSignal};
 
 /// A bound listening socket.
@@ -240,7 +240,7 @@ impl ClientConn {
             answered: false,
             cut: false,
             peer,
-            ctx: self.slot.current(),
+            slot: self.slot.clone(),
         });
         let mut conn = pin!(self.builder.serve_connection(io, svc).with_upgrades());
         let mut shutdown = self.shutdown.clone();
@@ -468,7 +468,8 @@ struct WatchedIo {
     /// A refused pipelined head: hyper sees end of stream before it.
     cut: bool,
     peer: SocketAddr,
-    ctx: Arc<ListenerCtx>,
+    /// Read only when a head is refused (rare): the context of that moment.
+    slot: Arc<ListenerSlot>,
 }
 
 impl WatchedIo {
@@ -492,7 +493,7 @@ impl WatchedIo {
     /// Counts and logs a refused head like any request eddy answered.
     fn record_refusal(&self, reject: Reject, note: &'static str) {
         let error = self.refusal_error(reject);
-        let ctx = &self.ctx;
+        let ctx = self.slot.current();
         let mut record = AccessRecord::new(
             ctx.index,
             ctx.name.clone(),

@@ -55,44 +55,46 @@ impl Counters {
     }
 }
 
+/// The counter families the page reads, each with the label that splits it.
+const READ: [(&str, &str); 5] = [
+    ("eddy_upstream_requests_total", "connection"),
+    ("eddy_stale_retries_total", "outcome"),
+    ("eddy_body_drains_total", "outcome"),
+    ("eddy_pool_rejected_total", "reason"),
+    ("eddy_errors_total", "error"),
+];
+
 /// The counters of every `upstream` label, from the registry.
 fn read_counters(families: &[MetricFamily]) -> BTreeMap<String, Counters> {
     let mut out: BTreeMap<String, Counters> = BTreeMap::new();
     for family in families {
-        let name = family.name();
+        let Some(&(name, key)) = READ.iter().find(|(n, _)| *n == family.name()) else {
+            continue;
+        };
         for m in family.get_metric() {
-            let label = |key: &str| {
-                m.get_label()
-                    .iter()
-                    .find(|l| l.name() == key)
-                    .map(|l| l.value().to_string())
-            };
-            let Some(upstream) = label("upstream") else {
-                continue;
-            };
             let value = m.get_counter().get_value() as u64;
             if value == 0 {
                 continue;
             }
+            let label = |wanted: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == wanted)
+                    .map(|l| l.value().to_string())
+            };
+            let (Some(upstream), Some(kind)) = (label("upstream"), label(key)) else {
+                continue;
+            };
             let c = out.entry(upstream).or_default();
-            match (name, label("connection"), label("outcome")) {
-                ("eddy_upstream_requests_total", Some(k), _) if k == "reused" => {
-                    c.requests_reused += value;
-                }
-                ("eddy_upstream_requests_total", Some(_), _) => c.requests_new += value,
-                ("eddy_stale_retries_total", _, Some(o)) if o == "succeeded" => {
-                    c.retries_succeeded += value;
-                }
-                ("eddy_stale_retries_total", _, Some(_)) => c.retries_failed += value,
-                ("eddy_body_drains_total", _, Some(o)) if o == "reused" => c.drains_reused += value,
-                ("eddy_body_drains_total", _, Some(_)) => c.drains_closed += value,
-                ("eddy_pool_rejected_total", _, _) => c.rejected += value,
-                ("eddy_errors_total", _, _) => {
-                    if let Some(kind) = label("error") {
-                        *c.errors.entry(kind).or_default() += value;
-                    }
-                }
-                _ => {}
+            match (name, kind.as_str()) {
+                ("eddy_upstream_requests_total", "reused") => c.requests_reused += value,
+                ("eddy_upstream_requests_total", _) => c.requests_new += value,
+                ("eddy_stale_retries_total", "succeeded") => c.retries_succeeded += value,
+                ("eddy_stale_retries_total", _) => c.retries_failed += value,
+                ("eddy_body_drains_total", "reused") => c.drains_reused += value,
+                ("eddy_body_drains_total", _) => c.drains_closed += value,
+                ("eddy_pool_rejected_total", _) => c.rejected += value,
+                _ => *c.errors.entry(kind).or_default() += value,
             }
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::client::{get, request};
+use crate::support::client::{get, open, request};
 use crate::support::eddy::{self, Proxy};
 use crate::support::eventually;
 use crate::support::origin::{Behavior, Origin};
@@ -23,9 +23,8 @@ async fn drains(proxy: &Proxy, origin: &Origin, outcome: &str) -> f64 {
 
 /// Requests `url`, reads about 1 KiB of the response, and hangs up.
 async fn read_a_little_and_leave(proxy: &Proxy, url: &str) {
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     let req = format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
+    let mut s = open(proxy.addr, req.as_bytes()).await;
     let mut buf = vec![0u8; 1024];
     let mut got = 0;
     while got < 1024 {
@@ -80,9 +79,8 @@ async fn a_client_leaving_before_the_response_head_does_not_cost_the_connection(
     })
     .await;
     let proxy = eddy::start("", "[drain]\ntimeout = \"5s\"\n").await;
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     let req = format!("GET {}/slow HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
-    s.write_all(req.as_bytes()).await.expect("write");
+    let s = open(proxy.addr, req.as_bytes()).await;
     origin
         .wait_for("the origin has the request", Duration::from_secs(10), |s| {
             s.requests() >= 1
@@ -135,9 +133,8 @@ async fn an_endless_body_is_cut_off_by_the_drain_timeout() {
     })
     .await;
     let proxy = eddy::start("", "[drain]\ntimeout = \"250ms\"\n").await;
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     let req = format!("GET {}/forever HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
-    s.write_all(req.as_bytes()).await.expect("write");
+    let mut s = open(proxy.addr, req.as_bytes()).await;
     let mut buf = [0u8; 256];
     assert!(s.read(&mut buf).await.expect("read") > 0);
     drop(s);
@@ -164,9 +161,8 @@ async fn a_client_that_stops_reading_releases_the_upstream_connection() {
     )
     .await;
     // This client asks and never reads: eddy's writes to it stall.
-    let mut stuck = TcpStream::connect(proxy.addr).await.expect("connect");
     let req = format!("GET {}/big HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
-    stuck.write_all(req.as_bytes()).await.expect("write");
+    let stuck = open(proxy.addr, req.as_bytes()).await;
     // The only upstream connection frees up once eddy gives up on it.
     let r = request(
         proxy.addr,
@@ -304,12 +300,11 @@ async fn a_slow_but_steady_reader_is_not_cut_off() {
     })
     .await;
     let proxy = eddy::start("client_idle_timeout = \"1s\"\n", "").await;
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     let req = format!(
         "GET {}/big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         origin.url()
     );
-    s.write_all(req.as_bytes()).await.expect("write");
+    let mut s = open(proxy.addr, req.as_bytes()).await;
     // About 640 KB/s: slower than eddy can send, never silent for 1 s.
     let mut all = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::client::{get, send_raw};
+use crate::support::client::{get, open, send_raw};
 use crate::support::eddy::{self, Proxy};
 use crate::support::eventually;
 use crate::support::origin::{Behavior, Origin};
@@ -31,9 +31,7 @@ async fn still_healthy(proxy: &Proxy, origin: &Origin) {
 async fn a_refused_port_is_502_connection_refused() {
     let origin = Origin::start(Behavior::default()).await;
     let proxy = eddy::start("", "").await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = closed.local_addr().expect("addr").port();
-    drop(closed);
+    let port = crate::support::closed_port().port();
     let r = get(proxy.addr, &format!("http://127.0.0.1:{port}/")).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.proxy_error().as_deref(), Some("connection_refused"));
@@ -137,8 +135,7 @@ async fn malformed_requests_are_400_or_closed_and_eddy_keeps_serving() {
         b"POST http://x/ HTTP/1.1\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"",
     ] {
-        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
-        s.write_all(junk).await.expect("write");
+        let mut s = open(proxy.addr, junk).await;
         let _ = s.shutdown().await;
         let mut buf = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
@@ -168,9 +165,8 @@ async fn a_client_leaving_mid_response_does_not_poison_the_pool() {
     })
     .await;
     let proxy = eddy::start("", "").await;
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     let req = format!("GET {}/big HTTP/1.1\r\nHost: x\r\n\r\n", slow.url());
-    s.write_all(req.as_bytes()).await.expect("write");
+    let mut s = open(proxy.addr, req.as_bytes()).await;
     let mut first = vec![0u8; 4096];
     let n = s.read(&mut first).await.expect("read");
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
@@ -266,8 +262,7 @@ async fn a_refused_pipelined_request_is_never_forwarded() {
         "GET {url}/first HTTP/1.1\r\nHost: x\r\n\r\n\
          POST {url}/smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     );
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
-    s.write_all(pipelined.as_bytes()).await.expect("write");
+    let mut s = open(proxy.addr, pipelined.as_bytes()).await;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
         .await
@@ -298,8 +293,7 @@ async fn pipelined_requests_with_bodies_are_all_served() {
          POST {url}/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
          GET {url}/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     );
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
-    s.write_all(pipelined.as_bytes()).await.expect("write");
+    let mut s = open(proxy.addr, pipelined.as_bytes()).await;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
         .await

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::client::{get, parse, send_raw};
+use crate::support::client::{get, open, parse, send_raw};
 use crate::support::eddy;
 use crate::support::origin::{find, Behavior, Origin};
 
@@ -71,9 +71,8 @@ async fn an_idle_keep_alive_client_is_closed_after_client_idle_timeout() {
         "",
     )
     .await;
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     let req = format!("GET {}/ HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
-    s.write_all(req.as_bytes()).await.expect("write");
+    let mut s = open(proxy.addr, req.as_bytes()).await;
     assert_eq!(read_one(&mut s).await.status, 200);
     let idle_from = Instant::now();
     let mut buf = Vec::new();
@@ -95,9 +94,8 @@ async fn max_client_connections_pauses_accept_without_dropping_anyone() {
     // Two keep-alive clients hold both slots.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
         let req = format!("GET {}/ HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
-        s.write_all(req.as_bytes()).await.expect("write");
+        let mut s = open(proxy.addr, req.as_bytes()).await;
         assert_eq!(read_one(&mut s).await.status, 200);
         held.push(s);
     }

@@ -223,10 +223,7 @@ async fn gauges_return_to_zero_whatever_failed() {
         "[pool]\nmax_connections_per_host = 1\npending_timeout = \"100ms\"\nresponse_header_timeout = \"300ms\"\n",
     )
     .await;
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let refused = crate::support::closed_port().port();
     let mut tasks = Vec::new();
     for i in 0..12 {
         let addr = proxy.addr;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::cli::spawn_eddy;
 use crate::support::client::{get, send_raw, Response};
-use crate::support::eddy;
+use crate::support::eddy::{self, metric_at};
 use crate::support::origin::{Behavior, Origin};
 
 fn tagged(tag: &str, delay: Duration) -> Behavior {
@@ -50,32 +50,18 @@ fn addresses(rx: &std::sync::mpsc::Receiver<String>) -> (SocketAddr, SocketAddr)
     )
 }
 
-async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let r = send_raw(
-        admin,
-        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+/// Waits until the spawned eddy has counted `want` reloads with `outcome`.
+async fn wait_for_reloads(admin: SocketAddr, outcome: &str, want: f64) {
+    crate::support::eventually(
+        &format!("{want} reloads with outcome {outcome}"),
+        Duration::from_secs(10),
+        || async { reloads(admin, outcome).await == want },
     )
     .await;
-    r.text()
-        .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
-async fn wait_for_metric(admin: SocketAddr, series: &str, want: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if metric(admin, series).await == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} never reached {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn reloads(admin: SocketAddr, outcome: &str) -> f64 {
+    metric_at(admin, "eddy_config_reloads_total", &[("outcome", outcome)]).await
 }
 
 fn hangup(pid: u32) {
@@ -138,7 +124,7 @@ async fn sighup_applies_a_new_bound_and_route_and_a_bad_file_changes_nothing() {
     .await;
     std::fs::write(&path, config(1, &b.url(), &s.url())).expect("write the new file");
     hangup(child.id());
-    wait_for_metric(admin, "eddy_config_reloads_total{outcome=\"success\"}", 1.0).await;
+    wait_for_reloads(admin, "success", 1.0).await;
     assert!(
         !in_flight.is_finished(),
         "the request was in flight at the reload"
@@ -163,7 +149,7 @@ async fn sighup_applies_a_new_bound_and_route_and_a_bad_file_changes_nothing() {
     // and the running configuration keeps serving.
     std::fs::write(&path, "[pool]\nmax_connections_per_host = \"one\"\n").expect("write");
     hangup(child.id());
-    wait_for_metric(admin, "eddy_config_reloads_total{outcome=\"failure\"}", 1.0).await;
+    wait_for_reloads(admin, "failure", 1.0).await;
     let logged = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(10))
@@ -175,10 +161,7 @@ async fn sighup_applies_a_new_bound_and_route_and_a_bad_file_changes_nothing() {
     assert!(logged.contains("eddy.toml:2:"), "{logged}");
     assert_eq!(burst(proxy).await, ["b", "b", "b", "b"]);
     assert_eq!(b.stats.max_open(), 1);
-    assert_eq!(
-        metric(admin, "eddy_config_reloads_total{outcome=\"success\"}").await,
-        1.0
-    );
+    assert_eq!(reloads(admin, "success").await, 1.0);
     drop(child);
 }
 
@@ -196,15 +179,7 @@ async fn a_lowered_bound_closes_idle_connections_over_it_at_once() {
     })
     .await;
 
-    // The same addresses as the running configuration (port 0 stays port
-    // 0): nothing in the file needs a restart.
-    let path = bound_file("lowered", 1);
-    let reloaded = p.eddy.reload_file(&path).expect("reload applies");
-    assert!(
-        reloaded.needs_restart.is_empty(),
-        "{:?}",
-        reloaded.needs_restart
-    );
+    p.reload("lowered", "[pool]\nmax_connections_per_host = 1\n");
     assert_eq!(p.pools_sum("idle").await, 1);
     origin
         .wait_for("three closes", Duration::from_secs(10), |s| s.open() == 1)
@@ -222,22 +197,6 @@ async fn a_lowered_bound_closes_idle_connections_over_it_at_once() {
     at_once(p.addr, &url, 3).await;
     assert_eq!(origin.stats.accepted(), 4);
     assert_eq!(origin.stats.open(), 1);
-}
-
-/// A file like the in-process proxy's own, with a different bound.
-fn bound_file(name: &str, bound: usize) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("eddy-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "shutdown_grace = \"3s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess_log = false\n\
-             [[listener]]\nlisten = \"127.0.0.1:0\"\n[pool]\nmax_connections_per_host = {bound}\n"
-        ),
-    )
-    .expect("write");
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,15 +221,7 @@ async fn busy_connections_over_a_lowered_bound_retire_as_their_exchanges_end() {
         p.pools_sum("pending").await == 4
     })
     .await;
-    let reloaded = p
-        .eddy
-        .reload_file(&bound_file("busy", 1))
-        .expect("reload applies");
-    assert!(
-        reloaded.needs_restart.is_empty(),
-        "{:?}",
-        reloaded.needs_restart
-    );
+    p.reload("busy", "[pool]\nmax_connections_per_host = 1\n");
     for r in all {
         assert_eq!(
             r.await.expect("task").status,
@@ -317,19 +268,7 @@ async fn prewarming_stops_at_what_may_stay_idle_across_a_reload() {
             s.open() == 3
         })
         .await;
-    let dir = std::env::temp_dir().join(format!("eddy-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("prewarm.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "shutdown_grace = \"3s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess_log = false\n\
-             [[listener]]\nlisten = \"127.0.0.1:0\"\n{}",
-            pinned(1, 1)
-        ),
-    )
-    .expect("write");
-    p.eddy.reload_file(&path).expect("reload applies");
+    p.reload("prewarm", &pinned(1, 1));
     origin
         .wait_for("trimmed to one", Duration::from_secs(10), |s| s.open() == 1)
         .await;
@@ -361,16 +300,7 @@ async fn a_denied_address_is_not_reused_after_a_reload() {
             s.requests() == 1
         })
         .await;
-    let dir = std::env::temp_dir().join(format!("eddy-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("deny.toml");
-    std::fs::write(
-        &path,
-        "shutdown_grace = \"3s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess_log = false\n\
-         [[listener]]\nlisten = \"127.0.0.1:0\"\n[security]\ndeny_cidrs = [\"127.0.0.0/8\"]\n",
-    )
-    .expect("write");
-    p.eddy.reload_file(&path).expect("reload applies");
+    p.reload("deny", "[security]\ndeny_cidrs = [\"127.0.0.0/8\"]\n");
     idle_origin
         .wait_for("the idle connection closed", Duration::from_secs(10), |s| {
             s.open() == 0

@@ -76,10 +76,7 @@ async fn the_status_page_shows_the_pools_and_marks_a_saturated_one() {
         assert_eq!(get(p.addr, &fast.url()).await.status, 200);
     }
     // An origin that refuses connections: its errors mark it failing.
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    let refused = crate::support::closed_port();
     for _ in 0..2 {
         let r = get(p.addr, &format!("http://{refused}/")).await;
         assert_eq!(r.proxy_error().as_deref(), Some("connection_refused"));
@@ -135,10 +132,7 @@ async fn status_json_agrees_with_metrics_and_pools() {
     for _ in 0..5 {
         assert_eq!(get(p.addr, &origin.url()).await.status, 200);
     }
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    let refused = crate::support::closed_port();
     assert_eq!(get(p.addr, &format!("http://{refused}/")).await.status, 502);
     let r = crate::support::client::send_raw(
         p.admin,

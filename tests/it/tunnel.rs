@@ -101,10 +101,7 @@ async fn a_tunnel_relays_both_ways_and_passes_on_a_half_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_go_only_to_connect_ports_and_report_failures() {
     let server = shouting_server().await;
-    let closed_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let closed_port = crate::support::closed_port().port();
     let proxy = eddy::start(
         "",
         &format!("[security]\nconnect_ports = [443, {closed_port}]\n"),

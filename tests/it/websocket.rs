@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use crate::support::client::get;
+use crate::support::client::{get, open};
 use crate::support::eddy;
 use crate::support::eventually;
 use crate::support::origin::find;
@@ -61,12 +61,11 @@ async fn websocket_echo() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
 async fn a_websocket_exchange_is_relayed_on_a_connection_of_its_own() {
     let (origin, accepted) = websocket_echo().await;
     let proxy = eddy::start("", "").await;
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     let req = format!(
         "GET http://{origin}/chat HTTP/1.1\r\nHost: {origin}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    s.write_all(req.as_bytes()).await.expect("write");
+    let mut s = open(proxy.addr, req.as_bytes()).await;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while find(&head, b"\r\n\r\n").is_none() {

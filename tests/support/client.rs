@@ -38,11 +38,18 @@ impl Response {
     }
 }
 
+/// A new connection to `addr` with `raw` written on it, for tests that go
+/// on reading, writing or hanging up themselves.
+pub async fn open(addr: SocketAddr, raw: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect to eddy");
+    s.write_all(raw).await.expect("write request");
+    s
+}
+
 /// Sends `raw` on a new connection and reads the response until the server
 /// closes (the request must ask for that: HTTP/1.0 or `Connection: close`).
 pub async fn send_raw(addr: SocketAddr, raw: &[u8]) -> Response {
-    let mut s = TcpStream::connect(addr).await.expect("connect to eddy");
-    s.write_all(raw).await.expect("write request");
+    let mut s = open(addr, raw).await;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
         .await

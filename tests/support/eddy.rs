@@ -13,10 +13,7 @@ pub struct Proxy {
 /// Starts eddy; `listener` is extra keys for the one `[[listener]]`, `rest`
 /// any further tables (`[pool]`, `[[upstream]]`, ...).
 pub async fn start(listener: &str, rest: &str) -> Proxy {
-    let toml = format!(
-        "shutdown_grace = \"3s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess_log = false\n\
-         [[listener]]\nlisten = \"127.0.0.1:0\"\n{listener}\n{rest}\n"
-    );
+    let toml = config_text(listener, rest);
     let config = Config::from_toml(&toml, "test.toml").unwrap_or_else(|e| panic!("{e}\n{toml}"));
     let eddy = Eddy::start(config).await.expect("eddy starts");
     let addr = eddy.proxy_addr().expect("a TCP listener");
@@ -24,7 +21,33 @@ pub async fn start(listener: &str, rest: &str) -> Proxy {
     Proxy { eddy, addr, admin }
 }
 
+/// The configuration [`start`] runs: every socket on port 0, access log
+/// off, `listener` keys for the one listener, `rest` further tables.
+pub fn config_text(listener: &str, rest: &str) -> String {
+    format!(
+        "shutdown_grace = \"3s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess_log = false\n\
+         [[listener]]\nlisten = \"127.0.0.1:0\"\n{listener}\n{rest}\n"
+    )
+}
+
 impl Proxy {
+    /// Writes [`config_text`]`("", rest)` to a file and reloads from it, as
+    /// SIGHUP would. The addresses are the running ones (port 0 stays port
+    /// 0), so nothing in it needs a restart.
+    pub fn reload(&self, name: &str, rest: &str) -> eddy::reload::Reloaded {
+        let dir = std::env::temp_dir().join(format!("eddy-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config_text("", rest)).expect("write the new file");
+        let reloaded = self.eddy.reload_file(&path).expect("reload applies");
+        assert!(
+            reloaded.needs_restart.is_empty(),
+            "{:?}",
+            reloaded.needs_restart
+        );
+        reloaded
+    }
+
     /// `GET /pools` from the admin port, parsed.
     pub async fn pools(&self) -> serde_json::Value {
         let r = super::client::send_raw(
@@ -39,23 +62,7 @@ impl Proxy {
     /// The value of one metric series from `/metrics`: `name` plus every
     /// `label="value"` pair given; 0 when the series is absent.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let r = super::client::send_raw(
-            self.admin,
-            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert_eq!(r.status, 200);
-        let text = r.text();
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .find(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        metric_at(self.admin, name, labels).await
     }
 
     /// Sum of a `/pools` field over all origins.
@@ -66,4 +73,27 @@ impl Proxy {
             .map(|m| m.values().filter_map(|v| v[field].as_u64()).sum())
             .unwrap_or(0)
     }
+}
+
+/// One metric series from the `/metrics` of the admin port at `admin` (an
+/// in-process eddy or a spawned one): `name` plus every `label="value"`
+/// pair given; 0 when the series is absent.
+pub async fn metric_at(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let r = super::client::send_raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }

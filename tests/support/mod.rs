@@ -66,3 +66,10 @@ pub async fn stalled_listener() -> StalledListener {
         _fillers: fillers,
     }
 }
+
+/// A loopback address nothing listens on (bound, then released): a connect
+/// to it is refused.
+pub fn closed_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}

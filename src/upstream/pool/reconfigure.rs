@@ -75,14 +75,10 @@ impl Pool {
                     trimmed += 1;
                 }
                 // Expiries were computed from the old idle timeout.
-                let expiries: Vec<_> = os
-                    .idle
-                    .iter()
-                    .map(|i| os.expiry(&i.conn, i.since))
-                    .collect();
-                for (idle, (expires, reason)) in os.idle.iter_mut().zip(expiries) {
-                    idle.expires = expires;
-                    idle.expiry_reason = reason;
+                for i in 0..os.idle.len() {
+                    let (expires, reason) = os.expiry(&os.idle[i].conn, os.idle[i].since);
+                    os.idle[i].expires = expires;
+                    os.idle[i].expiry_reason = reason;
                 }
                 self.dispatch_permits(origin, os);
                 if os.is_unused() {
