@@ -222,59 +222,94 @@ impl Config {
 
     /// Parses and validates TOML text; `file` names it in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
-            file: file.to_string(),
-            position: e.span().map(|span| line_col(text, span.start)),
-            message: e.message().trim().to_string(),
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim();
+            let offset = e.span().map(|span| span.start);
+            // serde's message names the bad value, not always its key:
+            // prefix the key read from the text at the error's position.
+            let message = match offset.and_then(|o| key_path_at(text, o)) {
+                Some(key) if !message.contains(&format!("`{}`", last_key(&key))) => {
+                    format!("{key}: {message}")
+                }
+                _ => message.to_string(),
+            };
+            ConfigError {
+                file: file.to_string(),
+                position: offset.map(|o| line_col(text, o)),
+                message,
+            }
         })?;
-        config.validate().map_err(|message| ConfigError {
+        config.validate().map_err(|invalid| ConfigError {
             file: file.to_string(),
-            position: None,
-            message,
+            position: Some(invalid.anchor.locate(text)),
+            message: invalid.message,
         })?;
         Ok(config)
     }
 
-    /// Rules that span tables.
-    fn validate(&self) -> Result<(), String> {
+    /// Rules that span tables. Each error carries an [`Anchor`] so that it,
+    /// too, is reported at a `LINE:COL` of the file.
+    fn validate(&self) -> Result<(), Invalid> {
         if self.listeners.is_empty() {
-            return Err("at least one [[listener]] is required".into());
+            return Err(Invalid::new(
+                "at least one [[listener]] is required",
+                Anchor::Start,
+            ));
         }
         let mut names = HashSet::new();
         let mut addrs = HashSet::new();
         for l in &self.listeners {
             if !names.insert(&l.name) {
-                return Err(format!("listener name {:?} is used twice", l.name));
+                return Err(Invalid::new(
+                    format!("listener name {:?} is used twice", l.name),
+                    Anchor::Value(l.name.clone(), 2),
+                ));
             }
             if !l.listen.is_ephemeral() && !addrs.insert(&l.listen) {
-                return Err(format!("listen address {} is used twice", l.listen));
+                return Err(Invalid::new(
+                    format!("listen address {} is used twice", l.listen),
+                    Anchor::Value(l.listen.to_string(), 2),
+                ));
             }
         }
         if !self.admin.listen.is_ephemeral() && addrs.contains(&self.admin.listen) {
-            return Err(format!(
-                "admin.listen {} is also a listener's address",
-                self.admin.listen
+            return Err(Invalid::new(
+                format!(
+                    "admin.listen {} is also a listener's address",
+                    self.admin.listen
+                ),
+                Anchor::Table("[admin]"),
             ));
         }
         let mut matches = HashSet::new();
         let mut connects: Vec<(&OriginUrl, &PoolOverrides)> = Vec::new();
         let mut prewarmed = 0usize;
         for u in &self.upstreams {
+            let at = |nth| Anchor::Value(u.match_.clone(), nth);
             let Some((host, port)) = u.match_host_port() else {
-                return Err(format!(
-                    "[[upstream]] match = {:?}: expected a host or host:port",
-                    u.match_
+                return Err(Invalid::new(
+                    format!(
+                        "[[upstream]] match = {:?}: expected a host or host:port",
+                        u.match_
+                    ),
+                    at(1),
                 ));
             };
             if !matches.insert((host, port)) {
-                return Err(format!("[[upstream]] match = {:?} appears twice", u.match_));
+                return Err(Invalid::new(
+                    format!("[[upstream]] match = {:?} appears twice", u.match_),
+                    at(2),
+                ));
             }
             if let Some(connect) = &u.connect {
                 if let Some((_, other)) = connects.iter().find(|(c, _)| *c == connect) {
                     if *other != &u.pool {
-                        return Err(format!(
-                            "[[upstream]] match = {:?}: another [[upstream]] also connects to {connect} with different [upstream.pool] settings; one origin has one pool",
-                            u.match_
+                        return Err(Invalid::new(
+                            format!(
+                                "[[upstream]] match = {:?}: another [[upstream]] also connects to {connect} with different [upstream.pool] settings; one origin has one pool",
+                                u.match_
+                            ),
+                            at(1),
                         ));
                     }
                 }
@@ -282,20 +317,26 @@ impl Config {
             }
             let effective = u.pool.apply(&self.pool);
             prewarmed += effective.min_idle_per_host;
-            effective
-                .validate()
-                .map_err(|e| format!("[[upstream]] match = {:?}: {e}", u.match_))?;
+            effective.validate().map_err(|e| {
+                Invalid::new(format!("[[upstream]] match = {:?}: {e}", u.match_), at(1))
+            })?;
             if u.client_cert.is_some() != u.client_key.is_some() {
-                return Err(format!(
-                    "[[upstream]] match = {:?}: client_cert and client_key go together",
-                    u.match_
+                return Err(Invalid::new(
+                    format!(
+                        "[[upstream]] match = {:?}: client_cert and client_key go together",
+                        u.match_
+                    ),
+                    at(1),
                 ));
             }
         }
         if prewarmed > self.pool.max_idle_total {
-            return Err(format!(
-                "the [[upstream]] entries' min_idle_per_host add up to {prewarmed}, above pool.max_idle_total ({})",
-                self.pool.max_idle_total
+            return Err(Invalid::new(
+                format!(
+                    "the [[upstream]] entries' min_idle_per_host add up to {prewarmed}, above pool.max_idle_total ({})",
+                    self.pool.max_idle_total
+                ),
+                Anchor::Table("[[upstream]]"),
             ));
         }
         Ok(())
@@ -305,6 +346,95 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
+}
+
+/// A cross-table rule that failed, and where in the file to point.
+struct Invalid {
+    message: String,
+    anchor: Anchor,
+}
+
+impl Invalid {
+    fn new(message: impl Into<String>, anchor: Anchor) -> Invalid {
+        Invalid {
+            message: message.into(),
+            anchor,
+        }
+    }
+}
+
+/// Where a validation error points. Validation runs on the parsed values,
+/// which have no spans, so the position is found again in the text: the
+/// n-th quoted occurrence of a value, or a table header.
+enum Anchor {
+    Start,
+    /// The `n`-th (1-based) occurrence of the string value, quoted.
+    Value(String, usize),
+    /// The first line that starts with this table header.
+    Table(&'static str),
+}
+
+impl Anchor {
+    fn locate(&self, text: &str) -> (usize, usize) {
+        let offset = match self {
+            Anchor::Start => None,
+            Anchor::Value(value, nth) => ["\"", "'"].iter().find_map(|q| {
+                let quoted = format!("{q}{value}{q}");
+                text.match_indices(&quoted)
+                    .nth(nth.saturating_sub(1))
+                    .map(|(at, _)| at)
+            }),
+            Anchor::Table(header) => {
+                let mut offset = 0;
+                text.split_inclusive('\n').find_map(|line| {
+                    let at = offset;
+                    offset += line.len();
+                    line.trim_start()
+                        .starts_with(header)
+                        .then(|| at + (line.len() - line.trim_start().len()))
+                })
+            }
+        };
+        line_col(text, offset.unwrap_or(0))
+    }
+}
+
+/// The dotted key whose value is at `offset`: the `key =` before it on its
+/// line, under the nearest table header above (`pool.idle_timeout`,
+/// `listener.listen`). `None` where the text does not read that way.
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |p| p + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |p| offset + p);
+    let line = &text[line_start..line_end];
+    let key = match line.find('=') {
+        Some(eq) if line_start + eq < offset => line[..eq].trim(),
+        // The error is on the key itself (an unknown field).
+        _ => line.split('=').next().unwrap_or("").trim(),
+    };
+    let key = key.trim_matches(|c| c == '"' || c == '\'');
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let table = text[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[').then(|| {
+            l.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+        })
+    });
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
+/// The last segment of a dotted key.
+fn last_key(path: &str) -> &str {
+    path.rsplit('.').next().unwrap_or(path)
 }
 
 /// 1-based line and column of a byte offset.
@@ -342,6 +472,45 @@ mod tests {
             Config::from_toml("", "x").expect("empty"),
             Config::default()
         );
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_with_its_key_and_position() {
+        let err = Config::from_toml("[pool]\nidle_timeout = \"30 sec\"\n", "f.toml")
+            .expect_err("bad duration");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("f.toml:2:16: pool.idle_timeout: "),
+            "{text}"
+        );
+        let err = Config::from_toml("[[listener]]\nlisten = \"nowhere\"\n", "f.toml")
+            .expect_err("bad address");
+        assert!(
+            err.to_string()
+                .starts_with("f.toml:2:10: listener.listen: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rules_across_tables_are_reported_at_a_position_too() {
+        let twice = "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n\
+                     [[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n";
+        let err = Config::from_toml(twice, "f.toml").expect_err("name twice");
+        assert!(
+            err.to_string().starts_with("f.toml:5:8: listener name"),
+            "{err}"
+        );
+        let upstream = "[[upstream]]\nmatch = \"api\"\nclient_cert = \"c.pem\"\n";
+        let err = Config::from_toml(upstream, "f.toml").expect_err("cert without key");
+        assert!(
+            err.to_string().starts_with("f.toml:2:9: [[upstream]]"),
+            "{err}"
+        );
+        let prewarm = "[pool]\nmax_idle_total = 1\n\n  [[upstream]]\nmatch = \"a\"\n\
+                       pool = { min_idle_per_host = 2 }\n";
+        let err = Config::from_toml(prewarm, "f.toml").expect_err("prewarm over the total");
+        assert!(err.to_string().starts_with("f.toml:4:3: "), "{err}");
     }
 
     #[test]

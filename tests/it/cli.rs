@@ -39,6 +39,7 @@ fn check_rejects_a_bad_duration() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":2:16:"), "{err}");
+    assert!(err.contains("pool.idle_timeout"), "names the key: {err}");
     assert!(err.contains("30 sec"), "{err}");
 }
 
@@ -86,33 +87,48 @@ fn check_without_a_file_prints_the_embedded_default() {
     assert!(printed.contains("listen = \"127.0.0.1:9901\""), "{printed}");
 }
 
-/// Starts the eddy binary on `config` and returns it with a line reader on
-/// its standard output.
-/// An eddy process that is killed when the test ends, failed or not.
-pub(crate) struct Spawned(std::process::Child);
+/// An eddy process that is killed when the test ends, failed or not. Its
+/// standard error is read for panics: a task that panics inside eddy only
+/// closes its socket, which many tests accept as an answer, so the process
+/// must not be allowed to panic silently. Dropping it fails the test if
+/// eddy printed a panic.
+pub(crate) struct Spawned {
+    child: std::process::Child,
+    panics: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: Option<std::thread::JoinHandle<()>>,
+}
 
 impl std::ops::Deref for Spawned {
     type Target = std::process::Child;
     fn deref(&self) -> &std::process::Child {
-        &self.0
+        &self.child
     }
 }
 
 impl std::ops::DerefMut for Spawned {
     fn deref_mut(&mut self) -> &mut std::process::Child {
-        &mut self.0
+        &mut self.child
     }
 }
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(reader) = self.stderr.take() {
+            let _ = reader.join();
+        }
+        let panics = self.panics.lock().map(|p| p.clone()).unwrap_or_default();
+        if !panics.is_empty() && !std::thread::panicking() {
+            panic!("eddy panicked: {panics:?}");
         }
     }
 }
 
+/// Starts the eddy binary on `config` and returns it with a line reader on
+/// its standard output (where its logs go).
 pub(crate) fn spawn_eddy(
     config: &str,
     name: &str,
@@ -127,7 +143,7 @@ pub(crate) fn spawn_eddy(
     }
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start eddy");
     let stdout = child.stdout.take().expect("stdout");
@@ -140,7 +156,25 @@ pub(crate) fn spawn_eddy(
             }
         }
     });
-    (Spawned(child), rx)
+    let stderr = child.stderr.take().expect("stderr");
+    let panics = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = panics.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("panicked at") {
+                if let Ok(mut p) = seen.lock() {
+                    p.push(line);
+                }
+            }
+        }
+    });
+    let spawned = Spawned {
+        child,
+        panics,
+        stderr: Some(reader),
+    };
+    (spawned, rx)
 }
 
 fn next_line(rx: &std::sync::mpsc::Receiver<String>) -> Option<String> {
