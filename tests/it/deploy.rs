@@ -194,3 +194,57 @@ fn the_operators_guide_covers_every_key_and_every_alert() {
         );
     }
 }
+
+#[test]
+fn the_example_config_documents_every_key() {
+    let example = repo_file("config/eddy.toml");
+    // Every `key =` line, set or commented out, with the table it is under.
+    let mut documented = BTreeSet::new();
+    let mut table = String::new();
+    for line in example.lines() {
+        let line = line.trim_start_matches(|c: char| c == '#' || c.is_whitespace());
+        if let Some(header) = line.strip_prefix('[') {
+            table = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .to_string();
+        } else if let Some((key, _)) = line.split_once('=') {
+            let key = key.trim();
+            if !key.is_empty() && !key.contains(' ') {
+                documented.insert(if table.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{table}.{key}")
+                });
+            }
+        }
+    }
+    let printed: toml::Table =
+        toml::from_str(&eddy::Config::default().to_toml()).expect("the default prints as TOML");
+    let mut keys = BTreeSet::new();
+    dotted_keys("", &printed, &mut keys);
+    for k in [
+        "match",
+        "connect",
+        "http2",
+        "ca_file",
+        "client_cert",
+        "client_key",
+        "sni",
+    ] {
+        keys.insert(format!("upstream.{k}"));
+    }
+    keys.insert("listeners.upstream".to_string());
+    assert!(keys.len() > 40, "{keys:?}");
+    for key in &keys {
+        let key = key.replacen("listeners.", "listener.", 1);
+        assert!(
+            documented.contains(&key),
+            "config/eddy.toml does not document `{key}`; it has {documented:?}"
+        );
+    }
+    // And the example itself is valid.
+    eddy::Config::from_toml(&example, "config/eddy.toml").expect("the example parses");
+}

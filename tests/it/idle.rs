@@ -70,6 +70,18 @@ async fn sequential_requests_each_use_a_fresh_connection(behavior: Behavior) {
         proxy.pools_sum("in_use").await == 0 && proxy.pools_sum("idle").await == 0
     })
     .await;
+    // Not even tried: a reused closed connection would have failed and been
+    // retried quietly, and the origin's counts alone would not show it.
+    let pool = &proxy.pools().await[origin.url().as_str()];
+    assert_eq!(pool["opened_total"], 20, "{pool}");
+    assert_eq!(pool["reused_total"], 0, "{pool}");
+    let retries = proxy
+        .metric("eddy_stale_retries_total", &[("outcome", "succeeded")])
+        .await
+        + proxy
+            .metric("eddy_stale_retries_total", &[("outcome", "failed")])
+            .await;
+    assert_eq!(retries, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,13 +164,17 @@ async fn max_idle_total_bounds_idle_connections_across_origins() {
         origins.push(Origin::start(Behavior::default()).await);
     }
     let proxy = eddy::start("", "[pool]\nmax_idle_total = 3\n").await;
-    for o in &origins {
+    for (i, o) in origins.iter().enumerate() {
         assert_eq!(get(proxy.addr, &o.url()).await.status, 200);
+        // After each request, never more than 3 idle in all.
+        let expected = (i + 1).min(3) as u64;
+        eventually("the idle count settles", Duration::from_secs(5), || async {
+            let idle = proxy.pools_sum("idle").await;
+            assert!(idle <= 3, "{idle} idle connections after request {i}");
+            idle == expected
+        })
+        .await;
     }
-    eventually("at most 3 idle", Duration::from_secs(5), || async {
-        proxy.pools_sum("idle").await == 3
-    })
-    .await;
     // The least recently used (the first two origins) were closed.
     wait_client_closes(&origins[0], 1, Duration::from_secs(5)).await;
     wait_client_closes(&origins[1], 1, Duration::from_secs(5)).await;
@@ -224,4 +240,40 @@ async fn max_lifetime_retires_idle_connections() {
     wait_client_closes(&origin, 1, Duration::from_secs(10)).await;
     assert_eq!(get(proxy.addr, &origin.url()).await.status, 200);
     assert_eq!(origin.stats.accepted(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_origin_closed_is_never_tried() {
+    // The liveness check before reuse: a connection the origin closed while
+    // idle is discarded, not written to and then retried.
+    let origin = Origin::start(Behavior {
+        idle_close: Some(Duration::from_millis(200)),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start(
+        "",
+        "[pool]\nidle_timeout = \"30s\"\nlearn_idle_timeout = false\n",
+    )
+    .await;
+    for n in 1..=3 {
+        assert_eq!(get(proxy.addr, &origin.url()).await.status, 200);
+        let stats = origin.stats.clone();
+        eventually(
+            "the origin closes the idle connection",
+            Duration::from_secs(10),
+            || {
+                let s = stats.clone();
+                async move { s.origin_idle_closes() >= n }
+            },
+        )
+        .await;
+        // At once: eddy may not have seen the close yet.
+    }
+    assert_eq!(origin.stats.accepted(), 3);
+    assert_eq!(origin.stats.requests(), 3);
+    let retried = proxy
+        .metric("eddy_stale_retries_total", &[("outcome", "succeeded")])
+        .await;
+    assert_eq!(retried, 0.0, "a closed connection was tried");
 }

@@ -49,18 +49,72 @@ async fn a_keep_alive_client_sends_many_requests_on_one_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_head_is_cut_off() {
-    let proxy = eddy::start("client_header_timeout = \"300ms\"\n", "").await;
+    let proxy = eddy::start("client_header_timeout = \"600ms\"\n", "").await;
     let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
-    s.write_all(b"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .expect("write");
     let started = Instant::now();
+    // A slowloris: one byte of a long head every 50 ms, which would take
+    // 20 s to finish. Trickling must not extend the timeout.
+    let (mut read, mut write) = s.split();
+    let trickle = async {
+        let head = format!(
+            "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nX-Pad: {}",
+            "a".repeat(400)
+        );
+        for b in head.bytes() {
+            if write.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
     let mut buf = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+    let closed = tokio::select! {
+        r = read.read_to_end(&mut buf) => r.is_ok() || buf.is_empty(),
+        _ = trickle => false,
+    };
+    let took = started.elapsed();
+    assert!(closed, "the connection was closed");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "closed after {took:?}"
+    );
+    assert!(
+        buf.is_empty() || buf.starts_with(b"HTTP/1.1 408") || buf.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_client_asking_for_keep_alive_keeps_its_connection() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("", "").await;
+    let req = format!(
+        "GET {}/ HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+        origin.url()
+    );
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    for i in 0..3 {
+        s.write_all(req.as_bytes()).await.expect("request");
+        let r = read_one(&mut s).await;
+        assert_eq!(r.status, 200, "request {i}");
+        assert!(
+            r.header("connection")
+                .is_some_and(|c| c.eq_ignore_ascii_case("keep-alive")),
+            "an HTTP/1.0 keep-alive answer says so: {:?}",
+            r.header("connection")
+        );
+    }
+    // Without the header, HTTP/1.0 closes after the answer.
+    let once = format!("GET {}/ HTTP/1.0\r\nHost: x\r\n\r\n", origin.url());
+    s.write_all(once.as_bytes()).await.expect("write");
+    assert_eq!(read_one(&mut s).await.status, 200);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
         .await
-        .expect("eddy closes the connection");
-    assert!(n.is_ok() || buf.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(250));
+        .expect("eddy closes after an HTTP/1.0 request without keep-alive")
+        .expect("clean close");
+    assert!(rest.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

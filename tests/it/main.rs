@@ -17,6 +17,7 @@ mod pool;
 mod reload;
 mod retry;
 mod security;
+mod signals;
 mod smuggling;
 mod soak;
 mod status_page;

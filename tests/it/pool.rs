@@ -147,26 +147,101 @@ async fn a_waiter_gets_503_after_pending_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_freed_connection_goes_to_the_oldest_waiter() {
-    // With one connection and a queue, every request is served in order on
-    // the same upstream connection: hand-off, not a new connect per waiter.
+    // With one connection and a queue, every request is served on the same
+    // upstream connection (hand-off, not a new connect per waiter), in the
+    // order the waiters arrived.
     let origin = Origin::start(Behavior {
-        delay: Duration::from_millis(50),
+        delay: Duration::from_millis(300),
         ..Behavior::default()
     })
     .await;
     let proxy = eddy::start("", "[pool]\nmax_connections_per_host = 1\n").await;
-    let url = Arc::new(format!("{}/", origin.url()));
+    let key = origin.url();
     let mut tasks = Vec::new();
-    for _ in 0..10 {
-        let url = url.clone();
+    for i in 0..6u64 {
+        let url = format!("{}/{i}", origin.url());
         let addr = proxy.addr;
         tasks.push(tokio::spawn(async move { get(addr, &url).await }));
+        // The next one arrives only once this one has: it is at the origin
+        // or in the queue (the sum can only reach i + 1 once it has).
+        let arrived = (i + 1) as usize;
+        crate::support::eventually(
+            "the request has arrived",
+            Duration::from_secs(5),
+            || async {
+                let pending = proxy.pools().await[key.as_str()]["pending"]
+                    .as_u64()
+                    .unwrap_or(0) as usize;
+                origin.stats.requests() + pending == arrived
+            },
+        )
+        .await;
     }
     for t in tasks {
         assert_eq!(t.await.expect("task").status, 200);
     }
     assert_eq!(origin.stats.accepted(), 1);
-    assert_eq!(origin.stats.per_conn(), vec![10]);
+    assert_eq!(origin.stats.per_conn(), vec![6]);
+    let order: Vec<String> = origin
+        .stats
+        .recorded()
+        .iter()
+        .map(|r| r.head.split_whitespace().nth(1).unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        order,
+        ["/0", "/1", "/2", "/3", "/4", "/5"],
+        "served in arrival order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_most_recently_used_idle_connection_is_reused_first() {
+    let origin = Origin::start(Behavior {
+        delay: Duration::from_millis(200),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    // Two at once: two connections.
+    let url = Arc::new(origin.url());
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, url) = (proxy.addr, url.clone());
+            tokio::spawn(async move { get(addr, &url).await })
+        })
+        .collect();
+    for t in both {
+        assert_eq!(t.await.expect("task").status, 200);
+    }
+    assert_eq!(origin.stats.accepted(), 2);
+    crate::support::eventually("both idle", Duration::from_secs(5), || async {
+        proxy.pools_sum("idle").await == 2
+    })
+    .await;
+    // One at a time: each finds the one the previous request released, so
+    // one connection does all the work and the other only ages (a FIFO
+    // would alternate between them).
+    for i in 0..6 {
+        assert_eq!(get(proxy.addr, &format!("{url}/{i}")).await.status, 200);
+        crate::support::eventually("released", Duration::from_secs(5), || async {
+            proxy.pools_sum("idle").await == 2
+        })
+        .await;
+    }
+    let conns: Vec<usize> = origin.stats.recorded()[2..]
+        .iter()
+        .map(|r| r.conn)
+        .collect();
+    assert!(
+        conns.windows(2).all(|w| w[0] == w[1]),
+        "sequential requests moved between connections: {conns:?}"
+    );
+    let per_conn = origin.stats.per_conn();
+    assert!(
+        per_conn.contains(&1) && per_conn.contains(&7),
+        "{per_conn:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,7 @@ fn config(bound: usize, connect: &str, slow: &str) -> String {
 }
 
 /// Reads eddy's JSON log until it names its proxy and admin addresses.
-fn addresses(rx: &std::sync::mpsc::Receiver<String>) -> (SocketAddr, SocketAddr) {
+pub(crate) fn addresses(rx: &std::sync::mpsc::Receiver<String>) -> (SocketAddr, SocketAddr) {
     let (mut proxy, mut admin) = (None, None);
     while proxy.is_none() || admin.is_none() {
         let line = rx

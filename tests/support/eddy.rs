@@ -13,6 +13,7 @@ pub struct Proxy {
 /// Starts eddy; `listener` is extra keys for the one `[[listener]]`, `rest`
 /// any further tables (`[pool]`, `[[upstream]]`, ...).
 pub async fn start(listener: &str, rest: &str) -> Proxy {
+    super::fail_on_eddy_panics();
     let toml = config_text(listener, rest);
     let config = Config::from_toml(&toml, "test.toml").unwrap_or_else(|e| panic!("{e}\n{toml}"));
     let eddy = Eddy::start(config).await.expect("eddy starts");

@@ -73,3 +73,27 @@ pub fn closed_port() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
+
+/// Makes any panic outside the test code abort the test binary.
+///
+/// eddy runs in-process here, and a panic in one of its tasks would only
+/// close that task's socket, which many tests accept as a valid outcome
+/// ("a 400 or a closed connection"). So that "never a panic" is actually
+/// checked, a panic whose location is not in `tests/` (eddy's own code, or
+/// a library it drives) takes the whole run down with its message printed.
+pub fn fail_on_eddy_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            let in_tests = info
+                .location()
+                .is_some_and(|l| l.file().starts_with("tests/"));
+            if !in_tests {
+                eprintln!("a panic outside the test code: aborting so that the run fails");
+                std::process::abort();
+            }
+        }));
+    });
+}
