@@ -66,6 +66,7 @@ async fn an_abandoned_body_within_the_limits_is_drained_and_the_connection_saved
         "served on the drained connection"
     );
     assert_eq!(origin.stats.per_conn(), vec![2]);
+    assert_eq!(drains(&proxy, &origin, "reused").await, 1.0);
     assert_eq!(drains(&proxy, &origin, "closed").await, 0.0);
 }
 
@@ -116,6 +117,8 @@ async fn a_body_over_max_bytes_closes_the_connection() {
         )
         .await;
     assert_eq!(not_drained, 1.0);
+    assert_eq!(drains(&proxy, &origin, "closed").await, 1.0);
+    assert_eq!(drains(&proxy, &origin, "reused").await, 0.0);
     let r = get(proxy.addr, &format!("{}/next", origin.url())).await;
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -146,6 +149,39 @@ async fn an_endless_body_is_cut_off_by_the_drain_timeout() {
             |s| s.open() == 0,
         )
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_decides_whether_a_slow_body_is_waited_for() {
+    // The same body, 50 × 16 B at 20 ms (about 1 s, far under max_bytes),
+    // abandoned the same way: drain.timeout alone decides its fate.
+    for (timeout, outcome, accepted) in [("3s", "reused", 1), ("250ms", "closed", 2)] {
+        let origin = Origin::start(Behavior {
+            slow_body: Some((50, 16, Duration::from_millis(20))),
+            ..Behavior::default()
+        })
+        .await;
+        let proxy = eddy::start("", &format!("[drain]\ntimeout = \"{timeout}\"\n")).await;
+        let req = format!("GET {}/slow HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
+        let mut s = open(proxy.addr, req.as_bytes()).await;
+        let mut buf = [0u8; 256];
+        assert!(s.read(&mut buf).await.expect("read") > 0);
+        drop(s);
+        wait_drains(&proxy, &origin, outcome, 1.0).await;
+        let r = get(proxy.addr, &format!("{}/next", origin.url())).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(origin.stats.accepted(), accepted, "timeout {timeout}");
+        let other = if outcome == "reused" {
+            "closed"
+        } else {
+            "reused"
+        };
+        assert_eq!(
+            drains(&proxy, &origin, other).await,
+            0.0,
+            "timeout {timeout}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,6 +57,87 @@ async fn an_origin_closing_idle_connections_causes_no_client_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_forgets_idle_connections_costs_the_client_nothing() {
+    // The same pace against an origin (or a NAT in front of it) that drops
+    // a connection idle 300 ms without a FIN: eddy cannot see it coming, the
+    // request meets a reset, and only the retry saves it.
+    let origin = Origin::start(Behavior {
+        idle_close: Some(Duration::from_millis(300)),
+        forget_silently: true,
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start(
+        "",
+        "[pool]\nidle_timeout = \"30s\"\nlearn_idle_timeout = false\n",
+    )
+    .await;
+    for i in 0..40 {
+        let r = get(proxy.addr, &format!("{}/{i}", origin.url())).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        tokio::time::sleep(spacing(i, 200, 500)).await;
+    }
+    let hits = origin.stats.closed_under_request();
+    assert!(hits >= 10, "the pace makes many stale hits: {hits}");
+    assert_eq!(retries(&proxy, &origin, "succeeded").await, hits as f64);
+    assert_eq!(retries(&proxy, &origin, "failed").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_fails_too_is_not_retried_again() {
+    // Every /doomed request is reset, on any connection. The first attempt
+    // (on a reused connection) is retried once on a new one; that one was
+    // written and failed on a new connection, so the client gets 502.
+    let origin = Origin::start(Behavior {
+        reset_targets: Some("/doomed"),
+        ..Behavior::default()
+    })
+    .await;
+    for stale_retries in [0u32, 1, 2] {
+        let proxy = eddy::start("", &format!("[retry]\nstale_retries = {stale_retries}\n")).await;
+        let url = origin.url();
+        assert_eq!(get(proxy.addr, &format!("{url}/warm")).await.status, 200);
+        let target = format!("/doomed{stale_retries}");
+        let r = get(proxy.addr, &format!("{url}{target}")).await;
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert_eq!(r.proxy_error().as_deref(), Some("connection_terminated"));
+        let seen = origin
+            .stats
+            .recorded_starting(&format!("GET {target} "))
+            .len();
+        let expected = 1 + stale_retries.min(1) as usize;
+        assert_eq!(seen, expected, "stale_retries = {stale_retries}");
+        assert_eq!(
+            retries(&proxy, &origin, "failed").await,
+            f64::from(stale_retries.min(1))
+        );
+        assert_eq!(retries(&proxy, &origin, "succeeded").await, 0.0);
+        // Nothing stuck, and the next request is fine.
+        assert_eq!(get(proxy.addr, &format!("{url}/after")).await.status, 200);
+        assert_eq!(proxy.pools_sum("in_use").await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_response_bytes_is_not_retried() {
+    // The second request on a connection gets half a status line, then the
+    // origin closes: a response had begun, so even a GET is not replayed.
+    let origin = Origin::start(Behavior {
+        raw_response_on: Some((2, b"HTTP/1.1 200 O")),
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    let url = origin.url();
+    assert_eq!(get(proxy.addr, &format!("{url}/warm")).await.status, 200);
+    let r = get(proxy.addr, &format!("{url}/half")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(origin.stats.recorded_starting("GET /half ").len(), 1);
+    assert_eq!(retries(&proxy, &origin, "succeeded").await, 0.0);
+    assert_eq!(get(proxy.addr, &format!("{url}/after")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayable_requests_are_retried_and_others_are_not() {
     // Every second request on a connection is read and dropped unanswered.
     let origin = Origin::start(Behavior {
@@ -107,6 +188,7 @@ async fn replayable_requests_are_retried_and_others_are_not() {
     let big = vec![b'q'; 100 * 1024];
     let r = request(proxy.addr, "PUT", &format!("{url}/big"), &[], &big).await;
     assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("connection_terminated"));
     assert_eq!(origin.stats.recorded_starting("PUT /big").len(), 1);
 
     assert_eq!(retries(&proxy, &origin, "succeeded").await, 3.0);

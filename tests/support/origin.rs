@@ -53,6 +53,15 @@ pub struct Behavior {
     /// Answer with exactly these bytes (malformed on purpose), then keep
     /// the connection open.
     pub raw_response: Option<&'static [u8]>,
+    /// With `idle_close`: forget the idle connection without a FIN, as a
+    /// NAT or load balancer does, and reset it when the next request comes
+    /// (a stale hit that no check before reuse can see).
+    pub forget_silently: bool,
+    /// Reset every request whose target contains this, on any connection.
+    pub reset_targets: Option<&'static str>,
+    /// Answer request number N on each connection with these bytes only,
+    /// then close (a response cut off after it had begun).
+    pub raw_response_on: Option<(usize, &'static [u8])>,
 }
 
 #[derive(Debug, Clone)]
@@ -251,7 +260,12 @@ async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behav
                     let _ = stream.shutdown().await;
                     return;
                 }
-                if b.reset_request == Some(served) {
+                let doomed = b.reset_targets.is_some_and(|t| {
+                    head.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|target| target.contains(t))
+                });
+                if b.reset_request == Some(served) || doomed {
                     stats.killed.fetch_add(1, Ordering::SeqCst);
                     // SO_LINGER 0: closing sends RST instead of FIN.
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
@@ -287,6 +301,17 @@ async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behav
                         .push(idle_since.elapsed());
                     stats.changed.notify_waiters();
                 }
+                return;
+            }
+            Head::IdleTimeout if b.forget_silently => {
+                // Nothing goes out now; the next request meets a reset.
+                let mut first = [0u8; 1];
+                if matches!(stream.read(&mut first).await, Ok(n) if n > 0) {
+                    stats.closed_under_request.fetch_add(1, Ordering::SeqCst);
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                }
+                stats.origin_idle_closes.fetch_add(1, Ordering::SeqCst);
+                stats.changed.notify_waiters();
                 return;
             }
             Head::IdleTimeout => {
@@ -414,6 +439,14 @@ async fn respond(
     body: &[u8],
     b: &Behavior,
 ) -> std::io::Result<()> {
+    if let Some((n, raw)) = b.raw_response_on {
+        if n == req {
+            stream.write_all(raw).await?;
+            stream.flush().await?;
+            stream.shutdown().await?;
+            return Err(std::io::Error::other("closed after part of a response"));
+        }
+    }
     if let Some(raw) = b.raw_response {
         stream.write_all(raw).await?;
         if b.connection_close {
