@@ -219,11 +219,15 @@ impl Metrics {
         if let Some(m) = origins.get(upstream) {
             return m.clone();
         }
-        let label = if origins.len() < self.max_upstream_labels || upstream == NO_UPSTREAM {
-            upstream
-        } else {
-            OTHER_UPSTREAM
-        };
+        // One slot under the cap is kept for `none`, so that however the
+        // traffic arrives the label set is at most the cap plus `other`.
+        let reserved = usize::from(!origins.contains_key(NO_UPSTREAM));
+        let label =
+            if upstream == NO_UPSTREAM || origins.len() + reserved < self.max_upstream_labels {
+                upstream
+            } else {
+                OTHER_UPSTREAM
+            };
         if let Some(m) = origins.get(label) {
             return m.clone();
         }

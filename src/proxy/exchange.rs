@@ -269,17 +269,17 @@ pub(super) async fn send_h2(
         .flatten();
     let timeout = route.settings.response_header_timeout.get();
     loop {
-        let (mut sender, id, reused) = pool
+        let (conn, reused) = pool
             .h2_sender(&route.origin, route.settings.connect_timeout.get())
             .await?;
+        let (mut sender, id) = (conn.sender, conn.id);
         record.reused = Some(reused);
-        if let Some(m) = &record.origin {
-            if reused {
-                m.upstream_reused.inc();
-            } else {
-                m.upstream_new.inc();
-            }
+        if reused {
+            conn.metrics.upstream_reused.inc();
+        } else {
+            conn.metrics.upstream_new.inc();
         }
+        record.origin = Some(conn.metrics);
         let attempt = async {
             sender.ready().await?;
             sender.send_request(req).await

@@ -270,15 +270,24 @@ async fn proxy(
         };
     let upstream_req = Request::from_parts(parts, body);
     if route.http2 {
-        record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
-        let resp = Box::pin(exchange::send_h2(
+        let sent = Box::pin(exchange::send_h2(
             &ctx.pool,
             &route,
             upstream_req,
             &ctx.retry,
             record,
         ))
-        .await?;
+        .await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                if record.origin.is_none() {
+                    // Failed before a connection: counted all the same.
+                    record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
+                }
+                return Err(e);
+            }
+        };
         let (mut parts, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.version = Version::HTTP_11;

@@ -20,12 +20,15 @@ use hyper::client::conn::http2::SendRequest;
 
 use super::body::ReqBody;
 use super::origin::Origin;
+use crate::metrics::OriginMetrics;
 
-/// A shared HTTP/2 connection.
+/// A shared HTTP/2 connection, with its origin's metric handles resolved
+/// once when it opened (not looked up again per request).
 #[derive(Clone)]
 pub(crate) struct H2Conn {
     pub id: u64,
     pub sender: SendRequest<ReqBody>,
+    pub metrics: Arc<OriginMetrics>,
 }
 
 #[derive(Default)]

@@ -1,6 +1,7 @@
 //! SPEC section 1: `eddy check`, and the shipped example configuration.
 
 use std::process::Command;
+use std::time::Duration;
 
 fn eddy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_eddy"))
@@ -261,4 +262,42 @@ fn rust_log_overrides_the_configured_level() {
         saw_debug,
         "RUST_LOG=debug shows debug lines despite level = \"warn\""
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_is_honoured_without_rust_log() {
+    // The control for the test above: the same file without RUST_LOG
+    // prints nothing below WARN, not even the start-up lines or the
+    // access log (INFO).
+    let admin = crate::support::closed_port();
+    let config = format!(
+        "[admin]\nlisten = \"{admin}\"\n[log]\nlevel = \"warn\"\nformat = \"json\"\n\
+         [[listener]]\nlisten = \"127.0.0.1:0\"\n"
+    );
+    let (mut child, rx) = spawn_eddy(&config, "loglevel", &[]);
+    crate::support::eventually("eddy is up", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(admin).await.is_ok()
+    })
+    .await;
+    let r = crate::support::client::send_raw(
+        admin,
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    // Until the reader thread has seen the pipe close.
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
+        lines.push(line);
+    }
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"] == "WARN" || v["level"] == "ERROR",
+            "level = \"warn\" printed {line}"
+        );
+    }
 }

@@ -136,6 +136,66 @@ async fn every_spec_metric_is_present_with_its_labels_and_agrees_with_the_origin
         }
     }
     assert!(text.contains("process_resident_memory_bytes"));
+    // Label values are SPEC section 9's lists (`1xx` is a 101 upgrade's
+    // class, as the README says).
+    let values = |label: &str| -> BTreeSet<String> {
+        let key = format!("{label}=\"");
+        text.lines()
+            .filter(|l| l.starts_with("eddy_"))
+            .filter_map(|l| {
+                let i = l.find(&key)? + key.len();
+                Some(l[i..i + l[i..].find('"')?].to_string())
+            })
+            .collect()
+    };
+    let allowed: &[(&str, &[&str])] = &[
+        ("code", &["1xx", "2xx", "3xx", "4xx", "5xx"]),
+        ("state", &["idle", "in_use", "connecting"]),
+        ("connection", &["new", "reused"]),
+        (
+            "reason",
+            &[
+                "idle_timeout",
+                "keepalive_hint",
+                "max_lifetime",
+                "max_requests",
+                "peer_closed",
+                "not_drained",
+                "evicted",
+                "error",
+                "shutdown",
+                "queue_full",
+                "timeout",
+            ],
+        ),
+        (
+            "outcome",
+            &[
+                "succeeded",
+                "failed",
+                "reused",
+                "closed",
+                "success",
+                "failure",
+            ],
+        ),
+    ];
+    for (label, list) in allowed {
+        let seen = values(label);
+        assert!(!seen.is_empty(), "{label} has values");
+        for v in &seen {
+            assert!(list.contains(&v.as_str()), "{label}=\"{v}\" is not in SPEC");
+        }
+    }
+    // Histogram buckets resolve from 100 µs to 30 s.
+    for le in ["0.0001", "30"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("eddy_request_duration_seconds_bucket{")
+                    && l.contains(&format!("le=\"{le}\""))),
+            "a bucket at {le} s"
+        );
+    }
 
     let up = origin.url();
     let m = |name: &'static str, labels: Vec<(&'static str, String)>| {
@@ -209,7 +269,12 @@ async fn every_spec_metric_is_present_with_its_labels_and_agrees_with_the_origin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gauges_return_to_zero_whatever_failed() {
     let slow = Origin::start(Behavior {
-        delay: Duration::from_millis(300),
+        delay: Duration::from_millis(1500),
+        ..Behavior::default()
+    })
+    .await;
+    let abandoned = Origin::start(Behavior {
+        delay: Duration::from_millis(1500),
         ..Behavior::default()
     })
     .await;
@@ -220,30 +285,79 @@ async fn gauges_return_to_zero_whatever_failed() {
     .await;
     let proxy = eddy::start(
         "",
-        "[pool]\nmax_connections_per_host = 1\npending_timeout = \"100ms\"\nresponse_header_timeout = \"300ms\"\n",
+        "[pool]\nmax_connections_per_host = 1\npending_timeout = \"700ms\"\nresponse_header_timeout = \"3s\"\n",
     )
     .await;
     let refused = crate::support::closed_port().port();
-    let mut tasks = Vec::new();
-    for i in 0..12 {
+    let spawn = |url: String| {
         let addr = proxy.addr;
-        let url = match i % 4 {
-            0 => format!("{}/slow", slow.url()),
-            1 => format!("{}/silent", silent.url()),
-            2 => format!("http://127.0.0.1:{refused}/"),
-            _ => format!("{}/queued", slow.url()),
-        };
-        tasks.push(tokio::spawn(async move { get(addr, &url).await.status }));
-    }
-    // A client that aborts mid-request.
+        tokio::spawn(async move { get(addr, &url).await })
+    };
+    // One request holds slow's only connection; two more queue for it.
+    let served = spawn(format!("{}/first", slow.url()));
+    slow.wait_for(
+        "the first request is at the origin",
+        Duration::from_secs(5),
+        |s| s.requests() == 1,
+    )
+    .await;
+    let queued = [
+        spawn(format!("{}/q1", slow.url())),
+        spawn(format!("{}/q2", slow.url())),
+    ];
+    let slow_label = slow.url();
+    let on_slow = |state: &'static str| [("upstream", slow_label.as_str()), ("state", state)];
+    eventually(
+        "two waiters are pending",
+        Duration::from_secs(5),
+        || async {
+            proxy
+                .metric("eddy_pool_pending", &[("upstream", &slow_label)])
+                .await
+                == 2.0
+        },
+    )
+    .await;
+    // While it is busy, the gauges say so (a gauge stuck at 0 passes the
+    // end check too).
+    assert_eq!(
+        proxy
+            .metric("eddy_upstream_connections", &on_slow("in_use"))
+            .await,
+        1.0
+    );
+    let timed_out = spawn(format!("{}/silent", silent.url()));
+    let refused = spawn(format!("http://127.0.0.1:{refused}/"));
+    // A client that leaves while its request is at the origin.
     let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
-    s.write_all(format!("GET {}/abort HTTP/1.1\r\nHost: x\r\n\r\n", slow.url()).as_bytes())
+    s.write_all(format!("GET {}/abort HTTP/1.1\r\nHost: x\r\n\r\n", abandoned.url()).as_bytes())
         .await
         .expect("write");
+    abandoned
+        .wait_for(
+            "the aborted request is at the origin",
+            Duration::from_secs(5),
+            |s| s.requests() == 1,
+        )
+        .await;
     drop(s);
-    for t in tasks {
-        t.await.expect("task");
+
+    assert_eq!(served.await.expect("task").status, 200);
+    for q in queued {
+        let r = q.await.expect("task");
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.proxy_error().as_deref(), Some("connection_limit_reached"));
     }
+    let r = timed_out.await.expect("task");
+    assert_eq!(
+        (r.status, r.proxy_error().as_deref()),
+        (504, Some("http_response_timeout"))
+    );
+    let r = refused.await.expect("task");
+    assert_eq!(
+        (r.status, r.proxy_error().as_deref()),
+        (502, Some("connection_refused"))
+    );
     eventually("gauges back to zero", Duration::from_secs(10), || async {
         let text = scrape(&proxy).await;
         let busy = text.lines().filter(|l| {
@@ -256,6 +370,13 @@ async fn gauges_return_to_zero_whatever_failed() {
     })
     .await;
     let text = scrape(&proxy).await;
+    for series in [
+        "eddy_pool_pending{",
+        "eddy_upstream_connections{",
+        "eddy_client_connections_open{",
+    ] {
+        assert!(text.contains(series), "{series} is exported");
+    }
     let idle: f64 = text
         .lines()
         .filter(|l| l.starts_with("eddy_upstream_connections{") && l.contains("state=\"idle\""))
@@ -289,6 +410,10 @@ async fn thousands_of_origins_stay_within_the_label_cap() {
     for t in tasks {
         t.await.expect("task");
     }
+    // Then requests answered before any origin was chosen (`none`), which
+    // must not push the label set past the cap either.
+    let r = send_raw(proxy.addr, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(r.status, 400);
     let text = scrape(&proxy).await;
     let upstreams: BTreeSet<&str> = text
         .lines()
@@ -304,6 +429,7 @@ async fn thousands_of_origins_stay_within_the_label_cap() {
         upstreams.len()
     );
     assert!(upstreams.contains("other"));
+    assert!(upstreams.contains("none"));
     assert!(text.len() < 600 * 1024, "/metrics is {} bytes", text.len());
 }
 

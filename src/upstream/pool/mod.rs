@@ -275,19 +275,12 @@ impl Pool {
 
     /// The shared HTTP/2 connection to `origin`, opened (once, however many
     /// requests ask at the same time) if there is none or it has closed.
-    /// Returns it with its id and whether it already existed.
-    pub async fn h2_sender(
+    /// Returns it with whether it already existed.
+    pub(crate) async fn h2_sender(
         &self,
         origin: &Origin,
         timeout: std::time::Duration,
-    ) -> Result<
-        (
-            hyper::client::conn::http2::SendRequest<crate::upstream::ReqBody>,
-            u64,
-            bool,
-        ),
-        ProxyError,
-    > {
+    ) -> Result<(crate::upstream::h2::H2Conn, bool), ProxyError> {
         let started = Instant::now();
         let deadline = started + timeout;
         let slot = self.shared.h2.slot(origin);
@@ -300,18 +293,19 @@ impl Pool {
         };
         if let Some(c) = current.as_ref() {
             if !c.sender.is_closed() {
-                return Ok((c.sender.clone(), c.id, true));
+                return Ok((c.clone(), true));
             }
         }
         let sender = self.shared.connector.connect_h2(origin, deadline).await?;
         let metrics = self.shared.metrics.origin(origin.as_str());
         metrics.connection_opened(started.elapsed());
-        let id = self.shared.h2.next_id();
-        *current = Some(crate::upstream::h2::H2Conn {
-            id,
-            sender: sender.clone(),
-        });
-        Ok((sender, id, false))
+        let conn = crate::upstream::h2::H2Conn {
+            id: self.shared.h2.next_id(),
+            sender,
+            metrics,
+        };
+        *current = Some(conn.clone());
+        Ok((conn, false))
     }
 
     /// Drops HTTP/2 connection `id` of `origin` so the next request opens
