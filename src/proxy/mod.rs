@@ -254,20 +254,24 @@ async fn proxy(
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(HOST, host);
     parts.headers.append(VIA, ctx.via.clone());
-    // A body is kept in memory only where that makes a replay possible.
-    let (body, body_done) =
-        if ctx.retry.stale_retries > 0 && exchange::idempotent(&parts.method, &parts.headers) {
-            let limit = ctx.retry.retry_body_buffer.as_usize();
-            match exchange::buffer_body(body, limit, ctx.body_idle_timeout).await {
-                Ok(b) => b,
-                Err(e) => {
-                    record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
-                    return Err(e);
-                }
+    // A body is kept in memory only where that makes a replay possible:
+    // idempotent requests, and any request to an HTTP/2 origin, which may
+    // refuse a stream unprocessed (REFUSED_STREAM, GOAWAY) whatever its
+    // method.
+    let (body, body_done) = if ctx.retry.stale_retries > 0
+        && (route.http2 || exchange::idempotent(&parts.method, &parts.headers))
+    {
+        let limit = ctx.retry.retry_body_buffer.as_usize();
+        match exchange::buffer_body(body, limit, ctx.body_idle_timeout).await {
+            Ok(b) => b,
+            Err(e) => {
+                record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
+                return Err(e);
             }
-        } else {
-            ReqBody::from_incoming(body, ctx.body_idle_timeout)
-        };
+        }
+    } else {
+        ReqBody::from_incoming(body, ctx.body_idle_timeout)
+    };
     let upstream_req = Request::from_parts(parts, body);
     if route.http2 {
         let sent = Box::pin(exchange::send_h2(

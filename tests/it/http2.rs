@@ -5,14 +5,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::support::client::get;
+use crate::support::client::request;
 use crate::support::eddy;
-use crate::support::h2::H2Origin;
+use crate::support::h2::{H2Origin, RefusingH2Origin};
 
 fn upstream(origin: &H2Origin) -> String {
-    format!(
-        "[[upstream]]\nmatch = \"h2.test\"\nconnect = \"http://{}\"\nhttp2 = true\n",
-        origin.addr
-    )
+    upstream_at(origin.addr)
+}
+
+fn upstream_at(addr: std::net::SocketAddr) -> String {
+    format!("[[upstream]]\nmatch = \"h2.test\"\nconnect = \"http://{addr}\"\nhttp2 = true\n")
 }
 
 async fn hundred_concurrent(proxy: std::net::SocketAddr) -> Vec<u16> {
@@ -119,4 +121,53 @@ async fn waiting_for_a_slow_http2_connect_is_bounded_by_connect_timeout() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origins_concurrent_stream_limit_is_respected() {
+    // The origin allows 10 streams at once; 100 requests still share its
+    // one connection, queued by eddy rather than refused by the origin.
+    let origin = H2Origin::start_with(None, Duration::from_millis(100), Some(10)).await;
+    let proxy = eddy::start("", &upstream(&origin)).await;
+    let statuses = hundred_concurrent(proxy.addr).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(origin.streams.load(Ordering::SeqCst), 100);
+    let most = origin.max_in_flight.load(Ordering::SeqCst);
+    assert!((2..=10).contains(&most), "{most} streams at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_origin_refused_are_sent_again_even_posts() {
+    // Every third stream is refused (REFUSED_STREAM: not processed). Those
+    // requests are sent again, POSTs included, and each request is
+    // processed exactly once.
+    let origin = RefusingH2Origin::start(3).await;
+    let proxy = eddy::start("", &upstream_at(origin.addr)).await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            request(
+                addr,
+                "POST",
+                &format!("http://h2.test/p{i}"),
+                &[],
+                b"a body",
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), "processed\n");
+    }
+    let refused = origin.refused.load(Ordering::SeqCst);
+    assert!(refused >= 10, "{refused} streams refused");
+    let mut processed = origin.processed.lock().expect("processed").clone();
+    processed.sort();
+    processed.dedup();
+    assert_eq!(processed.len(), 30, "each POST processed once");
+    assert_eq!(origin.processed.lock().expect("processed").len(), 30);
 }

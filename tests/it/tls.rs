@@ -104,6 +104,107 @@ async fn a_route_listener_originates_tls_to_its_upstream() {
         assert_eq!(r.text(), "tls ok\n");
     }
     assert_eq!(origin.handshakes.load(Ordering::SeqCst), 1);
+    // Host is rewritten to the route's upstream.
+    let hosts = origin.hosts.lock().expect("hosts").clone();
+    assert_eq!(hosts.len(), 5);
+    assert!(
+        hosts.iter().all(|h| *h == format!("localhost:{port}")),
+        "{hosts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_names_the_server_and_is_what_the_certificate_is_checked_against() {
+    let ca = TestCa::new("eddy test CA");
+    let origin = TlsOrigin::start(&ca).await;
+    let pem = ca.write_pem("sni");
+    let at = |sni: &str| {
+        format!(
+            "[[upstream]]\nmatch = \"api.test\"\nconnect = \"https://127.0.0.1:{}\"\nca_file = \"{}\"\nsni = \"{sni}\"\n",
+            origin.addr.port(),
+            pem.display()
+        )
+    };
+    let proxy = eddy::start("", &at("localhost")).await;
+    let r = get(proxy.addr, "http://api.test/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        origin.server_names.lock().expect("names").clone(),
+        vec![Some("localhost".to_string())],
+        "the handshake named sni, not the address"
+    );
+    // A name the certificate does not cover fails verification.
+    let wrong = eddy::start("", &at("elsewhere.test")).await;
+    let r = get(wrong.addr, "http://api.test/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("tls_certificate_error"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_fails_without_a_certificate_problem_is_tls_protocol_error() {
+    // A plain-HTTP server where TLS was configured: it answers the
+    // ClientHello with an HTTP error, so the handshake fails on garbage,
+    // not on a certificate.
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let plain_addr = plain.local_addr().expect("addr");
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = plain.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let proxy = eddy::start(
+        "",
+        &format!("[[upstream]]\nmatch = \"api.test\"\nconnect = \"https://{plain_addr}\"\n"),
+    )
+    .await;
+    let r = get(proxy.addr, "http://api.test/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("tls_protocol_error"));
+    // HTTP/2 asked of an origin whose ALPN offers only HTTP/1.1.
+    let ca = TestCa::new("eddy test CA");
+    let h1 = TlsOrigin::start(&ca).await;
+    let proxy = eddy::start("", &upstream(&h1, &ca.write_pem("alpn"), "http2 = true\n")).await;
+    let r = get(proxy.addr, "http://api.test/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("tls_protocol_error"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_key_includes_the_tls_settings() {
+    // Two names for one https origin, one with a client certificate and
+    // one without. Were they one pool, the second would be handed the
+    // first's authenticated connection and get 200.
+    let ca = TestCa::new("eddy test CA");
+    let origin = TlsOrigin::start_requiring_client_cert(&ca).await;
+    let pem = ca.write_pem("key");
+    let (cert, key) = ca.write_client_pair("key");
+    let port = origin.addr.port();
+    let proxy = eddy::start(
+        "",
+        &format!(
+            "[[upstream]]\nmatch = \"mtls.test\"\nconnect = \"https://localhost:{port}\"\nca_file = \"{ca}\"\n\
+             client_cert = \"{cert}\"\nclient_key = \"{key}\"\n\
+             [[upstream]]\nmatch = \"anon.test\"\nconnect = \"https://localhost:{port}\"\nca_file = \"{ca}\"\n",
+            ca = pem.display(),
+            cert = cert.display(),
+            key = key.display()
+        ),
+    )
+    .await;
+    let r = get(proxy.addr, "http://mtls.test/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(proxy.addr, "http://anon.test/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

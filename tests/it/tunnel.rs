@@ -130,3 +130,47 @@ async fn tunnels_go_only_to_connect_ports_and_report_failures() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_close_from_the_server_side_is_passed_on_too() {
+    // The server speaks first, shuts down its writing half, and keeps
+    // reading: the client must see EOF and still be able to send.
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let server = l.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = l.accept().await else {
+            return;
+        };
+        let _ = s.write_all(b"server done").await;
+        let _ = s.shutdown().await;
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        let _ = tx.send(got);
+    });
+    let proxy = eddy::start(
+        "",
+        &format!("[security]\nconnect_ports = [{}]\n", server.port()),
+    )
+    .await;
+    let (mut s, head) = connect(proxy.addr, &server.to_string()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("EOF from the server's half-close")
+        .expect("read");
+    assert_eq!(got, b"server done");
+    s.write_all(b"client still talking")
+        .await
+        .expect("write after EOF");
+    s.shutdown().await.expect("shutdown");
+    let heard = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("the server hears the client")
+        .expect("server task");
+    assert_eq!(heard, b"client still talking");
+    // A tunnel is never a pooled connection.
+    let pools = proxy.pools().await;
+    assert!(pools.as_object().is_some_and(|o| o.is_empty()), "{pools}");
+}

@@ -14,15 +14,23 @@ use crate::support::eventually;
 use crate::support::origin::find;
 
 /// Answers an upgrade with 101 and then echoes bytes; answers anything
-/// else with a plain 200 and closes. Counts connections.
-async fn websocket_echo() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// else with a plain 200 and closes. Counts connections accepted, and
+/// upgraded ones still open.
+///
+/// After the client's EOF an upgraded connection stays open, as a
+/// WebSocket server waiting for a close frame would, writing a byte every
+/// 50 ms: it only counts as closed once eddy has closed its socket (a
+/// write fails), not merely shut down its writing half.
+async fn websocket_echo() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
+    let upgraded = Arc::new(AtomicUsize::new(0));
+    let (count, open) = (accepted.clone(), upgraded.clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
+            let open = open.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -41,25 +49,34 @@ async fn websocket_echo() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                 let _ = s
                     .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: xyz\r\n\r\n")
                     .await;
+                open.fetch_add(1, Ordering::SeqCst);
                 loop {
                     match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => break,
                         Ok(n) => {
                             if s.write_all(&buf[..n]).await.is_err() {
-                                return;
+                                break;
                             }
                         }
                     }
                 }
+                // Bounded: 10 s of keep-alive bytes at most.
+                for _ in 0..200 {
+                    if s.write_all(b".").await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, upgraded)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_exchange_is_relayed_on_a_connection_of_its_own() {
-    let (origin, accepted) = websocket_echo().await;
+    let (origin, accepted, upgraded) = websocket_echo().await;
     let proxy = eddy::start("", "").await;
     let req = format!(
         "GET http://{origin}/chat HTTP/1.1\r\nHost: {origin}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -98,7 +115,15 @@ async fn a_websocket_exchange_is_relayed_on_a_connection_of_its_own() {
         .expect("echo in time")
         .expect("echo");
     assert_eq!(echo, frame);
+    assert_eq!(upgraded.load(Ordering::SeqCst), 1);
     drop(s);
+    // The client's close closes the upstream connection too.
+    eventually(
+        "the upstream side is closed",
+        Duration::from_secs(5),
+        || async { upgraded.load(Ordering::SeqCst) == 0 },
+    )
+    .await;
     // The upgraded connection is not reused: a plain request opens another.
     let r = get(proxy.addr, &format!("http://{origin}/plain")).await;
     assert_eq!(r.status, 200);

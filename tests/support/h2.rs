@@ -32,6 +32,16 @@ impl Drop for H2Origin {
 
 impl H2Origin {
     pub async fn start(goaway_after: Option<usize>, delay: Duration) -> H2Origin {
+        H2Origin::start_with(goaway_after, delay, None).await
+    }
+
+    /// As [`start`](H2Origin::start), announcing `max_streams` as its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub async fn start_with(
+        goaway_after: Option<usize>,
+        delay: Duration,
+        max_streams: Option<u32>,
+    ) -> H2Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
@@ -65,10 +75,12 @@ impl H2Origin {
                             ))))
                         }
                     });
-                    let mut conn = pin!(hyper::server::conn::http2::Builder::new(
-                        TokioExecutor::new()
-                    )
-                    .serve_connection(TokioIo::new(tcp), svc));
+                    let mut builder =
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    if let Some(n) = max_streams {
+                        builder.max_concurrent_streams(n);
+                    }
+                    let mut conn = pin!(builder.serve_connection(TokioIo::new(tcp), svc));
                     tokio::select! {
                         _ = conn.as_mut() => {}
                         _ = goaway.notified() => {
@@ -85,6 +97,78 @@ impl H2Origin {
             connections,
             streams,
             max_in_flight,
+            task,
+        }
+    }
+}
+
+/// An HTTP/2 origin written on the `h2` crate, which can refuse a stream
+/// (`RST_STREAM` with `REFUSED_STREAM`): by RFC 9113 such a stream was not
+/// processed, so a proxy may send it again whatever its method.
+pub struct RefusingH2Origin {
+    pub addr: SocketAddr,
+    /// Paths of the requests processed (answered), in order.
+    pub processed: Arc<std::sync::Mutex<Vec<String>>>,
+    pub refused: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RefusingH2Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RefusingH2Origin {
+    /// Refuses the first attempt of every `every`-th request (by the
+    /// number its path ends in); answers the others, and the second
+    /// attempts, with 200 after reading their bodies.
+    pub async fn start(every: usize) -> RefusingH2Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let processed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (p, r) = (processed.clone(), refused.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (p, r) = (p.clone(), r.clone());
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    let mut seen = std::collections::HashSet::new();
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let path = req.uri().path().to_string();
+                        let n: usize = path
+                            .trim_start_matches(|c: char| !c.is_ascii_digit())
+                            .parse()
+                            .unwrap_or(1);
+                        if n % every == 0 && seen.insert(path) {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            r.fetch_add(1, Ordering::SeqCst);
+                            continue;
+                        }
+                        let p = p.clone();
+                        tokio::spawn(async move {
+                            let path = req.uri().path().to_string();
+                            let mut body = req.into_body();
+                            while let Some(Ok(data)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(data.len());
+                            }
+                            p.lock().expect("processed").push(path);
+                            let resp = hyper::Response::new(());
+                            if let Ok(mut send) = respond.send_response(resp, false) {
+                                let _ = send.send_data(Bytes::from_static(b"processed\n"), true);
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        RefusingH2Origin {
+            addr,
+            processed,
+            refused,
             task,
         }
     }

@@ -93,6 +93,10 @@ pub struct TlsOrigin {
     /// Of those, resumed sessions.
     pub resumed: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
+    /// The server name (SNI) each handshake asked for, if any.
+    pub server_names: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    /// The `Host` header of each request.
+    pub hosts: Arc<std::sync::Mutex<Vec<String>>>,
     /// Closes every open connection when sent to.
     kill: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -154,22 +158,38 @@ impl TlsOrigin {
         let resumed = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let (kill, killed) = tokio::sync::watch::channel(0u64);
+        let server_names = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hosts = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (h, res, r) = (handshakes.clone(), resumed.clone(), requests.clone());
+        let (names, hs) = (server_names.clone(), hosts.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, h, res, r) = (acceptor.clone(), h.clone(), res.clone(), r.clone());
+                let (names, hs) = (names.clone(), hs.clone());
                 let mut killed = killed.clone();
                 killed.mark_unchanged();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    names
+                        .lock()
+                        .expect("names")
+                        .push(tls.get_ref().1.server_name().map(str::to_string));
                     if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                         res.fetch_add(1, Ordering::SeqCst);
                     }
                     let conn = h.fetch_add(1, Ordering::SeqCst);
-                    let svc = service_fn(move |_req| {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         r.fetch_add(1, Ordering::SeqCst);
+                        let host = req
+                            .headers()
+                            .get(hyper::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                            .unwrap_or("")
+                            .to_string();
+                        hs.lock().expect("hosts").push(host);
                         async move {
                             let mut resp = hyper::Response::new(Full::new(Bytes::from("tls ok\n")));
                             resp.headers_mut()
@@ -203,6 +223,8 @@ impl TlsOrigin {
             handshakes,
             resumed,
             requests,
+            server_names,
+            hosts,
             kill,
             task,
         }
