@@ -159,6 +159,14 @@ async fn max_client_connections_pauses_accept_without_dropping_anyone() {
     let third = tokio::spawn(async move { get(addr, &url).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!third.is_finished(), "served beyond max_client_connections");
+    // Not accepted and parked: eddy has accepted exactly two.
+    assert_eq!(proxy.eddy.client_connections(), 2);
+    assert_eq!(
+        proxy
+            .metric("eddy_client_connections_total", &[("listener", "proxy")])
+            .await,
+        2.0
+    );
     // ...and is served, not dropped, once a slot frees.
     held.pop();
     let r = tokio::time::timeout(Duration::from_secs(10), third)
@@ -232,6 +240,17 @@ async fn admin_answers_health_readiness_and_config() {
     assert_eq!(config.status, 200);
     assert!(::eddy::Config::from_toml(&config.text(), "/config").is_ok());
     assert_eq!(get_admin("/nope").await.status, 404);
+    for path in ["/", "/metrics", "/pools"] {
+        assert_eq!(get_admin(path).await.status, 200, "{path}");
+    }
+    // Only GET (and HEAD): the admin port changes nothing.
+    for raw in [
+        &b"POST /config HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..],
+        b"DELETE /pools HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ] {
+        let r = send_raw(proxy.admin, raw).await;
+        assert_eq!(r.status, 405, "{}", String::from_utf8_lossy(raw));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

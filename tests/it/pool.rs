@@ -300,7 +300,73 @@ async fn a_stalled_request_body_releases_its_upstream_connection() {
     // out; then the next request gets through.
     let r = get(proxy.addr, &format!("{}/next", origin.url())).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    drop(stalled);
+    // The stalled client itself got an answer or a close, not silence.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the stalled client was left hanging");
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 4") || answer.starts_with(b"HTTP/1.1 5"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_request_bodies_are_bounded_by_the_body_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start(Behavior {
+        echo: true,
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("client_idle_timeout = \"400ms\"\n", "").await;
+    // A PUT (idempotent, so buffered for a replay) that trickles a byte
+    // every 150 ms: slow but alive, so it is served whole.
+    let url = format!("{}/trickle", origin.url());
+    let mut s = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let head =
+        format!("PUT {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("head");
+    for b in b"trickled" {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.write_all(&[*b]).await.expect("byte");
+    }
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("answered")
+        .expect("read");
+    let r = crate::support::client::parse(&buf).expect("a response");
+    assert_eq!((r.status, r.text().as_str()), (200, "trickled"));
+    // The same PUT stopping halfway: 400 after the idle timeout, and the
+    // origin never sees it.
+    let mut s = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let head = format!("PUT {url}/stalled HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\ntric");
+    s.write_all(head.as_bytes()).await.expect("head");
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("cut off")
+        .ok();
+    let waited = started.elapsed();
+    let r = crate::support::client::parse(&buf).expect("a response");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("http_request_error"));
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(origin
+        .stats
+        .recorded_starting("PUT /trickle/stalled")
+        .is_empty());
+    assert_eq!(origin.stats.requests(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

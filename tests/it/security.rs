@@ -49,19 +49,46 @@ async fn a_denied_address_receives_no_connection_at_all() {
             Some("destination_ip_prohibited")
         );
     }
+    // A round trip to an allowed origin first, so that a connection to the
+    // denied one, had eddy made it, would have been accepted by now.
+    assert_eq!(get(proxy.addr, &allowed.url()).await.status, 200);
     assert_eq!(
         origin.stats.accepted(),
         0,
         "no TCP connection reached the denied address"
     );
-    assert_eq!(get(proxy.addr, &allowed.url()).await.status, 200);
     let prohibited = proxy
         .metric(
             "eddy_errors_total",
             &[("error", "destination_ip_prohibited")],
         )
         .await;
-    assert!(prohibited > 0.0, "counted in eddy_errors_total");
+    assert_eq!(prohibited, 2.0, "each counted in eddy_errors_total");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_checked_by_the_addresses_it_resolves_to() {
+    // `localhost` is not a denied literal; what it resolves to is.
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start(
+        "",
+        "[security]\ndeny_cidrs = [\"127.0.0.0/8\", \"::1/128\"]\n",
+    )
+    .await;
+    let r = get(
+        proxy.addr,
+        &format!("http://localhost:{}/", origin.addr.port()),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(
+        r.proxy_error().as_deref(),
+        Some("destination_ip_prohibited")
+    );
+    // The same by address, then a settle: still no connection.
+    let r = get(proxy.addr, &origin.url()).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(origin.stats.accepted(), 0, "nothing was dialled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,6 +127,10 @@ async fn allow_hosts_admits_only_matching_names() {
     .await;
     assert_eq!(r.status, 403);
     assert_eq!(origin.stats.requests(), 1);
+    let denied = proxy
+        .metric("eddy_errors_total", &[("error", "http_request_denied")])
+        .await;
+    assert_eq!(denied, 4.0, "three requests and the CONNECT are counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
+
 use crate::support::client::{get, send_raw};
 use crate::support::eddy;
 use crate::support::origin::{Behavior, Origin};
@@ -54,6 +56,10 @@ async fn malformed_responses_are_502_and_their_connection_is_closed() {
         .await;
         let good = Origin::start(Behavior::default()).await;
         assert_eq!(get(proxy.addr, &good.url()).await.status, 200, "{name}");
+        // The same origin again: a new connection, not the closed one.
+        let again = get(proxy.addr, &bad.url()).await;
+        assert_eq!(again.status, 502, "{name}");
+        assert_eq!(bad.stats.accepted(), 2, "{name}: a fresh connection");
     }
 }
 
@@ -92,33 +98,76 @@ async fn a_malformed_chunk_in_a_response_closes_both_sides() {
         !text.contains("hello"),
         "no smuggled body reached the client: {text}"
     );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the client's response is visibly cut off: {text}"
+    );
     bad.wait_for(
         "the upstream connection is closed",
         Duration::from_secs(5),
         |s| s.open() == 0,
     )
     .await;
+    // The next request to the same origin goes over a new connection.
+    let req = format!("GET {}/again HTTP/1.1\r\nHost: x\r\n\r\n", bad.url());
+    let mut s = crate::support::client::open(proxy.addr, req.as_bytes()).await;
+    let mut again = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut again)).await;
+    assert_eq!(bad.stats.accepted(), 2, "a fresh connection");
 }
 
-/// Client-side vectors (the head scanner and hyper): 400 and a closed
-/// connection; nothing reaches the origin; the next request is fine.
+/// Client-side vectors (the head scanner and hyper): 400 with
+/// `http_request_error` and a closed connection, so that a request
+/// pipelined behind the bad one is never read; after each, the next honest
+/// request is served over a clean upstream connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_400_and_never_reach_the_origin() {
     let origin = Origin::start(Behavior::default()).await;
     let proxy = eddy::start("", "").await;
     let url = origin.url();
+    let chunked = |size: &str| {
+        format!("POST {url}/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nhello\r\n0\r\n\r\n")
+    };
     let vectors = [
         format!("POST {url}/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         format!("POST {url}/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
-        format!("POST {url}/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        chunked("zz"),
+        chunked("fffffffffffffffff1"),
+        chunked("-1"),
+        chunked("0x5"),
         format!("GET {url}/ HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n"),
         format!("GET {url}/ HTTP/1.1\r\nHost : x\r\n\r\n"),
         format!("GET {url}/caf\u{e9} HTTP/1.1\r\nHost: x\r\n\r\n"),
     ];
     for v in &vectors {
-        let r = send_raw(proxy.addr, v.as_bytes()).await;
+        let pipelined = format!("{v}GET {url}/pipelined HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut s = crate::support::client::open(proxy.addr, pipelined.as_bytes()).await;
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{v:?}: the client connection was not closed"))
+            .ok();
+        let r = crate::support::client::parse(&buf)
+            .unwrap_or_else(|| panic!("{v:?}: no answer: {}", String::from_utf8_lossy(&buf)));
         assert_eq!(r.status, 400, "{v:?}: {}", r.text());
+        assert_eq!(
+            r.proxy_error().as_deref(),
+            Some("http_request_error"),
+            "{v:?}"
+        );
+        let answers = String::from_utf8_lossy(&buf).matches("HTTP/1.1 ").count();
+        assert_eq!(answers, 1, "{v:?}: the pipelined request was answered");
+        let honest = get(proxy.addr, &format!("{url}/honest")).await;
+        assert_eq!(honest.status, 200, "{v:?}: the next request");
     }
-    assert_eq!(origin.stats.requests(), 0, "nothing reached the origin");
-    assert_eq!(get(proxy.addr, &url).await.status, 200);
+    assert!(origin.stats.recorded_starting("GET /pipelined").is_empty());
+    assert!(
+        origin.stats.recorded_starting("POST ").is_empty(),
+        "no malformed request was answered by the origin"
+    );
+    assert_eq!(
+        origin.stats.requests(),
+        vectors.len(),
+        "only the honest ones"
+    );
 }
