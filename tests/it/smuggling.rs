@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::support::client::{get, send_raw};
+use crate::support::client::get;
 use crate::support::eddy;
 use crate::support::origin::{Behavior, Origin};
 
