@@ -359,23 +359,29 @@ mod tests {
 
     #[test]
     fn upstream_labels_are_capped() {
-        let m = Metrics::new(2, &["proxy".to_string()]);
+        // A cap of 3: one slot is kept for `none`, two for origins.
+        let m = Metrics::new(3, &["proxy".to_string()]);
         m.origin("http://a:80").retries_succeeded.inc();
         m.origin("http://b:80").retries_succeeded.inc();
         m.origin("http://c:80").retries_succeeded.inc();
         m.origin("http://d:80").retries_succeeded.inc();
+        m.origin(NO_UPSTREAM).retries_succeeded.inc();
         let text = m.render();
-        assert!(
-            text.contains(
-                r#"eddy_stale_retries_total{outcome="succeeded",upstream="http://a:80"} 1"#
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"eddy_stale_retries_total{outcome="succeeded",upstream="other"} 2"#),
-            "{text}"
-        );
+        for (upstream, n) in [
+            ("http://a:80", 1),
+            ("http://b:80", 1),
+            ("other", 2),
+            ("none", 1),
+        ] {
+            assert!(
+                text.contains(&format!(
+                    r#"eddy_stale_retries_total{{outcome="succeeded",upstream="{upstream}"}} {n}"#
+                )),
+                "{upstream}: {text}"
+            );
+        }
         assert!(!text.contains("http://c:80"));
+        assert!(!text.contains("http://d:80"));
     }
 
     #[test]

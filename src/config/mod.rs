@@ -235,7 +235,7 @@ impl Config {
             };
             ConfigError {
                 file: file.to_string(),
-                position: offset.map(|o| line_col(text, o)),
+                position: Some(line_col(text, offset.unwrap_or(0))),
                 message,
             }
         })?;
@@ -258,17 +258,17 @@ impl Config {
         }
         let mut names = HashSet::new();
         let mut addrs = HashSet::new();
-        for l in &self.listeners {
+        for (i, l) in self.listeners.iter().enumerate() {
             if !names.insert(&l.name) {
                 return Err(Invalid::new(
                     format!("listener name {:?} is used twice", l.name),
-                    Anchor::Value(l.name.clone(), 2),
+                    Anchor::Header("[[listener]]", i + 1),
                 ));
             }
             if !l.listen.is_ephemeral() && !addrs.insert(&l.listen) {
                 return Err(Invalid::new(
                     format!("listen address {} is used twice", l.listen),
-                    Anchor::Value(l.listen.to_string(), 2),
+                    Anchor::Header("[[listener]]", i + 1),
                 ));
             }
         }
@@ -278,27 +278,27 @@ impl Config {
                     "admin.listen {} is also a listener's address",
                     self.admin.listen
                 ),
-                Anchor::Table("[admin]"),
+                Anchor::Header("[admin]", 1),
             ));
         }
         let mut matches = HashSet::new();
         let mut connects: Vec<(&OriginUrl, &PoolOverrides)> = Vec::new();
         let mut prewarmed = 0usize;
-        for u in &self.upstreams {
-            let at = |nth| Anchor::Value(u.match_.clone(), nth);
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let at = || Anchor::Header("[[upstream]]", i + 1);
             let Some((host, port)) = u.match_host_port() else {
                 return Err(Invalid::new(
                     format!(
                         "[[upstream]] match = {:?}: expected a host or host:port",
                         u.match_
                     ),
-                    at(1),
+                    at(),
                 ));
             };
             if !matches.insert((host, port)) {
                 return Err(Invalid::new(
                     format!("[[upstream]] match = {:?} appears twice", u.match_),
-                    at(2),
+                    at(),
                 ));
             }
             if let Some(connect) = &u.connect {
@@ -309,7 +309,7 @@ impl Config {
                                 "[[upstream]] match = {:?}: another [[upstream]] also connects to {connect} with different [upstream.pool] settings; one origin has one pool",
                                 u.match_
                             ),
-                            at(1),
+                            at(),
                         ));
                     }
                 }
@@ -318,7 +318,7 @@ impl Config {
             let effective = u.pool.apply(&self.pool);
             prewarmed += effective.min_idle_per_host;
             effective.validate().map_err(|e| {
-                Invalid::new(format!("[[upstream]] match = {:?}: {e}", u.match_), at(1))
+                Invalid::new(format!("[[upstream]] match = {:?}: {e}", u.match_), at())
             })?;
             if u.client_cert.is_some() != u.client_key.is_some() {
                 return Err(Invalid::new(
@@ -326,9 +326,15 @@ impl Config {
                         "[[upstream]] match = {:?}: client_cert and client_key go together",
                         u.match_
                     ),
-                    at(1),
+                    at(),
                 ));
             }
+        }
+        if self.metrics.max_upstream_labels == 0 {
+            return Err(Invalid::new(
+                "metrics.max_upstream_labels must be at least 1 (one value is kept for upstream=\"none\")",
+                Anchor::Header("[metrics]", 1),
+            ));
         }
         if prewarmed > self.pool.max_idle_total {
             return Err(Invalid::new(
@@ -336,7 +342,7 @@ impl Config {
                     "the [[upstream]] entries' min_idle_per_host add up to {prewarmed}, above pool.max_idle_total ({})",
                     self.pool.max_idle_total
                 ),
-                Anchor::Table("[[upstream]]"),
+                Anchor::Header("[[upstream]]", 1),
             ));
         }
         Ok(())
@@ -365,34 +371,29 @@ impl Invalid {
 
 /// Where a validation error points. Validation runs on the parsed values,
 /// which have no spans, so the position is found again in the text: the
-/// n-th quoted occurrence of a value, or a table header.
+/// table the offending entry was written in. (An entry written as an
+/// inline array rather than a `[[table]]` points at the start.)
 enum Anchor {
     Start,
-    /// The `n`-th (1-based) occurrence of the string value, quoted.
-    Value(String, usize),
-    /// The first line that starts with this table header.
-    Table(&'static str),
+    /// The `n`-th (1-based) line that opens this table header.
+    Header(&'static str, usize),
 }
 
 impl Anchor {
     fn locate(&self, text: &str) -> (usize, usize) {
         let offset = match self {
             Anchor::Start => None,
-            Anchor::Value(value, nth) => ["\"", "'"].iter().find_map(|q| {
-                let quoted = format!("{q}{value}{q}");
-                text.match_indices(&quoted)
-                    .nth(nth.saturating_sub(1))
-                    .map(|(at, _)| at)
-            }),
-            Anchor::Table(header) => {
+            Anchor::Header(header, nth) => {
                 let mut offset = 0;
-                text.split_inclusive('\n').find_map(|line| {
-                    let at = offset;
-                    offset += line.len();
-                    line.trim_start()
-                        .starts_with(header)
-                        .then(|| at + (line.len() - line.trim_start().len()))
-                })
+                text.split_inclusive('\n')
+                    .filter_map(|line| {
+                        let at = offset;
+                        offset += line.len();
+                        let body = line.trim_start();
+                        body.starts_with(header)
+                            .then(|| at + (line.len() - body.len()))
+                    })
+                    .nth(nth.saturating_sub(1))
             }
         };
         line_col(text, offset.unwrap_or(0))
@@ -407,13 +408,21 @@ fn key_path_at(text: &str, offset: usize) -> Option<String> {
     let line_start = text[..offset].rfind('\n').map_or(0, |p| p + 1);
     let line_end = text[offset..].find('\n').map_or(text.len(), |p| offset + p);
     let line = &text[line_start..line_end];
-    let key = match line.find('=') {
-        Some(eq) if line_start + eq < offset => line[..eq].trim(),
+    let before = &line[..offset - line_start];
+    let key = match before.find('=') {
+        // Only a plain `key = value` line: inside an inline table or an
+        // array spread over lines the key is not on this line's left.
+        Some(eq) if !before[eq + 1..].contains(['{', '[', ',']) => before[..eq].trim(),
+        Some(_) => return None,
         // The error is on the key itself (an unknown field).
-        _ => line.split('=').next().unwrap_or("").trim(),
+        None => line.split('=').next().unwrap_or("").trim(),
     };
-    let key = key.trim_matches(|c| c == '"' || c == '\'');
-    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    if !bare(key) {
         return None;
     }
     let table = text[..line_start].lines().rev().find_map(|l| {
@@ -498,15 +507,21 @@ mod tests {
                      [[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n";
         let err = Config::from_toml(twice, "f.toml").expect_err("name twice");
         assert!(
-            err.to_string().starts_with("f.toml:5:8: listener name"),
+            err.to_string().starts_with("f.toml:4:1: listener name"),
             "{err}"
         );
         let upstream = "[[upstream]]\nmatch = \"api\"\nclient_cert = \"c.pem\"\n";
         let err = Config::from_toml(upstream, "f.toml").expect_err("cert without key");
         assert!(
-            err.to_string().starts_with("f.toml:2:9: [[upstream]]"),
+            err.to_string().starts_with("f.toml:1:1: [[upstream]]"),
             "{err}"
         );
+        // Two listeners without a name both default to "proxy": the error
+        // points at the second table (a commented-out header is not one).
+        let unnamed = "# [[listener]]\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\
+                       [[listener]]\nlisten = \"127.0.0.1:0\"\n";
+        let err = Config::from_toml(unnamed, "f.toml").expect_err("default name twice");
+        assert!(err.to_string().starts_with("f.toml:4:1: "), "{err}");
         let prewarm = "[pool]\nmax_idle_total = 1\n\n  [[upstream]]\nmatch = \"a\"\n\
                        pool = { min_idle_per_host = 2 }\n";
         let err = Config::from_toml(prewarm, "f.toml").expect_err("prewarm over the total");

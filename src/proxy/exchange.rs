@@ -269,9 +269,18 @@ pub(super) async fn send_h2(
         .flatten();
     let timeout = route.settings.response_header_timeout.get();
     loop {
-        let (conn, reused) = pool
+        let (conn, reused) = match pool
             .h2_sender(&route.origin, route.settings.connect_timeout.get())
-            .await?;
+            .await
+        {
+            Ok(opened) => opened,
+            Err(error) => {
+                if let (true, Some(m)) = (record.retries > 0, &record.origin) {
+                    m.retries_failed.inc();
+                }
+                return Err(error);
+            }
+        };
         let (mut sender, id) = (conn.sender, conn.id);
         record.reused = Some(reused);
         if reused {

@@ -203,7 +203,14 @@ impl Connector {
         // Pings find a connection that died silently (a NAT dropping the
         // flow), which would otherwise take every request to that origin
         // down with it until TCP gives up.
+        //
+        // One stream until the origin's first SETTINGS frame arrives: HTTP/2
+        // assumes no stream limit before then, so a burst of requests
+        // meeting a new connection would open more streams than the origin
+        // allows and have them refused. The frame follows the handshake by
+        // one round trip; it replaces this with the origin's limit (or none).
         let handshake = http2::Builder::new(TokioExecutor::new())
+            .initial_max_send_streams(1)
             .timer(TokioTimer::new())
             .keep_alive_interval(std::time::Duration::from_secs(20))
             .keep_alive_timeout(std::time::Duration::from_secs(10))

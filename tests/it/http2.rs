@@ -135,6 +135,18 @@ async fn the_origins_concurrent_stream_limit_is_respected() {
     assert_eq!(origin.streams.load(Ordering::SeqCst), 100);
     let most = origin.max_in_flight.load(Ordering::SeqCst);
     assert!((2..=10).contains(&most), "{most} streams at once");
+    // The origin's server enforces the limit itself, refusing streams
+    // beyond it (REFUSED_STREAM), which eddy would then send again; so
+    // `most` alone proves little. Nothing may have been refused: not after
+    // the origin's SETTINGS arrived, and not before (eddy opens one stream
+    // until then, since HTTP/2 assumes no limit before it).
+    let retried = proxy
+        .metric("eddy_stale_retries_total", &[("outcome", "succeeded")])
+        .await
+        + proxy
+            .metric("eddy_stale_retries_total", &[("outcome", "failed")])
+            .await;
+    assert_eq!(retried, 0.0, "streams beyond the limit were refused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,7 +269,7 @@ async fn every_spec_metric_is_present_with_its_labels_and_agrees_with_the_origin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gauges_return_to_zero_whatever_failed() {
     let slow = Origin::start(Behavior {
-        delay: Duration::from_millis(1500),
+        delay: Duration::from_secs(4),
         ..Behavior::default()
     })
     .await;
@@ -285,7 +285,7 @@ async fn gauges_return_to_zero_whatever_failed() {
     .await;
     let proxy = eddy::start(
         "",
-        "[pool]\nmax_connections_per_host = 1\npending_timeout = \"700ms\"\nresponse_header_timeout = \"3s\"\n",
+        "[pool]\nmax_connections_per_host = 1\npending_timeout = \"2s\"\nresponse_header_timeout = \"6s\"\n",
     )
     .await;
     let refused = crate::support::closed_port().port();

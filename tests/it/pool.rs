@@ -197,8 +197,10 @@ async fn a_freed_connection_goes_to_the_oldest_waiter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_most_recently_used_idle_connection_is_reused_first() {
+    // Slow enough that the two first requests overlap however late the
+    // second is scheduled.
     let origin = Origin::start(Behavior {
-        delay: Duration::from_millis(200),
+        delay: Duration::from_millis(600),
         ..Behavior::default()
     })
     .await;
@@ -323,9 +325,9 @@ async fn trickled_request_bodies_are_bounded_by_the_body_idle_timeout() {
         ..Behavior::default()
     })
     .await;
-    let proxy = eddy::start("client_idle_timeout = \"400ms\"\n", "").await;
+    let proxy = eddy::start("client_idle_timeout = \"1s\"\n", "").await;
     // A PUT (idempotent, so buffered for a replay) that trickles a byte
-    // every 150 ms: slow but alive, so it is served whole.
+    // every 200 ms: slow but alive, so it is served whole.
     let url = format!("{}/trickle", origin.url());
     let mut s = tokio::net::TcpStream::connect(proxy.addr)
         .await
@@ -334,7 +336,7 @@ async fn trickled_request_bodies_are_bounded_by_the_body_idle_timeout() {
         format!("PUT {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nConnection: close\r\n\r\n");
     s.write_all(head.as_bytes()).await.expect("head");
     for b in b"trickled" {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         s.write_all(&[*b]).await.expect("byte");
     }
     let mut buf = Vec::new();
@@ -361,7 +363,7 @@ async fn trickled_request_bodies_are_bounded_by_the_body_idle_timeout() {
     let r = crate::support::client::parse(&buf).expect("a response");
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.proxy_error().as_deref(), Some("http_request_error"));
-    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited >= Duration::from_millis(800), "{waited:?}");
     assert!(origin
         .stats
         .recorded_starting("PUT /trickle/stalled")

@@ -16,6 +16,17 @@ async fn retries(proxy: &Proxy, origin: &Origin, outcome: &str) -> f64 {
         .await
 }
 
+/// Waits until the connection of the request just answered is idle, so
+/// the next request is certain to reuse it.
+async fn idle_again(proxy: &Proxy) {
+    crate::support::eventually(
+        "the connection is idle again",
+        Duration::from_secs(5),
+        || async { proxy.pools_sum("idle").await == 1 },
+    )
+    .await;
+}
+
 /// Deterministic spacing in `[lo, hi)` milliseconds.
 fn spacing(i: u64, lo: u64, hi: u64) -> Duration {
     let x = i
@@ -97,6 +108,7 @@ async fn a_retry_that_fails_too_is_not_retried_again() {
         let proxy = eddy::start("", &format!("[retry]\nstale_retries = {stale_retries}\n")).await;
         let url = origin.url();
         assert_eq!(get(proxy.addr, &format!("{url}/warm")).await.status, 200);
+        idle_again(&proxy).await;
         let target = format!("/doomed{stale_retries}");
         let r = get(proxy.addr, &format!("{url}{target}")).await;
         assert_eq!(r.status, 502, "{}", r.text());
@@ -130,6 +142,7 @@ async fn a_failure_after_response_bytes_is_not_retried() {
     let proxy = eddy::start("", "").await;
     let url = origin.url();
     assert_eq!(get(proxy.addr, &format!("{url}/warm")).await.status, 200);
+    idle_again(&proxy).await;
     let r = get(proxy.addr, &format!("{url}/half")).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(origin.stats.recorded_starting("GET /half ").len(), 1);

@@ -85,7 +85,8 @@ async fn a_name_is_checked_by_the_addresses_it_resolves_to() {
         r.proxy_error().as_deref(),
         Some("destination_ip_prohibited")
     );
-    // The same by address, then a settle: still no connection.
+    // The same by address; the second round trip also gives a connection,
+    // had one been made, time to be accepted.
     let r = get(proxy.addr, &origin.url()).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(origin.stats.accepted(), 0, "nothing was dialled");

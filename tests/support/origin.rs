@@ -310,6 +310,9 @@ async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behav
                     stats.closed_under_request.fetch_add(1, Ordering::SeqCst);
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                 }
+                // Closed before it is counted: a test waiting on the count
+                // then finds the socket closed.
+                drop(stream);
                 stats.origin_idle_closes.fetch_add(1, Ordering::SeqCst);
                 stats.changed.notify_waiters();
                 return;
@@ -319,6 +322,7 @@ async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behav
                 if matches!(stream.try_read(&mut peek), Ok(n) if n > 0) {
                     stats.closed_under_request.fetch_add(1, Ordering::SeqCst);
                 }
+                drop(stream);
                 stats.origin_idle_closes.fetch_add(1, Ordering::SeqCst);
                 stats.changed.notify_waiters();
                 return;
