@@ -1,5 +1,6 @@
 //! SPEC section 1: `eddy check`, and the shipped example configuration.
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -95,6 +96,8 @@ fn check_without_a_file_prints_the_embedded_default() {
 /// eddy printed a panic.
 pub(crate) struct Spawned {
     child: std::process::Child,
+    /// The configuration file it runs on (rewrite it, then SIGHUP).
+    pub(crate) config_path: std::path::PathBuf,
     panics: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stderr: Option<std::thread::JoinHandle<()>>,
 }
@@ -172,10 +175,43 @@ pub(crate) fn spawn_eddy(
     });
     let spawned = Spawned {
         child,
+        config_path: path,
         panics,
         stderr: Some(reader),
     };
     (spawned, rx)
+}
+
+/// Reads eddy's log (`log.format = "json"`) until it names its proxy and
+/// admin addresses.
+pub(crate) fn addresses(rx: &std::sync::mpsc::Receiver<String>) -> (SocketAddr, SocketAddr) {
+    let (mut proxy, mut admin) = (None, None);
+    while proxy.is_none() || admin.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("eddy logs its addresses");
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let field = |name: &str| v["fields"][name].as_str().and_then(|a| a.parse().ok());
+        match v["fields"]["message"].as_str() {
+            Some("listening") => proxy = field("addr"),
+            Some("admin listening") => admin = field("admin_addr"),
+            _ => {}
+        }
+    }
+    (
+        proxy.unwrap_or_else(|| unreachable!()),
+        admin.unwrap_or_else(|| unreachable!()),
+    )
+}
+
+/// Sends signal `name` (`-HUP`, `-TERM`, ...) to `pid`.
+pub(crate) fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
 }
 
 fn next_line(rx: &std::sync::mpsc::Receiver<String>) -> Option<String> {
@@ -279,11 +315,7 @@ async fn log_level_is_honoured_without_rust_log() {
         tokio::net::TcpStream::connect(admin).await.is_ok()
     })
     .await;
-    let r = crate::support::client::send_raw(
-        admin,
-        b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let r = crate::support::eddy::admin_get(admin, "/healthz").await;
     assert_eq!(r.status, 200);
     let _ = child.kill();
     let _ = child.wait();

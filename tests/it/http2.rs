@@ -177,6 +177,12 @@ async fn streams_the_origin_refused_are_sent_again_even_posts() {
     }
     let refused = origin.refused.load(Ordering::SeqCst);
     assert!(refused >= 10, "{refused} streams refused");
+    // Each resend is counted, which is what gives the stream-limit test's
+    // "no retry" its meaning.
+    let retried = proxy
+        .metric("eddy_stale_retries_total", &[("outcome", "succeeded")])
+        .await;
+    assert_eq!(retried, refused as f64);
     let mut processed = origin.processed.lock().expect("processed").clone();
     processed.sort();
     processed.dedup();

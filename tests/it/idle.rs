@@ -10,12 +10,21 @@ use crate::support::eventually;
 use crate::support::origin::{Behavior, Origin};
 
 async fn wait_client_closes(origin: &Origin, n: usize, limit: Duration) {
-    let stats = origin.stats.clone();
-    eventually(&format!("{n} connection(s) closed by eddy"), limit, || {
-        let s = stats.clone();
-        async move { s.client_closes().len() >= n }
-    })
-    .await;
+    origin
+        .wait_for(&format!("{n} connection(s) closed by eddy"), limit, |s| {
+            s.client_closes().len() >= n
+        })
+        .await;
+}
+
+async fn wait_origin_idle_closes(origin: &Origin, n: usize) {
+    origin
+        .wait_for(
+            "the origin closes the idle connection",
+            Duration::from_secs(10),
+            |s| s.origin_idle_closes() >= n,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,19 +125,10 @@ async fn the_origins_idle_limit_is_learned_from_repeated_closes() {
     })
     .await;
     let proxy = eddy::start("", "[pool]\nidle_timeout = \"30s\"\n").await;
-    let stats = origin.stats.clone();
     // Two separate closes at the same idle age (one teaches nothing).
     for n in 1..=2 {
         assert_eq!(get(proxy.addr, &origin.url()).await.status, 200);
-        eventually(
-            "the origin closes the idle connection",
-            Duration::from_secs(10),
-            || {
-                let s = stats.clone();
-                async move { s.origin_idle_closes() >= n }
-            },
-        )
-        .await;
+        wait_origin_idle_closes(&origin, n).await;
         // eddy notices the close (its connection task ends).
         eventually(
             "eddy drops the closed connection",
@@ -258,20 +258,20 @@ async fn a_connection_the_origin_closed_is_never_tried() {
     .await;
     for n in 1..=3 {
         assert_eq!(get(proxy.addr, &origin.url()).await.status, 200);
-        let stats = origin.stats.clone();
-        eventually(
-            "the origin closes the idle connection",
-            Duration::from_secs(10),
-            || {
-                let s = stats.clone();
-                async move { s.origin_idle_closes() >= n }
-            },
-        )
-        .await;
+        wait_origin_idle_closes(&origin, n).await;
         // At once: eddy may not have seen the close yet.
     }
     assert_eq!(origin.stats.accepted(), 3);
     assert_eq!(origin.stats.requests(), 3);
+    // Every request went out on a new connection, none was retried (the
+    // counters are absent, not zero, if the names are wrong: /pools fields
+    // compare as null, so both kinds of check fail loudly).
+    let pool = &proxy.pools().await[origin.url().as_str()];
+    assert_eq!(pool["opened_total"], 3, "{pool}");
+    let sent_again = proxy
+        .metric("eddy_upstream_requests_total", &[("connection", "new")])
+        .await;
+    assert_eq!(sent_again, 3.0, "three requests, each on a new connection");
     let retried = proxy
         .metric("eddy_stale_retries_total", &[("outcome", "succeeded")])
         .await;

@@ -4,10 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-
-use crate::support::client::{get, send_raw};
+use crate::support::client::{get, open, send_raw};
 use crate::support::eddy::{self, Proxy};
 use crate::support::eventually;
 use crate::support::origin::{Behavior, Origin};
@@ -72,11 +69,7 @@ const SPEC: &[(&str, &str, &[&str])] = &[
 ];
 
 async fn scrape(proxy: &Proxy) -> String {
-    let r = send_raw(
-        proxy.admin,
-        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let r = proxy.admin_get("/metrics").await;
     assert_eq!(r.status, 200);
     r.text()
 }
@@ -329,10 +322,11 @@ async fn gauges_return_to_zero_whatever_failed() {
     let timed_out = spawn(format!("{}/silent", silent.url()));
     let refused = spawn(format!("http://127.0.0.1:{refused}/"));
     // A client that leaves while its request is at the origin.
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
-    s.write_all(format!("GET {}/abort HTTP/1.1\r\nHost: x\r\n\r\n", abandoned.url()).as_bytes())
-        .await
-        .expect("write");
+    let s = open(
+        proxy.addr,
+        format!("GET {}/abort HTTP/1.1\r\nHost: x\r\n\r\n", abandoned.url()).as_bytes(),
+    )
+    .await;
     abandoned
         .wait_for(
             "the aborted request is at the origin",
@@ -442,10 +436,11 @@ async fn abandoned_and_refused_requests_are_counted_too() {
     .await;
     let proxy = eddy::start("", "").await;
     // A client that gives up while eddy waits for the response head.
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
-    s.write_all(format!("GET {}/slow HTTP/1.1\r\nHost: x\r\n\r\n", slow.url()).as_bytes())
-        .await
-        .expect("write");
+    let s = open(
+        proxy.addr,
+        format!("GET {}/slow HTTP/1.1\r\nHost: x\r\n\r\n", slow.url()).as_bytes(),
+    )
+    .await;
     slow.wait_for(
         "the request reached the origin",
         Duration::from_secs(5),

@@ -283,21 +283,17 @@ async fn a_direct_request_and_an_alias_share_one_bounded_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_releases_its_upstream_connection() {
-    use tokio::io::AsyncWriteExt;
     let origin = Origin::start(Behavior::default()).await;
     let proxy = eddy::start(
         "client_idle_timeout = \"400ms\"\n",
         "[pool]\nmax_connections_per_host = 1\npending_timeout = \"10s\"\n",
     )
     .await;
-    let mut stalled = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
     let head = format!(
         "POST {}/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello",
         origin.url()
     );
-    stalled.write_all(head.as_bytes()).await.expect("write");
+    let mut stalled = crate::support::client::open(proxy.addr, head.as_bytes()).await;
     // The stalled upload holds the only connection until its body times
     // out; then the next request gets through.
     let r = get(proxy.addr, &format!("{}/next", origin.url())).await;
@@ -329,12 +325,9 @@ async fn trickled_request_bodies_are_bounded_by_the_body_idle_timeout() {
     // A PUT (idempotent, so buffered for a replay) that trickles a byte
     // every 200 ms: slow but alive, so it is served whole.
     let url = format!("{}/trickle", origin.url());
-    let mut s = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
     let head =
         format!("PUT {url} HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nConnection: close\r\n\r\n");
-    s.write_all(head.as_bytes()).await.expect("head");
+    let mut s = crate::support::client::open(proxy.addr, head.as_bytes()).await;
     for b in b"trickled" {
         tokio::time::sleep(Duration::from_millis(200)).await;
         s.write_all(&[*b]).await.expect("byte");
@@ -348,11 +341,8 @@ async fn trickled_request_bodies_are_bounded_by_the_body_idle_timeout() {
     assert_eq!((r.status, r.text().as_str()), (200, "trickled"));
     // The same PUT stopping halfway: 400 after the idle timeout, and the
     // origin never sees it.
-    let mut s = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
     let head = format!("PUT {url}/stalled HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\ntric");
-    s.write_all(head.as_bytes()).await.expect("head");
+    let mut s = crate::support::client::open(proxy.addr, head.as_bytes()).await;
     let started = Instant::now();
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::cli::spawn_eddy;
-use crate::support::client::{get, send_raw, Response};
+use crate::cli::{addresses, signal, spawn_eddy};
+use crate::support::client::{get, Response};
 use crate::support::eddy::{self, metric_at};
 use crate::support::origin::{Behavior, Origin};
 
@@ -29,27 +29,6 @@ fn config(bound: usize, connect: &str, slow: &str) -> String {
     )
 }
 
-/// Reads eddy's JSON log until it names its proxy and admin addresses.
-pub(crate) fn addresses(rx: &std::sync::mpsc::Receiver<String>) -> (SocketAddr, SocketAddr) {
-    let (mut proxy, mut admin) = (None, None);
-    while proxy.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("eddy logs its addresses");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        let field = |name: &str| v["fields"][name].as_str().and_then(|a| a.parse().ok());
-        match v["fields"]["message"].as_str() {
-            Some("listening") => proxy = field("addr"),
-            Some("admin listening") => admin = field("admin_addr"),
-            _ => {}
-        }
-    }
-    (
-        proxy.unwrap_or_else(|| unreachable!()),
-        admin.unwrap_or_else(|| unreachable!()),
-    )
-}
-
 /// Waits until the spawned eddy has counted `want` reloads with `outcome`.
 async fn wait_for_reloads(admin: SocketAddr, outcome: &str, want: f64) {
     crate::support::eventually(
@@ -62,14 +41,6 @@ async fn wait_for_reloads(admin: SocketAddr, outcome: &str, want: f64) {
 
 async fn reloads(admin: SocketAddr, outcome: &str) -> f64 {
     metric_at(admin, "eddy_config_reloads_total", &[("outcome", outcome)]).await
-}
-
-fn hangup(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
 }
 
 /// `n` GETs of `url` at once through `proxy`; each must answer 200.
@@ -107,9 +78,7 @@ async fn sighup_applies_a_new_bound_and_route_and_a_bad_file_changes_nothing() {
     // reload.
     let s = Origin::start(tagged("s", Duration::from_secs(4))).await;
     let (child, rx) = spawn_eddy(&config(4, &a.url(), &s.url()), "reload", &[]);
-    let path = std::env::temp_dir()
-        .join(format!("eddy-cli-{}-reload", std::process::id()))
-        .join("eddy.toml");
+    let path = child.config_path.clone();
     let (proxy, admin) = addresses(&rx);
 
     // The running bound: four at once reach the origin on four connections.
@@ -123,7 +92,7 @@ async fn sighup_applies_a_new_bound_and_route_and_a_bad_file_changes_nothing() {
     })
     .await;
     std::fs::write(&path, config(1, &b.url(), &s.url())).expect("write the new file");
-    hangup(child.id());
+    signal(child.id(), "-HUP");
     wait_for_reloads(admin, "success", 1.0).await;
     assert!(
         !in_flight.is_finished(),
@@ -137,18 +106,13 @@ async fn sighup_applies_a_new_bound_and_route_and_a_bad_file_changes_nothing() {
     assert_eq!(burst(proxy).await, ["b", "b", "b", "b"]);
     assert_eq!(b.stats.accepted(), 1);
     assert_eq!(b.stats.max_open(), 1);
-    let shown = send_raw(
-        admin,
-        b"GET /config HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .text();
+    let shown = eddy::admin_get(admin, "/config").await.text();
     assert!(shown.contains("max_connections_per_host = 1"), "{shown}");
 
     // A file that does not validate: counted, logged with its position,
     // and the running configuration keeps serving.
     std::fs::write(&path, "[pool]\nmax_connections_per_host = \"one\"\n").expect("write");
-    hangup(child.id());
+    signal(child.id(), "-HUP");
     wait_for_reloads(admin, "failure", 1.0).await;
     let logged = loop {
         let line = rx

@@ -7,18 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
-use crate::cli::spawn_eddy;
-use crate::reload::addresses;
+use crate::cli::{addresses, signal, spawn_eddy};
 use crate::support::client::{get, open};
 use crate::support::origin::{Behavior, Origin};
-
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([name, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_and_sigint_finish_in_flight_work_within_shutdown_grace() {
@@ -56,17 +47,14 @@ async fn sigterm_and_sigint_finish_in_flight_work_within_shutdown_grace() {
         signal(child.id(), sig);
         let r = finishing.await.expect("task");
         assert_eq!(r.status, 200, "{sig}: the request in flight finished");
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                sent.elapsed() < Duration::from_secs(15),
-                "{sig}: eddy did not exit"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        crate::support::eventually(
+            &format!("eddy exits after {sig}"),
+            Duration::from_secs(15),
+            || std::future::ready(matches!(child.try_wait(), Ok(Some(_)))),
+        )
+        .await;
         let took = sent.elapsed();
+        let status = child.wait().expect("exit status");
         assert!(status.success(), "{sig}: {status}");
         // It waited for the stuck request, but only for the grace.
         assert!(

@@ -215,20 +215,7 @@ async fn soak() {
     // not allocator timing.
     let (mut child, rx) = crate::cli::spawn_eddy(config, "soak", &[("MIMALLOC_PURGE_DELAY", "0")]);
     let pid = child.id();
-    let (mut proxy, mut admin) = (None, None);
-    while proxy.is_none() || admin.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("eddy starts");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log");
-        if let Some(a) = v["fields"]["addr"].as_str() {
-            proxy = a.parse::<SocketAddr>().ok();
-        }
-        if let Some(a) = v["fields"]["admin_addr"].as_str() {
-            admin = a.parse::<SocketAddr>().ok();
-        }
-    }
-    let (proxy, admin) = (proxy.expect("proxy"), admin.expect("admin"));
+    let (proxy, admin) = crate::cli::addresses(&rx);
     let baseline = fds(pid);
 
     let settle = || async move {
@@ -236,11 +223,7 @@ async fn soak() {
             "eddy is idle again",
             Duration::from_secs(30),
             || async move {
-                let r = crate::support::client::send_raw(
-                    admin,
-                    b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-                )
-                .await;
+                let r = crate::support::eddy::admin_get(admin, "/metrics").await;
                 let busy = r.text().lines().any(|l| {
                     (l.starts_with("eddy_upstream_connections{")
                         || l.starts_with("eddy_pool_pending{"))

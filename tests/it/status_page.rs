@@ -134,11 +134,7 @@ async fn status_json_agrees_with_metrics_and_pools() {
     }
     let refused = crate::support::closed_port();
     assert_eq!(get(p.addr, &format!("http://{refused}/")).await.status, 502);
-    let r = crate::support::client::send_raw(
-        p.admin,
-        b"GET /status.json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let r = p.admin_get("/status.json").await;
     assert_eq!(r.status, 200);
     assert_eq!(
         r.header("content-type").as_deref(),
@@ -200,11 +196,7 @@ async fn status_json_agrees_with_metrics_and_pools() {
         "{status}"
     );
 
-    let page = crate::support::client::send_raw(
-        p.admin,
-        b"GET / HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let page = p.admin_get("/").await;
     assert_eq!(page.status, 200);
     let html = page.text();
     assert!(html.contains("status.json"), "the page reads status.json");

@@ -252,11 +252,7 @@ async fn mutual_tls_works_with_a_client_certificate_and_fails_cleanly_without() 
     let r = get(with.addr, "http://api.test/").await;
     assert_eq!(r.status, 200, "{}", r.text());
     // GET /config names the key file but never shows what is in it.
-    let config = crate::support::client::send_raw(
-        with.admin,
-        b"GET /config HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let config = with.admin_get("/config").await;
     let shown = config.text();
     assert!(shown.contains(&key.display().to_string()), "{shown}");
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use eddy::{Config, Eddy};
 
+use super::client::Response;
+
 pub struct Proxy {
     pub eddy: Eddy,
     pub addr: SocketAddr,
@@ -49,13 +51,14 @@ impl Proxy {
         reloaded
     }
 
+    /// `GET path` from this eddy's admin port.
+    pub async fn admin_get(&self, path: &str) -> Response {
+        admin_get(self.admin, path).await
+    }
+
     /// `GET /pools` from the admin port, parsed.
     pub async fn pools(&self) -> serde_json::Value {
-        let r = super::client::send_raw(
-            self.admin,
-            b"GET /pools HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        )
-        .await;
+        let r = self.admin_get("/pools").await;
         assert_eq!(r.status, 200, "{}", r.text());
         serde_json::from_slice(&r.body).expect("/pools is JSON")
     }
@@ -76,15 +79,21 @@ impl Proxy {
     }
 }
 
+/// `GET path` from the admin port at `admin` (an in-process eddy or a
+/// spawned one), on a connection of its own.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> Response {
+    super::client::send_raw(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
 /// One metric series from the `/metrics` of the admin port at `admin` (an
 /// in-process eddy or a spawned one): `name` plus every `label="value"`
 /// pair given; 0 when the series is absent.
 pub async fn metric_at(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let r = super::client::send_raw(
-        admin,
-        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let r = admin_get(admin, "/metrics").await;
     assert_eq!(r.status, 200);
     let text = r.text();
     text.lines()
