@@ -50,6 +50,18 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    /// Counts how a retried request's attempt ended under its origin's
+    /// `eddy_stale_retries_total`; a first attempt counts nothing.
+    pub fn count_retry(&self, succeeded: bool) {
+        if let (true, Some(m)) = (self.retries > 0, &self.origin) {
+            if succeeded {
+                m.retries_succeeded.inc();
+            } else {
+                m.retries_failed.inc();
+            }
+        }
+    }
+
     pub fn new(
         listener: usize,
         listener_name: Arc<str>,

@@ -40,9 +40,7 @@ impl AdminState {
     pub(crate) fn sample(&self) {
         self.history.sample(&self.metrics);
     }
-}
 
-impl AdminState {
     pub fn current_config(&self) -> Arc<Config> {
         self.config
             .read()
@@ -63,7 +61,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => state.history.sample(&state.metrics),
+                    _ = tick.tick() => state.sample(),
                     _ = stop.wait() => return,
                 }
             }
@@ -109,7 +107,7 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/" => with_type(
             StatusCode::OK,
-            status::PAGE.to_string(),
+            Bytes::from_static(status::PAGE.as_bytes()),
             "text/html; charset=utf-8",
         ),
         "/status.json" => json(
@@ -165,10 +163,10 @@ fn json(body: String) -> Response<Full<Bytes>> {
 
 fn with_type(
     status: StatusCode,
-    body: String,
+    body: impl Into<Bytes>,
     content_type: &'static str,
 ) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

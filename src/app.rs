@@ -11,9 +11,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
@@ -33,13 +32,10 @@ pub struct Eddy {
     /// Each listener's name and bound address, in configuration order.
     pub listeners: Vec<(String, ListenAddr)>,
     pub admin_addr: SocketAddr,
-    pub(crate) pool: Pool,
     pub(crate) admin_state: Arc<AdminState>,
     stop_listeners: ShutdownTrigger,
     stop_admin: ShutdownTrigger,
     tracker: ConnTracker,
-    /// `shutdown_grace` in milliseconds (a reload may change it).
-    pub(crate) grace_ms: AtomicU64,
     tasks: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
     /// One per listener, in configuration order: what a reload replaces.
@@ -213,12 +209,10 @@ impl Eddy {
         Ok(Eddy {
             listeners,
             admin_addr,
-            pool,
             admin_state,
             stop_listeners,
             stop_admin,
             tracker,
-            grace_ms: AtomicU64::new(duration_ms(config.shutdown_grace.get())),
             tasks,
             admin_task,
             slots,
@@ -235,7 +229,7 @@ impl Eddy {
     }
 
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        &self.parts.pool
     }
 
     /// Open client connections across all listeners.
@@ -246,12 +240,13 @@ impl Eddy {
     /// Graceful shutdown; returns once everything is closed or the grace
     /// period is over.
     pub async fn shutdown(self) {
+        // As in effect now: a reload may have changed it.
+        let grace = self.config().shutdown_grace.get();
         self.admin_state.ready.store(false, Ordering::Release);
         self.stop_listeners.fire();
         for t in self.tasks {
             let _ = t.await;
         }
-        let grace = Duration::from_millis(self.grace_ms.load(Ordering::Acquire));
         let open = self.tracker.open();
         if open > 0 {
             tracing::info!(open, ?grace, "waiting for in-flight requests");
@@ -265,14 +260,10 @@ impl Eddy {
                 "shutdown grace period over; closing anyway"
             );
         }
-        self.pool.shutdown();
+        self.parts.pool.shutdown();
         self.stop_admin.fire();
         let _ = self.admin_task.await;
     }
-}
-
-pub(crate) fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn route_target(lc: &ListenerConfig) -> Option<Target> {

@@ -268,12 +268,12 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
     /// Every metric family, as `/metrics` renders them.
-    pub fn gather(&self) -> Vec<MetricFamily> {
+    pub(crate) fn gather(&self) -> Vec<MetricFamily> {
         self.registry.gather()
     }
 
+    /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.gather(), &mut out) {

@@ -20,10 +20,9 @@
 //! `log.level` is applied by the binary, which owns the log subscriber.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::app::{duration_ms, Eddy};
+use crate::app::Eddy;
 use crate::config::Config;
 use crate::metrics::unix_now;
 use crate::proxy::Router;
@@ -72,15 +71,13 @@ impl Eddy {
         for (index, (slot, lc)) in self.slots.iter().zip(&config.listeners).enumerate() {
             slot.replace(self.parts.listener_ctx(index, lc, &config, &router));
         }
-        self.pool.reconfigure(
+        self.parts.pool.reconfigure(
             router.generation(),
             config.pool.max_idle_total,
             config.security.deny_cidrs.clone(),
             |origin| router.settings_for(origin),
         );
-        self.pool.prewarm(router.prewarm_routes());
-        self.grace_ms
-            .store(duration_ms(config.shutdown_grace.get()), Ordering::Release);
+        self.parts.pool.prewarm(router.prewarm_routes());
         *self
             .admin_state
             .config

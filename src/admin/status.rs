@@ -245,29 +245,30 @@ pub(crate) fn status(pool: &Pool, metrics: &Metrics, history: &History) -> Statu
             let failing = !recent_errors.is_empty()
                 || now_c.rejected > base.rejected
                 || now_c.retries_failed > base.retries_failed;
-            let p = pools.remove(&name);
+            // An origin with counters but no pool (HTTP/2, or closed since)
+            // shows zeros.
+            let (pooled, p) = match pools.remove(&name) {
+                Some(p) => (true, p),
+                None => (false, OriginStats::default()),
+            };
             let requests = now_c.requests();
-            let (busy, bound, pending) = p.as_ref().map_or((0, 0, 0), |p| {
-                (
-                    p.in_use + p.connecting,
-                    p.max_connections_per_host,
-                    p.pending,
-                )
-            });
+            let (busy, bound, pending) = (
+                p.in_use + p.connecting,
+                p.max_connections_per_host,
+                p.pending,
+            );
             OriginStatus {
-                pooled: p.is_some(),
-                idle: p.as_ref().map_or(0, |p| p.idle),
-                in_use: p.as_ref().map_or(0, |p| p.in_use),
-                connecting: p.as_ref().map_or(0, |p| p.connecting),
+                pooled,
+                idle: p.idle,
+                in_use: p.in_use,
+                connecting: p.connecting,
                 pending,
                 max_connections_per_host: bound,
-                max_pending_per_host: p.as_ref().map_or(0, |p| p.max_pending_per_host),
-                opened_total: p.as_ref().map_or(0, |p| p.opened_total),
-                reused_total: p.as_ref().map_or(0, |p| p.reused_total),
-                effective_idle_timeout_seconds: p
-                    .as_ref()
-                    .map_or(0.0, |p| p.effective_idle_timeout_seconds),
-                idle_timeout_learned: p.as_ref().is_some_and(|p| p.idle_timeout_learned),
+                max_pending_per_host: p.max_pending_per_host,
+                opened_total: p.opened_total,
+                reused_total: p.reused_total,
+                effective_idle_timeout_seconds: p.effective_idle_timeout_seconds,
+                idle_timeout_learned: p.idle_timeout_learned,
                 requests_total: requests,
                 reuse_ratio: (requests > 0).then(|| now_c.requests_reused as f64 / requests as f64),
                 requests_per_second: rps,

@@ -155,9 +155,7 @@ pub(super) async fn send_with_retry(
         let pooled = match pool.checkout(route, reuse).await {
             Ok(p) => p,
             Err(error) => {
-                if let (true, Some(m)) = (record.retries > 0, &record.origin) {
-                    m.retries_failed.inc();
-                }
+                record.count_retry(false);
                 return Err(error);
             }
         };
@@ -182,16 +180,12 @@ pub(super) async fn send_with_retry(
             .await
         {
             Ok(exchanged) => {
-                if let (true, Some(m)) = (record.retries > 0, &record.origin) {
-                    m.retries_succeeded.inc();
-                }
+                record.count_retry(true);
                 return Ok(exchanged);
             }
             Err(f) => f,
         };
-        if let (true, Some(m)) = (record.retries > 0, &record.origin) {
-            m.retries_failed.inc();
-        }
+        record.count_retry(false);
         let again = failure.stale && record.retries < retry.stale_retries;
         req = match (again, failure.unsent, template) {
             (true, Some(unsent), _) => unsent,
@@ -275,9 +269,7 @@ pub(super) async fn send_h2(
         {
             Ok(opened) => opened,
             Err(error) => {
-                if let (true, Some(m)) = (record.retries > 0, &record.origin) {
-                    m.retries_failed.inc();
-                }
+                record.count_retry(false);
                 return Err(error);
             }
         };
@@ -295,9 +287,7 @@ pub(super) async fn send_h2(
         };
         let error = match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(resp)) => {
-                if let (true, Some(m)) = (record.retries > 0, &record.origin) {
-                    m.retries_succeeded.inc();
-                }
+                record.count_retry(true);
                 return Ok(resp);
             }
             Ok(Err(e)) => e,
@@ -311,9 +301,7 @@ pub(super) async fn send_h2(
         if connection_level(&error) {
             pool.h2_forget(&route.origin, id).await;
         }
-        if let (true, Some(m)) = (record.retries > 0, &record.origin) {
-            m.retries_failed.inc();
-        }
+        record.count_retry(false);
         let again = record.retries < retry.stale_retries
             && !error.is_user()
             && !error.is_parse()

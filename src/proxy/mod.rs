@@ -285,10 +285,10 @@ async fn proxy(
         let resp = match sent {
             Ok(resp) => resp,
             Err(e) => {
-                if record.origin.is_none() {
-                    // Failed before a connection: counted all the same.
-                    record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
-                }
+                // Failed before a connection: counted all the same.
+                record
+                    .origin
+                    .get_or_insert_with(|| ctx.metrics.origin(route.origin.as_str()));
                 return Err(e);
             }
         };
@@ -302,11 +302,11 @@ async fn proxy(
     let (response, lease) = match sent {
         Ok(exchanged) => exchanged,
         Err(e) => {
-            if record.origin.is_none() {
-                // Failed before any connection (refused, DNS, queue full):
-                // count it for the origin all the same.
-                record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
-            }
+            // Failed before any connection (refused, DNS, queue full):
+            // counted for the origin all the same.
+            record
+                .origin
+                .get_or_insert_with(|| ctx.metrics.origin(route.origin.as_str()));
             return Err(e);
         }
     };

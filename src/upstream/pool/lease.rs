@@ -206,10 +206,9 @@ impl Pooled {
         self.untouched = false;
         let read_before = conn.bytes_read();
         let response = Box::pin(conn.sender.try_send_request(req));
-        let origin = self.origin.clone();
         let mut adopt = Adopt {
             exchange: Some((self, response)),
-            done: done.clone(),
+            streamed: done.is_some(),
             drain,
         };
         let head_timer = async {
@@ -228,11 +227,8 @@ impl Pooled {
             r = response => Some(r),
             _ = head_timer => None,
         };
-        let Some((mut this, _)) = adopt.exchange.take() else {
-            return Err(SendFailure::new(terminated(
-                &origin,
-                "exchange lost".into(),
-            )));
+        let Some((this, _)) = adopt.exchange.take() else {
+            unreachable!("the exchange is only taken here, once the response future ended");
         };
         let read_after = this.conn.as_ref().map_or(read_before, Conn::bytes_read);
         match outcome {
@@ -255,33 +251,14 @@ impl Pooled {
                 })
             }
             Some(Ok(resp)) => {
-                let h = resp.headers();
-                if h.contains_key(http::header::TRANSFER_ENCODING)
-                    && h.contains_key(http::header::CONTENT_LENGTH)
-                {
-                    // hyper lets chunked win; a proxy must not relay a
-                    // response whose framing is in doubt (response
-                    // splitting). The connection closes with `this`.
-                    return Err(SendFailure::new(ProxyError::HttpProtocol {
+                match lease_for(this, &resp, done) {
+                    Ok(lease) => Ok((resp, lease)),
+                    // The connection closes with `this`.
+                    Err(this) => Err(SendFailure::new(ProxyError::HttpProtocol {
                         origin: this.origin.to_string(),
                         reason: "conflicting Content-Length and Transfer-Encoding".into(),
-                    }));
+                    })),
                 }
-                let (reusable, hint) = persistence(resp.version(), resp.headers());
-                if let (Some(conn), Some(hint)) = (this.conn.as_mut(), hint) {
-                    conn.keepalive_hint = Some(hint);
-                }
-                // An answer before the whole request body was sent: the
-                // origin may never read the rest, even if hyper manages to
-                // write it into the socket buffers later (SPEC section 6).
-                let early = done.as_ref().is_some_and(|d| !d.is_done());
-                let lease = Lease {
-                    pooled: this,
-                    req_done: done,
-                    reusable,
-                    answered_early: early,
-                };
-                Ok((resp, lease))
             }
         }
     }
@@ -333,6 +310,40 @@ type ResponseFuture = std::pin::Pin<
 >;
 
 /// Owns an exchange while its response head is awaited. Dropped while
+/// The lease that carries `pooled` through the response body, or `pooled`
+/// back if the head's framing is in doubt: hyper lets chunked win over a
+/// Content-Length, and a proxy must not relay such a response (response
+/// splitting), nor reuse its connection.
+// Both variants carry the `Pooled`: boxing the error would only add an
+// allocation to the rare path.
+#[allow(clippy::result_large_err)]
+fn lease_for(
+    mut pooled: Pooled,
+    resp: &Response<Incoming>,
+    req_done: Option<Arc<BodyDone>>,
+) -> Result<Lease, Pooled> {
+    let h = resp.headers();
+    if h.contains_key(http::header::TRANSFER_ENCODING)
+        && h.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return Err(pooled);
+    }
+    let (reusable, hint) = persistence(resp.version(), h);
+    if let (Some(conn), Some(hint)) = (pooled.conn.as_mut(), hint) {
+        conn.keepalive_hint = Some(hint);
+    }
+    // An answer before the whole request body was sent: the origin may
+    // never read the rest, even if hyper manages to write it into the
+    // socket buffers later (SPEC section 6).
+    let answered_early = req_done.as_ref().is_some_and(|d| !d.is_done());
+    Ok(Lease {
+        pooled,
+        req_done,
+        reusable,
+        answered_early,
+    })
+}
+
 /// still holding it, the client went away before the head (a load tool
 /// stopping, an app timing out): the request is on the wire, so closing
 /// the connection would waste it and leave a TIME-WAIT socket toward the
@@ -341,7 +352,8 @@ type ResponseFuture = std::pin::Pin<
 /// limits (SPEC section 6), and the connection goes back to the pool.
 struct Adopt {
     exchange: Option<(Pooled, ResponseFuture)>,
-    done: Option<Arc<BodyDone>>,
+    /// The request had a streamed body.
+    streamed: bool,
     drain: DrainLimits,
 }
 
@@ -353,7 +365,7 @@ impl Drop for Adopt {
         // Only requests without a streamed body: for one with, whether the
         // origin answered before reading all of it can no longer be told.
         let runtime = tokio::runtime::Handle::try_current();
-        let (true, Ok(runtime)) = (self.done.is_none(), runtime) else {
+        let (false, Ok(runtime)) = (self.streamed, runtime) else {
             return;
         };
         let drain = self.drain;
@@ -361,24 +373,12 @@ impl Drop for Adopt {
             let started = tokio::time::Instant::now();
             match tokio::time::timeout(drain.timeout, response).await {
                 Ok(Ok(resp)) => {
-                    let h = resp.headers();
-                    if h.contains_key(http::header::TRANSFER_ENCODING)
-                        && h.contains_key(http::header::CONTENT_LENGTH)
-                    {
-                        // Framing in doubt, as in `send`: never reused.
-                        pooled.discard(CloseReason::Error);
-                        return;
-                    }
-                    let (reusable, hint) = persistence(resp.version(), resp.headers());
-                    let mut pooled = pooled;
-                    if let (Some(conn), Some(hint)) = (pooled.conn.as_mut(), hint) {
-                        conn.keepalive_hint = Some(hint);
-                    }
-                    let lease = Lease {
-                        pooled,
-                        req_done: None,
-                        reusable,
-                        answered_early: false,
+                    let lease = match lease_for(pooled, &resp, None) {
+                        Ok(lease) => lease,
+                        Err(pooled) => {
+                            pooled.discard(CloseReason::Error);
+                            return;
+                        }
                     };
                     let left = DrainLimits {
                         max_bytes: drain.max_bytes,

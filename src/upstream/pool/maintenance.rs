@@ -252,7 +252,7 @@ impl Pool {
     }
 }
 /// One origin's figures, as `/pools` reports them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct OriginStats {
     #[serde(skip)]
     pub origin: String,

@@ -421,7 +421,9 @@ impl Pool {
             )
         });
         // A route made before a reload must not bring the old settings back.
-        if route.generation >= os.settings_generation {
+        // Usually they are the same `Arc`: nothing to write.
+        if route.generation >= os.settings_generation && !Arc::ptr_eq(&os.settings, &route.settings)
+        {
             os.settings = route.settings.clone();
             os.settings_generation = route.generation;
         }
