@@ -25,7 +25,7 @@ use crate::proxy::{forward_target, ListenerCtx, ListenerSlot, LoopGuard, Router,
 use crate::shutdown::{self, ConnTracker, ShutdownTrigger};
 use crate::upstream::connect::Connector;
 use crate::upstream::tls::TlsProfile;
-use crate::upstream::{DrainLimits, Pool};
+use crate::upstream::{DrainLimits, PaceRule, Pool};
 
 /// A running eddy.
 pub struct Eddy {
@@ -69,7 +69,12 @@ impl CtxParts {
             router: router.clone(),
             pool: self.pool.clone(),
             loop_guard: self.loop_guard.clone(),
-            body_idle_timeout: lc.client_idle_timeout.get(),
+            body_pace: PaceRule {
+                idle: lc.client_idle_timeout.get(),
+                grace: lc.client_body_timeout.get(),
+                min_rate: lc.client_body_min_rate.bytes(),
+            },
+            body_buffer: lc.client_body_buffer.as_usize(),
             retry: config.retry.clone(),
             connect_ports: config.security.connect_ports.clone(),
             allow_hosts: config.security.allow_hosts.clone(),

@@ -5,8 +5,8 @@
 //! do it. A reload therefore never rebinds anything and never closes a
 //! connection that is doing work:
 //!
-//! - pool, retry, drain, `[[upstream]]`, security and `access_log` settings
-//!   take effect for the next request (each request reads its listener's
+//! - pool, retry, drain, `[[upstream]]`, security and `access_log` settings,
+//!   and a listener's `client_body_*` rules, take effect for the next request (each request reads its listener's
 //!   context once, when it arrives; [`crate::proxy::ListenerSlot`]);
 //! - the pool takes each origin's new settings at once: idle connections
 //!   over a lowered bound close now, busy ones when their exchange ends;
@@ -117,10 +117,14 @@ pub fn effective(running: &Config, mut new: Config) -> (Config, Vec<String>) {
         new.listeners = running.listeners.clone();
     } else {
         for (n, r) in new.listeners.iter_mut().zip(&running.listeners) {
-            // A route listener's `upstream` is read per request; the rest
-            // of a listener's keys were fixed when it started accepting.
+            // A route listener's `upstream` and the request body rules are
+            // read per request; the rest of a listener's keys were fixed
+            // when it started accepting.
             let mut kept = r.clone();
             kept.upstream = n.upstream.clone();
+            kept.client_body_buffer = n.client_body_buffer;
+            kept.client_body_timeout = n.client_body_timeout;
+            kept.client_body_min_rate = n.client_body_min_rate;
             if *n != kept {
                 restart.push(format!("[[listener]] {:?}: limits or timeouts", r.name));
             }

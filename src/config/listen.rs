@@ -9,10 +9,15 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Dur, Size, DEFAULT_CLIENT_HEADER_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT,
+    Dur, Size, DEFAULT_CLIENT_BODY_BUFFER, DEFAULT_CLIENT_BODY_MIN_RATE,
+    DEFAULT_CLIENT_BODY_TIMEOUT, DEFAULT_CLIENT_HEADER_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT,
     DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_PROXY_LISTEN,
     MAX_CONNECTIONS_CEILING,
 };
+
+/// The largest `client_body_buffer`: it is held per request in flight, and
+/// `max_client_connections` requests may be in flight at once.
+const MAX_CLIENT_BODY_BUFFER: u64 = 16 << 20;
 
 /// Where a listener accepts connections: a TCP socket address or a Unix
 /// socket path (`unix:/run/eddy.sock`).
@@ -93,6 +98,15 @@ pub struct ListenerConfig {
     pub client_header_timeout: Dur,
     pub client_idle_timeout: Dur,
     pub max_header_bytes: Size,
+    /// Request bodies up to this size are read in full before an upstream
+    /// connection is taken; larger ones stream after this much.
+    pub client_body_buffer: Size,
+    /// How long a request body may take, plus a second per
+    /// `client_body_min_rate` bytes received.
+    pub client_body_timeout: Dur,
+    /// Bytes per second a request body must keep up after
+    /// `client_body_timeout`; 0: no rate rule.
+    pub client_body_min_rate: Size,
 }
 
 impl Default for ListenerConfig {
@@ -106,6 +120,9 @@ impl Default for ListenerConfig {
             client_header_timeout: DEFAULT_CLIENT_HEADER_TIMEOUT,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            client_body_buffer: DEFAULT_CLIENT_BODY_BUFFER,
+            client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
+            client_body_min_rate: DEFAULT_CLIENT_BODY_MIN_RATE,
         }
     }
 }
@@ -122,6 +139,9 @@ struct RawListener {
     client_header_timeout: Option<Dur>,
     client_idle_timeout: Option<Dur>,
     max_header_bytes: Option<Size>,
+    client_body_buffer: Option<Size>,
+    client_body_timeout: Option<Dur>,
+    client_body_min_rate: Option<Size>,
 }
 
 impl<'de> Deserialize<'de> for ListenerConfig {
@@ -141,6 +161,9 @@ impl<'de> Deserialize<'de> for ListenerConfig {
                 .unwrap_or(def.client_header_timeout),
             client_idle_timeout: raw.client_idle_timeout.unwrap_or(def.client_idle_timeout),
             max_header_bytes: raw.max_header_bytes.unwrap_or(def.max_header_bytes),
+            client_body_buffer: raw.client_body_buffer.unwrap_or(def.client_body_buffer),
+            client_body_timeout: raw.client_body_timeout.unwrap_or(def.client_body_timeout),
+            client_body_min_rate: raw.client_body_min_rate.unwrap_or(def.client_body_min_rate),
         };
         l.validate().map_err(serde::de::Error::custom)?;
         Ok(l)
@@ -180,6 +203,16 @@ impl ListenerConfig {
         if self.max_header_bytes.bytes() < 1024 || self.max_header_bytes.bytes() > 16 << 20 {
             return Err(format!(
                 "listener {name:?}: max_header_bytes must be between 1KiB and 16MiB"
+            ));
+        }
+        if self.client_body_buffer.bytes() > MAX_CLIENT_BODY_BUFFER {
+            return Err(format!(
+                "listener {name:?}: client_body_buffer must be at most 16MiB (it is held per request in flight)"
+            ));
+        }
+        if self.client_body_timeout.is_zero() {
+            return Err(format!(
+                "listener {name:?}: client_body_timeout must be above 0s"
             ));
         }
         Ok(())

@@ -19,17 +19,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use http_body::Body;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::access::AccessRecord;
 use crate::config::RetryConfig;
 use crate::error::ProxyError;
 use crate::upstream::pool::Lease;
-use crate::upstream::{BodyDone, Pool, ReqBody, Reuse, Route};
+use crate::upstream::{Pool, ReqBody, RequestProgress, Reuse, Route};
 
 /// Whether the method or headers allow replaying this request at all.
 pub(super) fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
@@ -38,42 +36,6 @@ pub(super) fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     ) || headers.contains_key("idempotency-key")
         || headers.contains_key("x-idempotency-key")
-}
-
-/// Reads the client's body into memory if it fits in `limit`, so the request
-/// can be replayed; a larger body streams, starting with what was read.
-pub(super) async fn buffer_body(
-    mut incoming: Incoming,
-    limit: usize,
-    idle_timeout: Duration,
-) -> Result<(ReqBody, Option<Arc<BodyDone>>), ProxyError> {
-    if incoming.is_end_stream() {
-        return Ok((ReqBody::Empty, None));
-    }
-    if incoming
-        .size_hint()
-        .exact()
-        .is_some_and(|n| n > limit as u64)
-    {
-        return Ok(ReqBody::stream(None, incoming, idle_timeout));
-    }
-    let mut buf = BytesMut::new();
-    loop {
-        let frame = match tokio::time::timeout(idle_timeout, incoming.frame()).await {
-            Err(_) => return Err(ProxyError::BadRequest("the request body stalled")),
-            Ok(Some(Err(_))) => return Err(ProxyError::BadRequest("the request body was cut off")),
-            Ok(None) => return Ok((ReqBody::Full(Some(buf.freeze())), None)),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        // Request trailers are not kept for a replayable body.
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        buf.extend_from_slice(&data);
-        if buf.len() > limit {
-            return Ok(ReqBody::stream(Some(buf.freeze()), incoming, idle_timeout));
-        }
-    }
 }
 
 /// What a replay needs: the request head and its buffered body. Taken only
@@ -136,11 +98,11 @@ pub(super) async fn send_with_retry(
     ctx: &super::ListenerCtx,
     route: &Route,
     req: Request<ReqBody>,
-    done: Option<Arc<BodyDone>>,
+    progress: Option<Arc<RequestProgress>>,
     record: &mut AccessRecord,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let (pool, retry) = (&ctx.pool, &ctx.retry);
-    let (body_idle, drain) = (ctx.body_idle_timeout, ctx.drain);
+    let (body_idle, drain) = (ctx.body_pace.idle, ctx.drain);
     let replayable = idempotent(req.method(), req.headers())
         && matches!(req.body(), ReqBody::Empty | ReqBody::Full(_));
     let mut reuse = if replayable {
@@ -176,7 +138,7 @@ pub(super) async fn send_with_retry(
             .then(|| Template::of(&req))
             .flatten();
         let failure = match pooled
-            .send(req, done.clone(), timeout, body_idle, drain)
+            .send(req, progress.clone(), timeout, body_idle, drain)
             .await
         {
             Ok(exchanged) => {

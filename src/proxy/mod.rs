@@ -8,6 +8,7 @@
 
 mod exchange;
 mod headers;
+mod request_body;
 mod router;
 mod target;
 mod tunnel;
@@ -33,7 +34,7 @@ use crate::access::AccessRecord;
 use crate::config::{HostPattern, ListenerMode, RetryConfig};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::upstream::{DrainLimits, Pool, ReqBody, UpstreamBody};
+use crate::upstream::{DrainLimits, PaceRule, Pool, ReqBody, UpstreamBody};
 
 /// What a listener's requests share.
 pub struct ListenerCtx {
@@ -47,9 +48,12 @@ pub struct ListenerCtx {
     pub router: Arc<Router>,
     pub pool: Pool,
     pub loop_guard: Arc<LoopGuard>,
-    /// A request body silent this long fails (the listener's
-    /// `client_idle_timeout`).
-    pub body_idle_timeout: std::time::Duration,
+    /// How fast a request body must arrive (the listener's
+    /// `client_idle_timeout`, `client_body_timeout`, `client_body_min_rate`).
+    pub body_pace: PaceRule,
+    /// Request bodies up to this size are read before a connection is taken
+    /// (`client_body_buffer`).
+    pub body_buffer: usize,
     pub retry: RetryConfig,
     pub drain: DrainLimits,
     /// Ports CONNECT may tunnel to (`security.connect_ports`).
@@ -249,30 +253,47 @@ async fn proxy(
         .map_err(|_| ProxyError::BadRequest("the target's host is not a valid header value"))?;
     record.host = Some(target.authority);
 
+    let held_back = request_body::expects_continue(&parts, &body) && !route.http2;
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(HOST, host);
     parts.headers.append(VIA, ctx.via.clone());
-    // A body is kept in memory only where that makes a replay possible:
-    // idempotent requests, and any request to an HTTP/2 origin, which may
-    // refuse a stream unprocessed (REFUSED_STREAM, GOAWAY) whatever its
-    // method.
-    let (body, body_done) = if ctx.retry.stale_retries > 0
-        && (route.http2 || exchange::idempotent(&parts.method, &parts.headers))
-    {
-        let limit = ctx.retry.retry_body_buffer.as_usize();
-        match exchange::buffer_body(body, limit, ctx.body_idle_timeout).await {
+    let mut continue_signal = None;
+    let (body, progress) = if held_back {
+        // The client waits to be asked: the head goes on with its
+        // `Expect`, and the body follows when the origin asks for it.
+        let (body, progress, signal) = ReqBody::awaiting_continue(body, ctx.body_pace);
+        continue_signal = Some(signal);
+        (body, Some(progress))
+    } else {
+        // eddy reads the body itself, so the expectation (if any) is met
+        // here: hyper answers the client's `100 Continue` as it reads.
+        parts.headers.remove(http::header::EXPECT);
+        // A body is read ahead up to `client_body_buffer`, and further,
+        // up to `retry_body_buffer`, where that makes a replay possible:
+        // idempotent requests, and any request to an HTTP/2 origin, which
+        // may refuse a stream unprocessed (REFUSED_STREAM, GOAWAY)
+        // whatever its method.
+        let replayable = ctx.retry.stale_retries > 0
+            && (route.http2 || exchange::idempotent(&parts.method, &parts.headers));
+        let limit = if replayable {
+            ctx.body_buffer.max(ctx.retry.retry_body_buffer.as_usize())
+        } else {
+            ctx.body_buffer
+        };
+        match request_body::read_ahead(body, limit, ctx.body_pace).await {
             Ok(b) => b,
             Err(e) => {
                 record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
                 return Err(e);
             }
         }
-    } else {
-        ReqBody::from_incoming(body, ctx.body_idle_timeout)
     };
-    let upstream_req = Request::from_parts(parts, body);
+    let mut upstream_req = Request::from_parts(parts, body);
+    if let Some(signal) = continue_signal {
+        signal.install(&mut upstream_req);
+    }
     if route.http2 {
         let sent = Box::pin(exchange::send_h2(
             &ctx.pool,
@@ -298,7 +319,7 @@ async fn proxy(
         return Ok(Response::from_parts(parts, ProxyBody::Direct(incoming)));
     }
 
-    let sent = exchange::send_with_retry(ctx, &route, upstream_req, body_done, record).await;
+    let sent = exchange::send_with_retry(ctx, &route, upstream_req, progress, record).await;
     let (response, lease) = match sent {
         Ok(exchanged) => exchanged,
         Err(e) => {

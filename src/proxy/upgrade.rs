@@ -52,7 +52,7 @@ pub(super) async fn relay(
             .headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let (body, _) = ReqBody::from_incoming(body, ctx.body_idle_timeout);
+    let (body, _) = ReqBody::from_incoming(body, ctx.body_pace);
     let settings = &route.settings;
     let mut sender = ctx
         .pool

@@ -1,24 +1,15 @@
-//! The two bodies that cross the upstream connection.
+//! The origin's response body on its way to the client.
 //!
-//! [`ReqBody`] carries the client's request body upstream and records when
-//! hyper has consumed all of it: a connection is reusable only if the request
-//! was fully written, and `response_header_timeout` starts only then. A body
-//! that stops arriving fails after an inactivity timeout, so a stalled client
-//! cannot hold an upstream connection (a slot of a bounded pool) forever.
-//!
-//! [`UpstreamBody`] carries the origin's response body to the client and
-//! holds the connection's [`Lease`]. It is the only place a lease is
-//! completed: at end-of-stream the connection goes back to the pool; if the
-//! body fails, the connection is closed. If it is dropped early (the client
-//! went away or stopped reading), the rest of the body is drained in the
-//! background within `drain.max_bytes` and `drain.timeout` (SPEC section
-//! 6): a body that ends in time saves its connection, one that does not
-//! closes it. Returning a half-read connection is therefore not expressible.
+//! [`UpstreamBody`] holds the connection's [`Lease`] and is the only place a
+//! lease is ended: at end-of-stream the lease's completion rule decides
+//! whether the connection goes back to the pool; if the body fails, the
+//! connection is closed. If it is dropped early (the client went away or
+//! stopped reading), the rest of the body is drained in the background
+//! within `drain.max_bytes` and `drain.timeout`: a body that ends in time
+//! saves its connection, one that does not closes it. Returning a half-read
+//! connection is therefore not expressible.
 
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -26,230 +17,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::Notify;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::pool::{CloseReason, Lease};
 use crate::access::AccessRecord;
-
-/// Progress of a request body being sent: when hyper last took a piece of
-/// it, and whether it has taken all of it.
-#[derive(Debug)]
-pub struct BodyDone {
-    done: AtomicBool,
-    notify: Notify,
-    epoch: Instant,
-    /// Milliseconds after `epoch` at which hyper last took a frame.
-    last_progress_ms: AtomicU64,
-}
-
-impl Default for BodyDone {
-    fn default() -> Self {
-        BodyDone {
-            done: AtomicBool::new(false),
-            notify: Notify::new(),
-            epoch: Instant::now(),
-            last_progress_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl BodyDone {
-    pub fn is_done(&self) -> bool {
-        self.done.load(Ordering::Acquire)
-    }
-
-    fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_progress_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// When hyper last took a piece of the body (or the body was created).
-    pub fn last_progress(&self) -> Instant {
-        self.epoch + Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed))
-    }
-
-    /// Resolves when the body is complete, or fails once it has made no
-    /// progress for `idle`: an origin that stops reading the upload must not
-    /// hold the exchange (and its pool slot) for ever.
-    pub async fn wait_progress(&self, idle: Duration) -> Result<(), BodyStalled> {
-        loop {
-            let notified = self.notify.notified();
-            if self.is_done() {
-                return Ok(());
-            }
-            let deadline = self.last_progress() + idle;
-            if Instant::now() >= deadline {
-                return Err(BodyStalled(idle));
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-        }
-    }
-
-    fn set(&self) {
-        if !self.done.swap(true, Ordering::AcqRel) {
-            self.notify.notify_waiters();
-        }
-    }
-
-    /// Resolves once the body is complete.
-    pub async fn wait(&self) {
-        loop {
-            let notified = self.notify.notified();
-            if self.is_done() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// Errors a request body can end with.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The client sent no body bytes for the inactivity timeout.
-#[derive(Debug, thiserror::Error)]
-#[error("the client sent no request body bytes for {0:?}")]
-pub struct BodyStalled(pub Duration);
-
-/// A request body on its way upstream.
-#[derive(Debug)]
-pub enum ReqBody {
-    Empty,
-    /// A body read in full before sending, so it can be replayed.
-    Full(Option<Bytes>),
-    Stream {
-        /// Bytes already read while trying to buffer the body.
-        prefix: Option<Bytes>,
-        inner: Incoming,
-        done: Arc<BodyDone>,
-        idle_timeout: Duration,
-        /// Fires when the client has been silent for `idle_timeout` while
-        /// hyper waits for more body; armed at the first poll.
-        idle: Pin<Box<Sleep>>,
-        polled: bool,
-    },
-}
-
-impl ReqBody {
-    /// Wraps a client body; `None` for the completion flag when there is no
-    /// body at all (the common GET), so nothing is allocated for it.
-    pub fn from_incoming(
-        inner: Incoming,
-        idle_timeout: Duration,
-    ) -> (ReqBody, Option<Arc<BodyDone>>) {
-        if inner.is_end_stream() {
-            return (ReqBody::Empty, None);
-        }
-        ReqBody::stream(None, inner, idle_timeout)
-    }
-
-    /// A streamed body whose first bytes (`prefix`) were already read.
-    pub fn stream(
-        prefix: Option<Bytes>,
-        inner: Incoming,
-        idle_timeout: Duration,
-    ) -> (ReqBody, Option<Arc<BodyDone>>) {
-        let done = Arc::new(BodyDone::default());
-        let body = ReqBody::Stream {
-            prefix,
-            inner,
-            done: done.clone(),
-            idle_timeout,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
-            polled: false,
-        };
-        (body, Some(done))
-    }
-}
-
-impl Body for ReqBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            ReqBody::Empty => Poll::Ready(None),
-            ReqBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ReqBody::Stream {
-                prefix,
-                inner,
-                done,
-                idle_timeout,
-                idle,
-                polled,
-            } => {
-                if !*polled {
-                    // Time spent waiting for a connection is not the
-                    // client's silence.
-                    *polled = true;
-                    idle.as_mut().reset(Instant::now() + *idle_timeout);
-                }
-                done.touch();
-                if let Some(p) = prefix.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(p))));
-                }
-                let frame = match Pin::new(&mut *inner).poll_frame(cx) {
-                    Poll::Ready(frame) => frame,
-                    Poll::Pending => {
-                        ready!(idle.as_mut().poll(cx));
-                        return Poll::Ready(Some(Err(BodyStalled(*idle_timeout).into())));
-                    }
-                };
-                idle.as_mut().reset(Instant::now() + *idle_timeout);
-                match &frame {
-                    None => done.set(),
-                    Some(Ok(_)) if inner.is_end_stream() => done.set(),
-                    _ => {}
-                }
-                Poll::Ready(frame.map(|r| r.map_err(BodyError::from)))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ReqBody::Empty => true,
-            ReqBody::Full(data) => data.is_none(),
-            ReqBody::Stream {
-                prefix,
-                inner,
-                done,
-                ..
-            } => {
-                let end = prefix.is_none() && inner.is_end_stream();
-                if end {
-                    done.set();
-                }
-                end
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ReqBody::Empty => SizeHint::with_exact(0),
-            ReqBody::Full(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            ReqBody::Stream { prefix, inner, .. } => {
-                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
-                let mut hint = inner.size_hint();
-                hint.set_lower(hint.lower() + extra);
-                if let Some(upper) = hint.upper() {
-                    hint.set_upper(upper + extra);
-                }
-                hint
-            }
-        }
-    }
-}
 
 /// How much of an abandoned response body eddy reads to save its
 /// connection (`[drain]`).
@@ -405,7 +176,7 @@ async fn drain(
         }
     };
     let reused = if ended {
-        lease.finish()
+        lease.finish_async().await
     } else {
         lease.close(CloseReason::NotDrained);
         false

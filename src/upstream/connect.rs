@@ -18,9 +18,9 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use super::body::ReqBody;
 use super::io::{CountingIo, Stream};
 use super::origin::Origin;
+use super::request_body::ReqBody;
 use super::tls::TlsProfile;
 use crate::config::Cidr;
 use crate::error::ProxyError;

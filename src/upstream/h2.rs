@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use hyper::client::conn::http2::SendRequest;
 
-use super::body::ReqBody;
 use super::origin::Origin;
+use super::request_body::ReqBody;
 use crate::metrics::OriginMetrics;
 
 /// A shared HTTP/2 connection, with its origin's metric handles resolved

@@ -7,12 +7,26 @@
 //! closes connections and, once the evidence is consistent, makes the pool
 //! expire that origin's idle connections a safety margin earlier.
 //!
-//! The evidence rules (SPEC section 4, rule 7):
+//! What counts as evidence, and why: a keep-alive timer closes *every*
+//! connection that stays idle long enough, oldest first, at the same idle
+//! age; a restart, a deploy or a network blip closes whatever is open at
+//! that moment, whatever its age. So:
+//! - a close of a connection idle less than [`MIN_EVIDENCE_AGE`] teaches
+//!   nothing: no server sets a keep-alive timeout that short, and it is
+//!   exactly what a restart looks like right after a response. Learning it
+//!   would expire connections at the floor and switch pooling off, while
+//!   closes that young are caught anyway by the check before reuse and the
+//!   stale retry;
 //! - closes that arrive together (within [`BURST_WINDOW`]) are one event; if
-//!   their idle ages disagree it was a restart or a network event, not a
-//!   keep-alive limit, and the whole event is ignored;
+//!   their idle ages disagree it was a restart, not a keep-alive limit, and
+//!   the whole event is ignored;
+//! - a close while an older idle connection of the same origin is still
+//!   open is not a timer either (a timer would have closed the older one
+//!   first): ignored;
 //! - one event teaches nothing; a second event at a consistent idle age
-//!   (within [`tolerance`]) sets the limit;
+//!   (within [`tolerance`]) sets the limit, unless a connection was reused
+//!   after idling clearly longer in between (it survived the age the first
+//!   event suggested);
 //! - once a limit is known, any later event below it lowers it;
 //! - without new evidence the limit grows back by a quarter every
 //!   [`GROWTH_PERIOD`] (or 20× the limit, whichever is longer), so an origin
@@ -30,8 +44,11 @@ use tokio::time::Instant;
 pub const BURST_WINDOW: Duration = Duration::from_millis(100);
 /// Minimum time without evidence before a learned limit grows back.
 pub const GROWTH_PERIOD: Duration = Duration::from_secs(60);
-/// Learned expiry never goes below this (SPEC section 4, rule 7).
+/// Learned expiry never goes below this.
 pub const FLOOR: Duration = Duration::from_millis(100);
+/// A close of a connection idle less than this is not evidence of a
+/// keep-alive limit (a restart, a deploy, a worker recycled).
+pub const MIN_EVIDENCE_AGE: Duration = Duration::from_millis(250);
 
 /// How far apart two idle ages may be and still count as "consistent".
 pub fn tolerance(age: Duration) -> Duration {
@@ -62,8 +79,20 @@ struct Burst {
     started: Instant,
     min_age: Duration,
     max_age: Duration,
-    /// What the learner knew before this burst, restored if it was a restart.
+    /// An older idle connection outlived one of this burst's closes.
+    refuted: bool,
+    /// What the learner knew before this burst, restored if the burst is
+    /// not evidence.
     before: (Option<Duration>, Option<Duration>),
+}
+
+/// One idle connection the origin closed.
+#[derive(Clone, Copy, Debug)]
+pub struct IdleClose {
+    /// How long it had been idle.
+    pub age: Duration,
+    /// How long the origin's oldest connection still idle has been idle.
+    pub oldest_still_idle: Option<Duration>,
 }
 
 impl IdleLearner {
@@ -77,34 +106,52 @@ impl IdleLearner {
         self.limit.is_none() && self.candidate.is_none()
     }
 
-    /// The origin closed an idle connection that had been idle for `age`.
-    pub fn observe_close(&mut self, now: Instant, age: Duration) {
-        if let Some(burst) = &mut self.burst {
-            if now.saturating_duration_since(burst.started) <= BURST_WINDOW {
-                burst.min_age = burst.min_age.min(age);
-                burst.max_age = burst.max_age.max(age);
-                let (before, min_age) = (burst.before, burst.min_age);
-                if burst.max_age - burst.min_age > tolerance(burst.min_age) {
-                    // Connections of very different idle ages closed at once:
-                    // a restart, not a keep-alive limit. Forget the event.
-                    (self.limit, self.candidate) = before;
-                } else {
-                    // Same event, consistent ages: the event's age is the
-                    // youngest connection it closed.
-                    self.apply_event(before, min_age);
-                }
-                return;
+    /// The origin closed an idle connection.
+    pub fn observe_close(&mut self, now: Instant, close: IdleClose) {
+        let IdleClose {
+            age,
+            oldest_still_idle,
+        } = close;
+        let refuted = oldest_still_idle.is_some_and(|o| o > age + tolerance(age));
+        let burst = match self.burst.take() {
+            Some(mut b) if now.saturating_duration_since(b.started) <= BURST_WINDOW => {
+                b.min_age = b.min_age.min(age);
+                b.max_age = b.max_age.max(age);
+                b.refuted |= refuted;
+                b
             }
+            _ => Burst {
+                started: now,
+                min_age: age,
+                max_age: age,
+                refuted,
+                before: (self.limit, self.candidate),
+            },
+        };
+        let evidence = !burst.refuted
+            && burst.min_age >= MIN_EVIDENCE_AGE
+            && burst.max_age - burst.min_age <= tolerance(burst.min_age);
+        if evidence {
+            // The event's age is the youngest connection it closed.
+            self.apply_event(burst.before, burst.min_age);
+            self.last_evidence = Some(now);
+        } else {
+            (self.limit, self.candidate) = burst.before;
         }
-        let before = (self.limit, self.candidate);
-        self.burst = Some(Burst {
-            started: now,
-            min_age: age,
-            max_age: age,
-            before,
-        });
-        self.last_evidence = Some(now);
-        self.apply_event(before, age);
+        self.burst = Some(burst);
+    }
+
+    /// A connection of this origin was reused, and answered, after idling
+    /// for `age`: the origin does not close connections that young. A
+    /// candidate or limit clearly below it was not a keep-alive limit.
+    pub fn observe_survival(&mut self, age: Duration) {
+        let outlived = |v: Duration| age > v + tolerance(v);
+        if self.candidate.is_some_and(outlived) {
+            self.candidate = None;
+        }
+        if self.limit.is_some_and(outlived) {
+            self.limit = None;
+        }
     }
 
     /// Applies one event of idle age `age` to the state `before` it.
@@ -150,13 +197,78 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A close with no other idle connection open.
+    fn lone(age: Duration) -> IdleClose {
+        IdleClose {
+            age,
+            oldest_still_idle: None,
+        }
+    }
+
+    #[test]
+    fn restarts_right_after_a_response_teach_nothing() {
+        // Two graceful restarts, each closing the one pooled connection
+        // ~30 ms after its response: consistent, single, and not a limit.
+        let t0 = Instant::now();
+        let mut l = IdleLearner::default();
+        l.observe_close(t0, lone(ms(30)));
+        l.observe_close(t0 + ms(3_000), lone(ms(31)));
+        l.observe_close(t0 + ms(6_000), lone(ms(29)));
+        assert_eq!(l.limit(), None);
+        assert!(l.is_empty());
+        // Just above the floor, the same pattern is a limit.
+        l.observe_close(t0 + ms(9_000), lone(MIN_EVIDENCE_AGE));
+        l.observe_close(t0 + ms(12_000), lone(MIN_EVIDENCE_AGE + ms(5)));
+        assert_eq!(l.limit(), Some(MIN_EVIDENCE_AGE));
+    }
+
+    #[test]
+    fn a_close_while_an_older_idle_connection_lives_is_not_a_timer() {
+        let t0 = Instant::now();
+        let mut l = IdleLearner::default();
+        let refuted = IdleClose {
+            age: ms(900),
+            oldest_still_idle: Some(ms(5_000)),
+        };
+        l.observe_close(t0, refuted);
+        l.observe_close(t0 + ms(2_000), refuted);
+        assert_eq!(l.limit(), None);
+        // An older connection within tolerance does not refute.
+        let close_enough = IdleClose {
+            age: ms(900),
+            oldest_still_idle: Some(ms(950)),
+        };
+        l.observe_close(t0 + ms(4_000), close_enough);
+        l.observe_close(t0 + ms(6_000), close_enough);
+        assert_eq!(l.limit(), Some(ms(900)));
+    }
+
+    #[test]
+    fn a_connection_that_survived_longer_refutes_a_candidate() {
+        let t0 = Instant::now();
+        let mut l = IdleLearner::default();
+        l.observe_close(t0, lone(ms(1_000)));
+        l.observe_survival(ms(5_000));
+        l.observe_close(t0 + ms(10_000), lone(ms(1_000)));
+        assert_eq!(l.limit(), None, "the first close was refuted in between");
+        l.observe_survival(ms(1_050));
+        l.observe_close(t0 + ms(20_000), lone(ms(1_000)));
+        assert_eq!(
+            l.limit(),
+            Some(ms(1_000)),
+            "a survival within tolerance refutes nothing"
+        );
+        l.observe_survival(ms(3_000));
+        assert_eq!(l.limit(), None, "a limit outlived is forgotten");
+    }
+
     #[test]
     fn one_close_teaches_nothing_two_consistent_closes_do() {
         let t0 = Instant::now();
         let mut l = IdleLearner::default();
-        l.observe_close(t0, ms(810));
+        l.observe_close(t0, lone(ms(810)));
         assert_eq!(l.limit(), None);
-        l.observe_close(t0 + ms(2_000), ms(805));
+        l.observe_close(t0 + ms(2_000), lone(ms(805)));
         assert_eq!(l.limit(), Some(ms(805)));
         assert!(expire_before(ms(805)) < ms(800));
     }
@@ -165,8 +277,8 @@ mod tests {
     fn inconsistent_closes_teach_nothing() {
         let t0 = Instant::now();
         let mut l = IdleLearner::default();
-        l.observe_close(t0, ms(800));
-        l.observe_close(t0 + ms(5_000), ms(3_000));
+        l.observe_close(t0, lone(ms(800)));
+        l.observe_close(t0 + ms(5_000), lone(ms(3_000)));
         assert_eq!(l.limit(), None);
     }
 
@@ -175,13 +287,13 @@ mod tests {
         let t0 = Instant::now();
         let mut l = IdleLearner::default();
         // A single earlier close leaves a candidate...
-        l.observe_close(t0, ms(400));
+        l.observe_close(t0, lone(ms(400)));
         // ...then a restart closes three connections at once, one of them at
         // a consistent age: the burst's spread marks it as a restart.
         let t1 = t0 + ms(10_000);
-        l.observe_close(t1, ms(420));
-        l.observe_close(t1 + ms(1), ms(2_500));
-        l.observe_close(t1 + ms(2), ms(40));
+        l.observe_close(t1, lone(ms(420)));
+        l.observe_close(t1 + ms(1), lone(ms(2_500)));
+        l.observe_close(t1 + ms(2), lone(ms(40)));
         assert_eq!(l.limit(), None);
     }
 
@@ -189,8 +301,8 @@ mod tests {
     fn a_burst_of_consistent_closes_is_one_event() {
         let t0 = Instant::now();
         let mut l = IdleLearner::default();
-        l.observe_close(t0, ms(900));
-        l.observe_close(t0 + ms(5), ms(905));
+        l.observe_close(t0, lone(ms(900)));
+        l.observe_close(t0 + ms(5), lone(ms(905)));
         assert_eq!(l.limit(), None, "two closes in one burst are one event");
     }
 
@@ -198,10 +310,10 @@ mod tests {
     fn a_known_limit_only_goes_down_on_evidence_and_grows_back_without() {
         let t0 = Instant::now();
         let mut l = IdleLearner::default();
-        l.observe_close(t0, ms(1_000));
-        l.observe_close(t0 + ms(3_000), ms(1_000));
+        l.observe_close(t0, lone(ms(1_000)));
+        l.observe_close(t0 + ms(3_000), lone(ms(1_000)));
         assert_eq!(l.limit(), Some(ms(1_000)));
-        l.observe_close(t0 + ms(6_000), ms(600));
+        l.observe_close(t0 + ms(6_000), lone(ms(600)));
         assert_eq!(l.limit(), Some(ms(600)));
         l.grow(t0 + ms(7_000), Duration::from_secs(30));
         assert_eq!(l.limit(), Some(ms(600)), "too soon to grow");

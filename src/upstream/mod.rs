@@ -1,8 +1,9 @@
 //! Everything on the origin side of eddy: which origin a request goes to
 //! ([`origin`]), how a connection is opened (`connect`), how connections
 //! are shared and bounded ([`pool`]), what eddy learns about an origin's
-//! keep-alive limit ([`learn`]), and the bodies that carry an exchange and
-//! decide whether its connection may be reused ([`body`]).
+//! keep-alive limit ([`learn`]), and the bodies that carry an exchange:
+//! the request's ([`request_body`]), whose transmission decides whether its
+//! connection may be reused, and the response's ([`body`]).
 
 pub mod body;
 pub(crate) mod connect;
@@ -11,9 +12,10 @@ pub(crate) mod io;
 pub mod learn;
 pub mod origin;
 pub mod pool;
+pub mod request_body;
 pub mod tls;
 
-pub use body::DrainLimits;
-pub use body::{BodyDone, ReqBody, UpstreamBody};
+pub use body::{DrainLimits, UpstreamBody};
 pub use origin::Origin;
 pub use pool::{CloseReason, OriginStats, Pool, Pooled, Reuse, Route, SendFailure};
+pub use request_body::{Pace, PaceRule, ReqBody, RequestProgress};

@@ -227,7 +227,8 @@ async fn a_client_aborting_its_upload_closes_the_upstream_connection() {
         origin.url()
     );
     s.write_all(head.as_bytes()).await.expect("head");
-    s.write_all(&vec![b'u'; 10 * 1024])
+    // More than client_body_buffer (64 KiB): the body streams upstream.
+    s.write_all(&vec![b'u'; 100 * 1024])
         .await
         .expect("part of the body");
     origin

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::CloseReason;
 use crate::config::PoolConfig;
 use crate::metrics::OriginMetrics;
-use crate::upstream::body::ReqBody;
+use crate::upstream::request_body::ReqBody;
 
 /// What the liveness probe saw on a connection that is not dead.
 #[derive(Debug, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 //! - [`Pooled`] is a checked-out connection; its only way forward is
 //!   [`Pooled::send`], and dropped it closes the connection;
 //! - [`Lease`] is a connection whose response is streaming; only the
-//!   response body ends it, returning the connection at end-of-stream.
+//!   response body ends it, and at end-of-stream the completion rule
+//!   (`completion`) decides whether the connection goes back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +18,15 @@ use std::future::Future;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
+use super::completion::{after_wait, AfterResponse, ExchangeEnd};
 use super::conn::{persistence, Conn, Probe};
 use super::{CloseReason, Closing, Pool, Reuse, Route, PROBE_AFTER_IDLE};
 use crate::config::PoolConfig;
 use crate::error::ProxyError;
 use crate::metrics::OriginMetrics;
-use crate::upstream::body::{BodyDone, DrainLimits, ReqBody, UpstreamBody};
+use crate::upstream::body::{DrainLimits, UpstreamBody};
 use crate::upstream::origin::Origin;
+use crate::upstream::request_body::{ReqBody, RequestProgress, Sending};
 
 pub(super) struct Waiter {
     pub(super) id: u64,
@@ -186,12 +189,16 @@ impl Pooled {
     /// `response_timeout` after the request body was fully handed over. A
     /// body the origin stops taking for `body_idle` ends the wait too (504).
     ///
+    /// `progress` is the streamed body's record (`None` for a body read
+    /// ahead in full, or none at all); the lease keeps it for the
+    /// completion rule.
+    ///
     /// If the client goes away while the head is awaited (this future is
     /// dropped), the exchange is adopted: see [`Adopt`].
     pub async fn send(
         mut self,
         req: Request<ReqBody>,
-        done: Option<Arc<BodyDone>>,
+        progress: Option<Arc<RequestProgress>>,
         response_timeout: Duration,
         body_idle: Duration,
         drain: DrainLimits,
@@ -208,12 +215,12 @@ impl Pooled {
         let response = Box::pin(conn.sender.try_send_request(req));
         let mut adopt = Adopt {
             exchange: Some((self, response)),
-            streamed: done.is_some(),
+            streamed: progress.is_some(),
             drain,
         };
         let head_timer = async {
-            if let Some(done) = &done {
-                if done.wait_progress(body_idle).await.is_err() {
+            if let Some(progress) = &progress {
+                if progress.wait_taken(body_idle).await.is_err() {
                     return;
                 }
             }
@@ -238,9 +245,9 @@ impl Pooled {
             Some(Err(mut e)) => {
                 let unsent = e.take_message();
                 let error = e.into_error();
-                // SPEC section 5: the connection was lost (EOF, reset, broken
-                // pipe) before any response byte, on a connection that had
-                // served a request or before the request was written.
+                // The connection was lost (EOF, reset, broken pipe) before
+                // any response byte, on a connection that had served a
+                // request or before the request was written.
                 let stale = is_connection_lost(&error)
                     && read_after == read_before
                     && (this.reused || unsent.is_some());
@@ -251,7 +258,10 @@ impl Pooled {
                 })
             }
             Some(Ok(resp)) => {
-                match lease_for(this, &resp, done) {
+                if this.reused && this.idle_for >= super::SURVIVAL_WORTH_NOTING {
+                    this.pool.survived(&this.origin, this.idle_for);
+                }
+                match lease_for(this, &resp, progress, drain.timeout) {
                     Ok(lease) => Ok((resp, lease)),
                     // The connection closes with `this`.
                     Err(this) => Err(SendFailure::new(ProxyError::HttpProtocol {
@@ -309,7 +319,6 @@ type ResponseFuture = std::pin::Pin<
     >,
 >;
 
-/// Owns an exchange while its response head is awaited. Dropped while
 /// The lease that carries `pooled` through the response body, or `pooled`
 /// back if the head's framing is in doubt: hyper lets chunked win over a
 /// Content-Length, and a proxy must not relay such a response (response
@@ -320,7 +329,8 @@ type ResponseFuture = std::pin::Pin<
 fn lease_for(
     mut pooled: Pooled,
     resp: &Response<Incoming>,
-    req_done: Option<Arc<BodyDone>>,
+    progress: Option<Arc<RequestProgress>>,
+    await_request: Duration,
 ) -> Result<Lease, Pooled> {
     let h = resp.headers();
     if h.contains_key(http::header::TRANSFER_ENCODING)
@@ -328,22 +338,20 @@ fn lease_for(
     {
         return Err(pooled);
     }
-    let (reusable, hint) = persistence(resp.version(), h);
+    let (origin_keeps_open, hint) = persistence(resp.version(), h);
     if let (Some(conn), Some(hint)) = (pooled.conn.as_mut(), hint) {
         conn.keepalive_hint = Some(hint);
     }
-    // An answer before the whole request body was sent: the origin may
-    // never read the rest, even if hyper manages to write it into the
-    // socket buffers later (SPEC section 6).
-    let answered_early = req_done.as_ref().is_some_and(|d| !d.is_done());
     Ok(Lease {
         pooled,
-        req_done,
-        reusable,
-        answered_early,
+        progress,
+        origin_keeps_open,
+        status: resp.status(),
+        await_request,
     })
 }
 
+/// Owns an exchange while its response head is awaited. Dropped while
 /// still holding it, the client went away before the head (a load tool
 /// stopping, an app timing out): the request is on the wire, so closing
 /// the connection would waste it and leave a TIME-WAIT socket toward the
@@ -373,7 +381,7 @@ impl Drop for Adopt {
             let started = tokio::time::Instant::now();
             match tokio::time::timeout(drain.timeout, response).await {
                 Ok(Ok(resp)) => {
-                    let lease = match lease_for(pooled, &resp, None) {
+                    let lease = match lease_for(pooled, &resp, None, drain.timeout) {
                         Ok(lease) => lease,
                         Err(pooled) => {
                             pooled.discard(CloseReason::Error);
@@ -465,31 +473,90 @@ impl Drop for Pooled {
 /// [`crate::upstream::UpstreamBody`], the only code that ends it.
 pub struct Lease {
     pub(super) pooled: Pooled,
-    pub(super) req_done: Option<Arc<BodyDone>>,
-    pub(super) reusable: bool,
-    /// The response head came before the request body was sent in full.
-    pub(super) answered_early: bool,
+    /// The streamed request body's record; `None` when the body was read
+    /// ahead in full (or there was none): complete once sent with the head.
+    pub(super) progress: Option<Arc<RequestProgress>>,
+    /// The origin keeps the connection open after this response.
+    pub(super) origin_keeps_open: bool,
+    pub(super) status: http::StatusCode,
+    /// Longest wait, once the response has ended, for a request body that
+    /// is still being sent (`drain.timeout`).
+    pub(super) await_request: Duration,
 }
 
 impl Lease {
-    /// The response body reached its end: return the connection if the
-    /// request was fully written and the origin keeps it open.
-    /// Returns whether the connection went back to the pool.
-    pub(in crate::upstream) fn finish(mut self) -> bool {
-        if !self.reusable {
-            self.pooled.condemn(CloseReason::PeerClosed);
-            return false;
+    /// The response body reached its end: the completion rule decides.
+    /// When the request body is still on its way, a task waits for it
+    /// (bounded) and returns or closes the connection then.
+    pub(in crate::upstream) fn finish(self) {
+        match self.decide() {
+            AfterResponse::AwaitRequest => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(self.await_request());
+                }
+                Err(_) => {
+                    self.apply(AfterResponse::Close(CloseReason::NotDrained));
+                }
+            },
+            decided => {
+                self.apply(decided);
+            }
         }
-        if self.answered_early || self.req_done.as_ref().is_some_and(|d| !d.is_done()) {
-            // The origin answered before the request body was sent in full.
-            self.pooled.condemn(CloseReason::Error);
-            return false;
+    }
+
+    /// [`Lease::finish`], waiting in place; returns whether the connection
+    /// went back to the pool.
+    pub(in crate::upstream) async fn finish_async(self) -> bool {
+        match self.decide() {
+            AfterResponse::AwaitRequest => self.await_request().await,
+            decided => self.apply(decided),
         }
-        let Some(conn) = self.pooled.conn.take() else {
-            return false;
+    }
+
+    fn decide(&self) -> AfterResponse {
+        ExchangeEnd {
+            origin_keeps_open: self.origin_keeps_open,
+            status: self.status,
+            streamed: self.progress.is_some(),
+            request: self
+                .progress
+                .as_ref()
+                .map_or(Sending::Complete, |p| p.state()),
+        }
+        .decide()
+    }
+
+    async fn await_request(self) -> bool {
+        let state = match &self.progress {
+            Some(p) => tokio::time::timeout(self.await_request, p.settled())
+                .await
+                .unwrap_or(Sending::Partial),
+            None => Sending::Complete,
         };
-        let p = &self.pooled;
-        p.pool.release(&p.origin, &p.settings, conn)
+        self.apply(after_wait(state))
+    }
+
+    /// Carries out a decision; returns whether the connection went back.
+    fn apply(mut self, decided: AfterResponse) -> bool {
+        match decided {
+            AfterResponse::Return => {
+                let Some(conn) = self.pooled.conn.take() else {
+                    return false;
+                };
+                let p = &self.pooled;
+                p.pool.release(&p.origin, &p.settings, conn)
+            }
+            AfterResponse::Close(reason) => {
+                self.pooled.condemn(reason);
+                false
+            }
+            // Only `finish` and `finish_async` wait; a wait that reached
+            // here has run out.
+            AfterResponse::AwaitRequest => {
+                self.pooled.condemn(CloseReason::NotDrained);
+                false
+            }
+        }
     }
 
     /// The origin's counters, for the drain outcome.

@@ -28,11 +28,13 @@
 //! - this file: the shared state and the checkout path (idle, connect, wait);
 //! - `release`: the return path (hand-off, idle bounds, freed slots);
 //! - `lease`: the RAII handles a request holds (permit, pooled, lease);
+//! - `completion`: what becomes of a connection when its response ends;
 //! - `conn`: one connection, its liveness probe and retirement rules;
 //! - `origin_state`: one origin's idle list, waiters, counts, learner;
 //! - `maintenance`: reaper, prewarming, shutdown, `/pools` snapshot;
 //! - `reconfigure`: a reloaded configuration applied to the live pool.
 
+mod completion;
 mod conn;
 mod lease;
 mod maintenance;
@@ -594,6 +596,12 @@ impl Pool {
 /// stale retry still covers idempotent requests. Under load most reuses
 /// are that young, and the probe is one system call each.
 pub(super) const PROBE_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A reuse after idling at least this long is reported to the origin's
+/// learner: a survival that young cannot refute anything it learned (see
+/// [`super::learn::MIN_EVIDENCE_AGE`]), and under load most reuses are
+/// younger, so the hot path takes no lock for it.
+pub(super) const SURVIVAL_WORTH_NOTING: std::time::Duration = super::learn::MIN_EVIDENCE_AGE;
 
 enum Step {
     Reuse(Pooled),

@@ -13,6 +13,7 @@ use super::lease::{ConnectPermit, Grant};
 use super::origin_state::OriginState;
 use super::{CloseReason, Closing, Pool, Route, State, MAX_REMEMBERED_ORIGINS};
 use crate::config::PoolConfig;
+use crate::upstream::learn::IdleClose;
 use crate::upstream::origin::Origin;
 
 impl Pool {
@@ -208,6 +209,17 @@ impl Pool {
         }
     }
 
+    /// A connection of `origin` was reused, and answered, after idling for
+    /// `idle_for`: evidence against a keep-alive limit below that.
+    pub(super) fn survived(&self, origin: &Origin, idle_for: Duration) {
+        let mut st = self.lock();
+        if let Some(os) = st.origins.get_mut(origin) {
+            if os.settings.learn_idle_timeout {
+                os.learner.observe_survival(idle_for);
+            }
+        }
+    }
+
     /// hyper's task for connection `id` finished. If the connection was idle
     /// the origin closed it: remove it and learn from its idle age.
     pub(super) fn on_connection_ended(&self, origin: &Origin, id: u64) {
@@ -223,8 +235,14 @@ impl Pool {
             };
             let idle = os.idle.remove(pos);
             if os.settings.learn_idle_timeout {
-                os.learner
-                    .observe_close(now, now.saturating_duration_since(idle.since));
+                let close = IdleClose {
+                    age: now.saturating_duration_since(idle.since),
+                    oldest_still_idle: os
+                        .idle
+                        .first()
+                        .map(|i| now.saturating_duration_since(i.since)),
+                };
+                os.learner.observe_close(now, close);
             }
             closing.push((idle.conn, CloseReason::PeerClosed));
             self.dispatch_permits(origin, os);
