@@ -289,13 +289,25 @@ struct Gate {
     /// Armed at the first poll: hyper polls the body once the head is
     /// written, so the wait starts when the origin could first answer.
     give_up: Option<Pin<Box<Sleep>>>,
+    /// The origin gave its final answer without asking for the body:
+    /// hyper dropped the signal. The body is never sent (the connection
+    /// closes), and the client is never asked for it.
+    refused: bool,
 }
 
 impl Gate {
     /// Ready once the origin asked for the body or the wait ran out.
     fn poll_open(&mut self, cx: &mut Context<'_>, wait: Duration) -> Poll<()> {
-        if Pin::new(&mut self.asked).poll(cx).is_ready() {
-            return Poll::Ready(());
+        if self.refused {
+            return Poll::Pending;
+        }
+        match Pin::new(&mut self.asked).poll(cx) {
+            Poll::Ready(Ok(())) => return Poll::Ready(()),
+            Poll::Ready(Err(_)) => {
+                self.refused = true;
+                return Poll::Pending;
+            }
+            Poll::Pending => {}
         }
         let timer = self
             .give_up
@@ -362,6 +374,7 @@ impl ReqBody {
         let gate = Gate {
             asked: rx,
             give_up: None,
+            refused: false,
         };
         let pace = Pace::start(rule, Instant::now());
         let (body, progress) = ReqBody::streamed(None, inner, pace, Some(gate));

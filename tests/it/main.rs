@@ -16,6 +16,7 @@ mod metrics;
 mod pool;
 mod reload;
 mod retry;
+mod reuse;
 mod security;
 mod signals;
 mod smuggling;

@@ -46,8 +46,22 @@ pub struct Behavior {
     pub reset_request: Option<usize>,
     /// Answer with a body of this many bytes.
     pub body_bytes: Option<usize>,
-    /// Answer 413 to a request declaring a larger body, before reading it.
+    /// Answer 413 to a request declaring a larger body, before reading it,
+    /// and keep the connection open without reading the body: a careless
+    /// origin, which takes whatever follows as the next request.
     pub reject_body_over: Option<usize>,
+    /// With `reject_body_over`: after the 413, read and discard the body
+    /// (as nginx and Go do) instead of taking it for the next request.
+    pub discard_rejected: bool,
+    /// Answer each request as soon as its head is read, then read and
+    /// discard its body (nginx `return`).
+    pub answer_before_body: bool,
+    /// Send `100 Continue` before reading a body announced with
+    /// `Expect: 100-continue`.
+    pub continue_100: bool,
+    /// Answer a request carrying `Expect: 100-continue` with this status,
+    /// without asking for (or reading) its body.
+    pub reject_expect: Option<u16>,
     /// Read request heads, never their bodies, and never answer.
     pub deaf_to_bodies: bool,
     /// Answer with exactly these bytes (malformed on purpose), then keep
@@ -90,6 +104,10 @@ pub struct Stats {
     pub client_closes: Mutex<Vec<Duration>>,
     /// Requests served on each connection, by connection number.
     pub per_conn: Mutex<Vec<usize>>,
+    /// Idle connections closed by a graceful restart ([`Origin::restart`]).
+    pub restart_closes: AtomicUsize,
+    /// `100 Continue` responses sent.
+    pub continues: AtomicUsize,
     pub recorded: Mutex<Vec<Recorded>>,
     /// Signalled on every accept, request and close.
     pub changed: Notify,
@@ -117,6 +135,12 @@ impl Stats {
     pub fn killed(&self) -> usize {
         self.killed.load(Ordering::SeqCst)
     }
+    pub fn restart_closes(&self) -> usize {
+        self.restart_closes.load(Ordering::SeqCst)
+    }
+    pub fn continues(&self) -> usize {
+        self.continues.load(Ordering::SeqCst)
+    }
     /// Recorded requests whose head starts with `prefix` (e.g. `"POST "`).
     pub fn recorded_starting(&self, prefix: &str) -> Vec<Recorded> {
         self.recorded()
@@ -138,7 +162,11 @@ impl Stats {
 pub struct Origin {
     pub addr: SocketAddr,
     pub stats: Arc<Stats>,
+    behavior: Arc<Behavior>,
     task: JoinHandle<()>,
+    /// Bumped by [`Origin::restart`]: idle connections close, busy ones
+    /// close after their answer.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Drop for Origin {
@@ -156,26 +184,40 @@ impl Origin {
         let listener = TcpListener::bind(addr).await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let stats = Arc::new(Stats::default());
-        let b = Arc::new(behavior);
-        let s = stats.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                let n = s.accepted.fetch_add(1, Ordering::SeqCst);
-                let open = s.open.fetch_add(1, Ordering::SeqCst) + 1;
-                s.max_open.fetch_max(open, Ordering::SeqCst);
-                s.per_conn.lock().expect("stats").push(0);
-                s.changed.notify_waiters();
-                let (s, b) = (s.clone(), b.clone());
-                conns.push(tokio::spawn(async move {
-                    serve_conn(stream, n, &s, &b).await;
-                    s.open.fetch_sub(1, Ordering::SeqCst);
-                    s.changed.notify_waiters();
-                }));
-                conns.retain(|h| !h.is_finished());
-            }
-        });
-        Origin { addr, stats, task }
+        let behavior = Arc::new(behavior);
+        let (generation, _) = tokio::sync::watch::channel(0);
+        let task = accept_loop(listener, stats.clone(), behavior.clone(), &generation);
+        Origin {
+            addr,
+            stats,
+            behavior,
+            task,
+            generation,
+        }
+    }
+
+    /// A graceful restart, as `nginx -s quit` and a new start do: the
+    /// listener closes, every idle connection is closed at once (busy ones
+    /// after their answer), and a new listener takes the same port. Returns
+    /// once the old connections are gone and the new listener is up.
+    pub async fn restart(&mut self) {
+        self.task.abort();
+        self.generation.send_modify(|g| *g += 1);
+        self.wait_for(
+            "the old connections are closed",
+            Duration::from_secs(10),
+            |s| s.open() == 0,
+        )
+        .await;
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("bind the restarted origin to the same port");
+        self.task = accept_loop(
+            listener,
+            self.stats.clone(),
+            self.behavior.clone(),
+            &self.generation,
+        );
     }
 
     /// Waits (up to `limit`) until `check` holds for this origin's counters.
@@ -195,53 +237,118 @@ impl Origin {
     }
 }
 
+fn accept_loop(
+    listener: TcpListener,
+    s: Arc<Stats>,
+    b: Arc<Behavior>,
+    generation: &tokio::sync::watch::Sender<u64>,
+) -> JoinHandle<()> {
+    let mut restarted = generation.subscribe();
+    restarted.mark_unchanged();
+    tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let n = s.accepted.fetch_add(1, Ordering::SeqCst);
+            let open = s.open.fetch_add(1, Ordering::SeqCst) + 1;
+            s.max_open.fetch_max(open, Ordering::SeqCst);
+            s.per_conn.lock().expect("stats").push(0);
+            s.changed.notify_waiters();
+            let (s, b, restarted) = (s.clone(), b.clone(), restarted.clone());
+            conns.push(tokio::spawn(async move {
+                serve_conn(stream, n, &s, &b, restarted).await;
+                s.open.fetch_sub(1, Ordering::SeqCst);
+                s.changed.notify_waiters();
+            }));
+            conns.retain(|h| !h.is_finished());
+        }
+    })
+}
+
+/// How the body after a head is framed.
+#[derive(Clone, Copy, Debug)]
+enum Framing {
+    Length(usize),
+    Chunked,
+}
+
 enum Head {
     Request {
         head: String,
         body: Vec<u8>,
     },
-    /// A head declaring a body over `reject_body_over`; the body is unread.
-    TooLarge {
+    /// A head whose body is left unread for now: rejected for its size
+    /// (`reject_body_over`), answered first (`answer_before_body`), or
+    /// refused instead of being asked for (`reject_expect`).
+    Unread {
         head: String,
+        framing: Framing,
+        status: u16,
     },
     /// The client closed the connection while it was idle.
     ClientClosed,
     /// `idle_close` elapsed.
     IdleTimeout,
+    /// A graceful restart closed the idle connection.
+    Restarted,
     Broken,
 }
 
-async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behavior) {
+type Restarts = tokio::sync::watch::Receiver<u64>;
+
+async fn serve_conn(
+    mut stream: TcpStream,
+    conn: usize,
+    stats: &Stats,
+    b: &Behavior,
+    mut restarted: Restarts,
+) {
     let mut buf = Vec::new();
     let mut idle_since = Instant::now();
     let mut served = 0usize;
     loop {
-        match read_request(
-            &mut stream,
-            &mut buf,
-            b.idle_close,
-            b.reject_body_over,
-            b.deaf_to_bodies,
-        )
-        .await
-        {
-            Head::TooLarge { head } => {
+        match read_request(&mut stream, &mut buf, b, stats, &mut restarted).await {
+            Head::Unread {
+                head,
+                framing,
+                status,
+            } => {
                 served += 1;
                 stats.requests.fetch_add(1, Ordering::SeqCst);
+                stats.per_conn.lock().expect("stats")[conn] = served;
                 stats.recorded.lock().expect("stats").push(Recorded {
                     conn,
                     index: served,
-                    head,
+                    head: head.clone(),
                     body: Vec::new(),
                 });
-                let answer =
-                    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large";
-                if stream.write_all(answer).await.is_err() {
+                stats.changed.notify_waiters();
+                let sent = if status == 413 {
+                    stream
+                        .write_all(
+                            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large",
+                        )
+                        .await
+                } else if status == 200 {
+                    respond(&mut stream, conn, served, &head, &[], b).await
+                } else {
+                    let answer =
+                        format!("HTTP/1.1 {status} Refused\r\nContent-Length: 7\r\n\r\nrefused");
+                    stream.write_all(answer.as_bytes()).await
+                };
+                if sent.is_err() {
                     return;
                 }
-                // Keep the connection open, as a careless origin would: a
-                // proxy that reused it would send its next request after the
-                // unread body.
+                let careless = status == 413 && !b.discard_rejected;
+                if !careless {
+                    // Read and discard the body, as nginx and Go do, so the
+                    // connection stays in step.
+                    if skip_body(&mut stream, &mut buf, framing).await.is_none() {
+                        return;
+                    }
+                }
+                // A careless origin keeps the connection open without
+                // reading: a proxy that reused it would have its next
+                // request read after the unread body.
                 idle_since = Instant::now();
             }
             Head::Request { head, body } => {
@@ -286,7 +393,7 @@ async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behav
                 {
                     return;
                 }
-                if b.connection_close || b.http10 {
+                if b.connection_close || b.http10 || restarted.has_changed().unwrap_or(true) {
                     let _ = stream.shutdown().await;
                     return;
                 }
@@ -301,6 +408,12 @@ async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behav
                         .push(idle_since.elapsed());
                     stats.changed.notify_waiters();
                 }
+                return;
+            }
+            Head::Restarted => {
+                drop(stream);
+                stats.restart_closes.fetch_add(1, Ordering::SeqCst);
+                stats.changed.notify_waiters();
                 return;
             }
             Head::IdleTimeout if b.forget_silently => {
@@ -335,22 +448,30 @@ async fn serve_conn(mut stream: TcpStream, conn: usize, stats: &Stats, b: &Behav
 async fn read_request(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
-    idle: Option<Duration>,
-    reject_body_over: Option<usize>,
-    deaf: bool,
+    b: &Behavior,
+    stats: &Stats,
+    restarted: &mut Restarts,
 ) -> Head {
     let head_end = loop {
         if let Some(pos) = find(buf, b"\r\n\r\n") {
             break pos + 4;
         }
         let mut chunk = [0u8; 8192];
-        let read = stream.read(&mut chunk);
-        let n = match idle {
-            Some(limit) if buf.is_empty() => match tokio::time::timeout(limit, read).await {
-                Ok(r) => r,
-                Err(_) => return Head::IdleTimeout,
-            },
-            _ => read.await,
+        let n = if buf.is_empty() {
+            // Idle: a restart or the idle limit may close it.
+            let idle = async {
+                match b.idle_close {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = stream.read(&mut chunk) => r,
+                _ = idle => return Head::IdleTimeout,
+                _ = restarted.changed() => return Head::Restarted,
+            }
+        } else {
+            stream.read(&mut chunk).await
         };
         match n {
             Ok(0) if buf.is_empty() => return Head::ClientClosed,
@@ -361,33 +482,91 @@ async fn read_request(
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     buf.drain(..head_end);
     let lower = head.to_ascii_lowercase();
-    let body = if lower.contains("transfer-encoding: chunked") {
-        match read_chunked(stream, buf).await {
-            Some(b) => b,
-            None => return Head::Broken,
-        }
+    let framing = if lower.contains("transfer-encoding: chunked") {
+        Framing::Chunked
     } else {
-        let len = header_value(&lower, "content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        if reject_body_over.is_some_and(|max| len > max) {
-            return Head::TooLarge { head };
+        Framing::Length(
+            header_value(&lower, "content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0),
+        )
+    };
+    let has_body = !matches!(framing, Framing::Length(0));
+    let expects = header_value(&lower, "expect").is_some_and(|v| v == "100-continue");
+    if let Framing::Length(len) = framing {
+        if b.reject_body_over.is_some_and(|max| len > max) {
+            return Head::Unread {
+                head,
+                framing,
+                status: 413,
+            };
         }
-        if deaf && len > 0 {
-            // Take the head, then stop reading: the sender's writes back up.
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    if has_body && expects {
+        if let Some(status) = b.reject_expect {
+            return Head::Unread {
+                head,
+                framing,
+                status,
+            };
+        }
+    }
+    if has_body && b.answer_before_body {
+        return Head::Unread {
+            head,
+            framing,
+            status: 200,
+        };
+    }
+    if has_body && expects && b.continue_100 {
+        if stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+        {
             return Head::Broken;
         }
-        while buf.len() < len {
-            let mut chunk = [0u8; 8192];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return Head::Broken,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        stats.continues.fetch_add(1, Ordering::SeqCst);
+    }
+    if b.deaf_to_bodies && has_body {
+        // Take the head, then stop reading: the sender's writes back up.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        return Head::Broken;
+    }
+    let body = match framing {
+        Framing::Chunked => match read_chunked(stream, buf).await {
+            Some(b) => b,
+            None => return Head::Broken,
+        },
+        Framing::Length(len) => {
+            while buf.len() < len {
+                if fill(stream, buf).await.is_none() {
+                    return Head::Broken;
+                }
             }
+            buf.drain(..len).collect()
         }
-        buf.drain(..len).collect()
     };
     Head::Request { head, body }
+}
+
+/// Reads and discards a body, keeping whatever follows it in `buf`.
+async fn skip_body(stream: &mut TcpStream, buf: &mut Vec<u8>, framing: Framing) -> Option<()> {
+    match framing {
+        Framing::Chunked => read_chunked(stream, buf).await.map(drop),
+        Framing::Length(len) => {
+            let mut left = len;
+            loop {
+                let take = left.min(buf.len());
+                buf.drain(..take);
+                left -= take;
+                if left == 0 {
+                    return Some(());
+                }
+                fill(stream, buf).await?;
+            }
+        }
+    }
 }
 
 async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
