@@ -17,18 +17,21 @@
 //!    without keep-alive) closes it;
 //! 2. a body that failed (the client aborted or was too slow) can never be
 //!    completed: close;
-//! 3. a streamed body answered with anything but 2xx: close. The origin
-//!    refused or redirected an upload it may never have read, and whether
-//!    it reads the rest cannot be seen from here, so no later request is
-//!    bet on it. Bodies read ahead in full (`client_body_buffer`) went out
+//! 3. a streamed body answered with 413 (Content Too Large): close. The
+//!    origin refused the body itself, for its size, and may never read it;
+//!    whether it does cannot be seen from here (the kernel takes megabytes
+//!    whether or not anyone reads them), so no later request is bet on it.
+//!    Other early answers (a 200 from nginx `return`, a 401 or a 405)
+//!    concern the request, not its body, and origins read and discard the
+//!    rest (RFC 9110, section 15.5.14 lets a 413 end the connection
+//!    instead). Bodies read ahead in full (`client_body_buffer`) went out
 //!    with the head and keep their connection whatever the status;
 //! 4. a body still held back for `100 Continue` was never sent, and the
 //!    origin answered without asking for it: close (the request's framing
 //!    promised bytes that will not come);
 //! 5. a body sent in full: return the connection;
-//! 6. a body still being sent after a 2xx: keep sending it, within the
-//!    drain timeout, then return the connection if it completed and close
-//!    it if not.
+//! 6. a body still being sent: keep sending it, within the drain timeout,
+//!    then return the connection if it completed and close it if not.
 
 use http::StatusCode;
 
@@ -67,7 +70,7 @@ impl ExchangeEnd {
         if self.request == Sending::Failed {
             return AfterResponse::Close(CloseReason::NotDrained);
         }
-        if self.streamed && !self.status.is_success() {
+        if self.streamed && self.status == StatusCode::PAYLOAD_TOO_LARGE {
             return AfterResponse::Close(CloseReason::NotDrained);
         }
         match self.request {
@@ -123,12 +126,16 @@ mod tests {
     }
 
     #[test]
-    fn an_early_2xx_keeps_sending_the_body() {
-        // nginx `return 200` answers on the head; the body is still coming.
-        assert_eq!(
-            end(true, 200, true, Sending::Partial),
-            AfterResponse::AwaitRequest
-        );
+    fn an_early_answer_keeps_sending_the_body() {
+        // nginx `return 200` answers on the head; the body is still
+        // coming. So does an early 401 or 405, and the origin discards it.
+        for status in [200, 204, 401, 405, 500] {
+            assert_eq!(
+                end(true, status, true, Sending::Partial),
+                AfterResponse::AwaitRequest,
+                "{status}"
+            );
+        }
         assert_eq!(after_wait(Sending::Complete), AfterResponse::Return);
         assert_eq!(
             after_wait(Sending::Partial),
@@ -141,16 +148,19 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_upload_closes_whether_or_not_it_was_all_written() {
+    fn an_upload_refused_for_its_size_closes_whether_or_not_it_was_all_written() {
         for request in [Sending::Partial, Sending::Complete] {
-            for status in [401, 413, 307, 500] {
-                assert_eq!(
-                    end(true, status, true, request),
-                    AfterResponse::Close(CloseReason::NotDrained),
-                    "{status} {request:?}"
-                );
-            }
+            assert_eq!(
+                end(true, 413, true, request),
+                AfterResponse::Close(CloseReason::NotDrained),
+                "{request:?}"
+            );
         }
+        // Read ahead in full, it went out with the head: nothing is owed.
+        assert_eq!(
+            end(true, 413, false, Sending::Complete),
+            AfterResponse::Return
+        );
     }
 
     #[test]
