@@ -34,7 +34,7 @@ use crate::access::AccessRecord;
 use crate::config::{HostPattern, ListenerMode, RetryConfig};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::upstream::{DrainLimits, PaceRule, Pool, ReqBody, UpstreamBody};
+use crate::upstream::{DrainLimits, PaceRule, Pool, UpstreamBody};
 
 /// What a listener's requests share.
 pub struct ListenerCtx {
@@ -253,47 +253,36 @@ async fn proxy(
         .map_err(|_| ProxyError::BadRequest("the target's host is not a valid header value"))?;
     record.host = Some(target.authority);
 
-    let held_back = request_body::expects_continue(&parts, &body) && !route.http2;
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(HOST, host);
     parts.headers.append(VIA, ctx.via.clone());
-    let mut continue_signal = None;
-    let (body, progress) = if held_back {
-        // The client waits to be asked: the head goes on with its
-        // `Expect`, and the body follows when the origin asks for it.
-        let (body, progress, signal) = ReqBody::awaiting_continue(body, ctx.body_pace);
-        continue_signal = Some(signal);
-        (body, Some(progress))
+    // eddy reads the body itself, so it meets a `100-continue`
+    // expectation here: hyper answers the client as the body is read.
+    request_body::take_continue(&mut parts.headers);
+    // A body is read ahead up to `client_body_buffer`, and further, up to
+    // `retry_body_buffer`, where that makes a replay possible: idempotent
+    // requests, and any request to an HTTP/2 origin, which may refuse a
+    // stream unprocessed (REFUSED_STREAM, GOAWAY) whatever its method.
+    let replayable = ctx.retry.stale_retries > 0
+        && (route.http2 || exchange::idempotent(&parts.method, &parts.headers));
+    let limit = if replayable {
+        ctx.body_buffer.max(ctx.retry.retry_body_buffer.as_usize())
     } else {
-        // eddy reads the body itself, so the expectation (if any) is met
-        // here: hyper answers the client's `100 Continue` as it reads.
-        parts.headers.remove(http::header::EXPECT);
-        // A body is read ahead up to `client_body_buffer`, and further,
-        // up to `retry_body_buffer`, where that makes a replay possible:
-        // idempotent requests, and any request to an HTTP/2 origin, which
-        // may refuse a stream unprocessed (REFUSED_STREAM, GOAWAY)
-        // whatever its method.
-        let replayable = ctx.retry.stale_retries > 0
-            && (route.http2 || exchange::idempotent(&parts.method, &parts.headers));
-        let limit = if replayable {
-            ctx.body_buffer.max(ctx.retry.retry_body_buffer.as_usize())
-        } else {
-            ctx.body_buffer
-        };
-        match request_body::read_ahead(body, limit, ctx.body_pace).await {
-            Ok(b) => b,
-            Err(e) => {
-                record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
-                return Err(e);
-            }
+        ctx.body_buffer
+    };
+    let (body, progress) = match request_body::read_ahead(body, limit, ctx.body_pace).await {
+        Ok(b) => b,
+        Err(e) => {
+            record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
+            return Err(e);
         }
     };
-    let mut upstream_req = Request::from_parts(parts, body);
-    if let Some(signal) = continue_signal {
-        signal.install(&mut upstream_req);
+    if !route.http2 {
+        request_body::frame_unknown_length(&mut parts.headers, &body);
     }
+    let upstream_req = Request::from_parts(parts, body);
     if route.http2 {
         let sent = Box::pin(exchange::send_h2(
             &ctx.pool,
@@ -319,7 +308,7 @@ async fn proxy(
         return Ok(Response::from_parts(parts, ProxyBody::Direct(incoming)));
     }
 
-    let sent = exchange::send_with_retry(ctx, &route, upstream_req, progress, record).await;
+    let sent = exchange::send_with_retry(ctx, &route, upstream_req, progress.clone(), record).await;
     let (response, lease) = match sent {
         Ok(exchanged) => exchanged,
         Err(e) => {
@@ -334,8 +323,9 @@ async fn proxy(
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::Upstream(UpstreamBody::new(incoming, lease, ctx.drain)),
-    ))
+    let body = UpstreamBody::new(incoming, lease, ctx.drain);
+    if let Some(progress) = &progress {
+        request_body::let_upload_finish(progress, parts.status, ctx.drain.timeout).await;
+    }
+    Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }

@@ -10,17 +10,22 @@
 //! replayable (its body is at hand) and settles the completion question
 //! early: a body sent whole with its head is complete before any answer.
 //!
-//! The exception is `Expect: 100-continue` (RFC 9110, section 10.1.1): the
-//! client waits to be asked for its body, and a proxy must pass the head on
-//! rather than decide for the origin. Such a body is held back until the
-//! origin asks for it (see `upstream::request_body`).
+//! `Expect: 100-continue` is answered here, as nginx and Envoy do by
+//! default: reading the body is what makes hyper send the client its
+//! `100 Continue`, at once, so the client is never left waiting for an
+//! answer that depends on a body it has not sent (what RFC 9110, section
+//! 10.1.1 guards against), and the request goes upstream without the
+//! expectation, its body complete or streaming. Passing the expectation on
+//! would cost every such request (legacy .NET and PHP clients send it on
+//! every POST) a round trip to the origin before its body, and an origin
+//! that answers before asking for the body would leave the connection
+//! owing bytes the client will never send: closed instead of reused.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use http::header::EXPECT;
-use http::request::Parts;
-use http::Version;
+use http::header::{EXPECT, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -30,17 +35,45 @@ use crate::error::ProxyError;
 use crate::upstream::request_body::Lag;
 use crate::upstream::{Pace, PaceRule, ReqBody, RequestProgress};
 
-/// Whether the client asked to be told before it sends its body: an
-/// HTTP/1.1 request with `Expect: 100-continue` and a body to send. (hyper
-/// ignores the expectation of an HTTP/1.0 request, whose client sends the
-/// body at once.)
-pub(super) fn expects_continue(parts: &Parts, body: &Incoming) -> bool {
-    parts.version == Version::HTTP_11
-        && !body.is_end_stream()
-        && parts
-            .headers
-            .get(EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+/// Removes a `100-continue` expectation, which eddy meets itself (see the
+/// module documentation). Any other expectation is the origin's to judge.
+pub(super) fn take_continue(headers: &mut HeaderMap) {
+    let continues = headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if continues {
+        headers.remove(EXPECT);
+    }
+}
+
+/// The framing a body of unknown length needs upstream. hyper sends such
+/// a body chunked, except on GET, HEAD and CONNECT requests, whose body it
+/// silently drops unless the header says chunked: it is said here.
+pub(super) fn frame_unknown_length(headers: &mut HeaderMap, body: &ReqBody) {
+    if body.size_hint().exact().is_none() {
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+}
+
+/// Holds an early answer back, for at most `limit`, while the client is
+/// still sending its streamed body.
+///
+/// Why: many clients stop uploading when they see an answer before their
+/// body is sent: curl at an error status, Go's net/http at any answer when
+/// it will not reuse its connection. They close their connection, and the
+/// upstream connection, owed the rest of the body, must close too. Relayed
+/// once the body is in, the answer costs nothing; nginx behaves the same,
+/// since it reads the whole body before the origin can answer. A 413 is
+/// not held: the origin refused the body itself and its connection closes
+/// anyway, so the client may as well stop.
+pub(super) async fn let_upload_finish(
+    progress: &RequestProgress,
+    status: StatusCode,
+    limit: std::time::Duration,
+) {
+    if status != StatusCode::PAYLOAD_TOO_LARGE && !progress.is_complete() {
+        let _ = tokio::time::timeout(limit, progress.settled()).await;
+    }
 }
 
 /// Reads the client's body ahead of taking a connection, up to `limit`

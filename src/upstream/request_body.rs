@@ -16,29 +16,19 @@
 //! `client_body_min_rate` once `client_body_timeout` has passed. A client
 //! that trickles its upload therefore cannot keep an upstream connection (a
 //! slot of a bounded pool) for ever.
-//!
-//! A request sent with `Expect: 100-continue` keeps its body back until the
-//! origin asks for it (RFC 9110, section 10.1.1): only then is the body read
-//! from the client, which is the moment hyper's server sends the client its
-//! own `100 Continue`. An origin that says nothing for [`CONTINUE_WAIT`] gets
-//! the body anyway, as curl does.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
-
-/// Longest wait for an origin's `100 Continue` before the body is sent
-/// anyway (a server that does not implement the expectation just reads).
-pub const CONTINUE_WAIT: Duration = Duration::from_secs(1);
 
 /// How fast a request body must arrive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,8 +135,6 @@ impl BodyTooSlow {
 /// Where a request body's transmission stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sending {
-    /// Held back: the origin has not asked for it (`Expect: 100-continue`).
-    NotStarted,
     /// Some of it may have been written; the end has not.
     Partial,
     /// hyper has taken all of it, the end included.
@@ -156,9 +144,8 @@ pub enum Sending {
     Failed,
 }
 
-const STARTED: u8 = 1;
-const ENDED: u8 = 2;
-const FAILED: u8 = 4;
+const ENDED: u8 = 1;
+const FAILED: u8 = 2;
 
 /// What hyper has taken of one streamed request body, shared between the
 /// body (which hyper owns) and the exchange that watches it.
@@ -174,9 +161,9 @@ pub struct RequestProgress {
 }
 
 impl RequestProgress {
-    fn new(started: bool) -> RequestProgress {
+    fn new() -> RequestProgress {
         RequestProgress {
-            flags: AtomicU8::new(if started { STARTED } else { 0 }),
+            flags: AtomicU8::new(0),
             sent: AtomicU64::new(0),
             epoch: Instant::now(),
             last_take_ms: AtomicU64::new(0),
@@ -190,8 +177,6 @@ impl RequestProgress {
             Sending::Failed
         } else if flags & ENDED != 0 {
             Sending::Complete
-        } else if flags & STARTED == 0 {
-            Sending::NotStarted
         } else {
             Sending::Partial
         }
@@ -207,7 +192,7 @@ impl RequestProgress {
     }
 
     fn set(&self, flag: u8) {
-        if self.flags.fetch_or(flag, Ordering::AcqRel) & flag == 0 && flag != STARTED {
+        if self.flags.fetch_or(flag, Ordering::AcqRel) & flag == 0 {
             self.notify.notify_waiters();
         }
     }
@@ -263,59 +248,6 @@ impl RequestProgress {
 #[derive(Debug)]
 pub struct OriginStalled;
 
-/// Opens a held-back body when the origin answers `100 Continue`; installed
-/// on the upstream request with `hyper::ext::on_informational`.
-pub struct ContinueSignal(Mutex<Option<oneshot::Sender<()>>>);
-
-impl ContinueSignal {
-    /// Installs the signal on `req`: a `100` from the origin releases the
-    /// body.
-    pub fn install<B>(self, req: &mut http::Request<B>) {
-        hyper::ext::on_informational(req, move |res| {
-            if res.status() == http::StatusCode::CONTINUE {
-                let tx = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(tx) = tx {
-                    let _ = tx.send(());
-                }
-            }
-        });
-    }
-}
-
-/// A body kept back until the origin asks for it.
-#[derive(Debug)]
-struct Gate {
-    asked: oneshot::Receiver<()>,
-    /// Armed at the first poll: hyper polls the body once the head is
-    /// written, so the wait starts when the origin could first answer.
-    give_up: Option<Pin<Box<Sleep>>>,
-    /// The origin gave its final answer without asking for the body:
-    /// hyper dropped the signal. The body is never sent (the connection
-    /// closes), and the client is never asked for it.
-    refused: bool,
-}
-
-impl Gate {
-    /// Ready once the origin asked for the body or the wait ran out.
-    fn poll_open(&mut self, cx: &mut Context<'_>, wait: Duration) -> Poll<()> {
-        if self.refused {
-            return Poll::Pending;
-        }
-        match Pin::new(&mut self.asked).poll(cx) {
-            Poll::Ready(Ok(())) => return Poll::Ready(()),
-            Poll::Ready(Err(_)) => {
-                self.refused = true;
-                return Poll::Pending;
-            }
-            Poll::Pending => {}
-        }
-        let timer = self
-            .give_up
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
-        timer.as_mut().poll(cx)
-    }
-}
-
 /// A body streaming from the client.
 #[derive(Debug)]
 pub struct Streamed {
@@ -326,8 +258,6 @@ pub struct Streamed {
     pace: Pace,
     /// Fires at the pace's deadline while hyper waits for more.
     timer: Pin<Box<Sleep>>,
-    /// `Some` while the body waits for the origin's `100 Continue`.
-    gate: Option<Gate>,
 }
 
 /// A request body on its way upstream.
@@ -361,33 +291,7 @@ impl ReqBody {
         inner: Incoming,
         pace: Pace,
     ) -> (ReqBody, Arc<RequestProgress>) {
-        ReqBody::streamed(prefix, inner, pace, None)
-    }
-
-    /// A body held back until the origin answers `100 Continue`; the
-    /// signal goes on the upstream request ([`ContinueSignal::install`]).
-    pub fn awaiting_continue(
-        inner: Incoming,
-        rule: PaceRule,
-    ) -> (ReqBody, Arc<RequestProgress>, ContinueSignal) {
-        let (tx, rx) = oneshot::channel();
-        let gate = Gate {
-            asked: rx,
-            give_up: None,
-            refused: false,
-        };
-        let pace = Pace::start(rule, Instant::now());
-        let (body, progress) = ReqBody::streamed(None, inner, pace, Some(gate));
-        (body, progress, ContinueSignal(Mutex::new(Some(tx))))
-    }
-
-    fn streamed(
-        prefix: Option<Bytes>,
-        inner: Incoming,
-        pace: Pace,
-        gate: Option<Gate>,
-    ) -> (ReqBody, Arc<RequestProgress>) {
-        let progress = Arc::new(RequestProgress::new(gate.is_none()));
+        let progress = Arc::new(RequestProgress::new());
         let (deadline, _) = pace.deadline();
         let body = ReqBody::Stream(Box::new(Streamed {
             prefix,
@@ -395,7 +299,6 @@ impl ReqBody {
             progress: progress.clone(),
             pace,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
-            gate,
         }));
         (body, progress)
     }
@@ -404,18 +307,6 @@ impl ReqBody {
 impl Streamed {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.progress.touch();
-        if let Some(gate) = self.gate.as_mut() {
-            let wait = CONTINUE_WAIT.min(self.pace.rule().idle / 2);
-            if gate.poll_open(cx, wait).is_pending() {
-                return Poll::Pending;
-            }
-            // The body starts now: time spent waiting for the origin is
-            // not the client's.
-            self.gate = None;
-            self.pace = Pace::start(self.pace.rule(), Instant::now());
-            self.progress.set(STARTED);
-            self.progress.touch();
-        }
         if let Some(p) = self.prefix.take() {
             self.progress.took(p.len());
             if self.inner.is_end_stream() {
@@ -498,7 +389,7 @@ impl Body for ReqBody {
             ReqBody::Empty => true,
             ReqBody::Full(data) => data.is_none(),
             ReqBody::Stream(s) => {
-                let end = s.gate.is_none() && s.prefix.is_none() && s.inner.is_end_stream();
+                let end = s.prefix.is_none() && s.inner.is_end_stream();
                 if end {
                     s.progress.set(ENDED);
                 }
@@ -596,15 +487,13 @@ mod tests {
 
     #[test]
     fn progress_states_follow_the_flags() {
-        let p = RequestProgress::new(false);
-        assert_eq!(p.state(), Sending::NotStarted);
-        p.set(STARTED);
+        let p = RequestProgress::new();
         assert_eq!(p.state(), Sending::Partial);
         p.took(10);
         assert_eq!(p.sent(), 10);
         p.set(ENDED);
         assert_eq!(p.state(), Sending::Complete);
-        let q = RequestProgress::new(true);
+        let q = RequestProgress::new();
         q.set(FAILED);
         assert_eq!(q.state(), Sending::Failed);
     }

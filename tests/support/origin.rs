@@ -53,15 +53,14 @@ pub struct Behavior {
     /// With `reject_body_over`: after the 413, read and discard the body
     /// (as nginx and Go do) instead of taking it for the next request.
     pub discard_rejected: bool,
-    /// Answer each request as soon as its head is read, then read and
-    /// discard its body (nginx `return`).
+    /// Answer each request with a body as soon as its head is read, then
+    /// read and discard the body (nginx `return`).
     pub answer_before_body: bool,
+    /// With `answer_before_body`: answer with this status instead of 200.
+    pub early_status: Option<u16>,
     /// Send `100 Continue` before reading a body announced with
     /// `Expect: 100-continue`.
     pub continue_100: bool,
-    /// Answer a request carrying `Expect: 100-continue` with this status,
-    /// without asking for (or reading) its body.
-    pub reject_expect: Option<u16>,
     /// Read request heads, never their bodies, and never answer.
     pub deaf_to_bodies: bool,
     /// Answer with exactly these bytes (malformed on purpose), then keep
@@ -277,8 +276,7 @@ enum Head {
         body: Vec<u8>,
     },
     /// A head whose body is left unread for now: rejected for its size
-    /// (`reject_body_over`), answered first (`answer_before_body`), or
-    /// refused instead of being asked for (`reject_expect`).
+    /// (`reject_body_over`) or answered first (`answer_before_body`).
     Unread {
         head: String,
         framing: Framing,
@@ -502,20 +500,11 @@ async fn read_request(
             };
         }
     }
-    if has_body && expects {
-        if let Some(status) = b.reject_expect {
-            return Head::Unread {
-                head,
-                framing,
-                status,
-            };
-        }
-    }
     if has_body && b.answer_before_body {
         return Head::Unread {
             head,
             framing,
-            status: 200,
+            status: b.early_status.unwrap_or(200),
         };
     }
     if has_body && expects && b.continue_100 {

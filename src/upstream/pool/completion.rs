@@ -26,11 +26,8 @@
 //!    rest (RFC 9110, section 15.5.14 lets a 413 end the connection
 //!    instead). Bodies read ahead in full (`client_body_buffer`) went out
 //!    with the head and keep their connection whatever the status;
-//! 4. a body still held back for `100 Continue` was never sent, and the
-//!    origin answered without asking for it: close (the request's framing
-//!    promised bytes that will not come);
-//! 5. a body sent in full: return the connection;
-//! 6. a body still being sent: keep sending it, within the drain timeout,
+//! 4. a body sent in full: return the connection;
+//! 5. a body still being sent: keep sending it, within the drain timeout,
 //!    then return the connection if it completed and close it if not.
 
 use http::StatusCode;
@@ -74,7 +71,7 @@ impl ExchangeEnd {
             return AfterResponse::Close(CloseReason::NotDrained);
         }
         match self.request {
-            Sending::NotStarted | Sending::Failed => AfterResponse::Close(CloseReason::NotDrained),
+            Sending::Failed => AfterResponse::Close(CloseReason::NotDrained),
             Sending::Complete => AfterResponse::Return,
             Sending::Partial => AfterResponse::AwaitRequest,
         }
@@ -164,11 +161,7 @@ mod tests {
     }
 
     #[test]
-    fn a_body_never_asked_for_or_failed_closes() {
-        assert_eq!(
-            end(true, 200, true, Sending::NotStarted),
-            AfterResponse::Close(CloseReason::NotDrained)
-        );
+    fn a_failed_body_closes() {
         assert_eq!(
             end(true, 200, true, Sending::Failed),
             AfterResponse::Close(CloseReason::NotDrained)

@@ -1,0 +1,3 @@
+module eddy.local/matrix
+
+go 1.19
