@@ -431,6 +431,17 @@ def eddy_metrics():
         return r.read().decode()
 
 
+def eddy_closes():
+    """eddy's upstream closes toward its own origin, by reason."""
+    upstream = f'upstream="http://127.0.0.1:{ORIGIN["eddy"]}"'
+    out = {}
+    for line in eddy_metrics().splitlines():
+        if line.startswith("eddy_upstream_connections_closed_total{") and upstream in line:
+            reason = re.search(r'reason="([^"]+)"', line).group(1)
+            out[reason] = int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
 def wait_histogram(text):
     buckets, total, count = {}, 0.0, 0.0
     for line in text.splitlines():
@@ -568,7 +579,31 @@ def fmt(x, spec="{:.0f}"):
     return "–" if x is None else spec.format(x)
 
 
-def report(results, scale, many, stale, info, started):
+def reuse_lines(results, closes):
+    """Requests per upstream connection, per peer, over the whole load run,
+    and eddy's closes by reason: how much of the clients' churn reached the
+    origin."""
+    lines = ["## Requests per upstream connection over the load run", ""]
+    lines.append("| peer | requests | upstream connections opened | requests per upstream connection |")
+    lines.append("|---|---|---|---|")
+    for c in ["eddy", "nginx", "haproxy", "direct"]:
+        requests = sum(r["requests"] for cases in results.values() for r in cases[c])
+        opened = sum(r["upstream_conns"] for cases in results.values() for r in cases[c])
+        per = f"{requests / opened:.0f}" if opened else f"all {requests} (none opened during the run)"
+        lines.append(f"| {c} | {requests} | {opened} | {per} |")
+    lines.append("")
+    lines.append("*direct* is the clients themselves: a connection per request under the legacy loads, "
+                 "kept under the keep-alive one. eddy's connections outlive the cells (they stay pooled "
+                 "between them), so its count is the whole run's.")
+    lines.append("")
+    lines.append("eddy's upstream connections closed over the load run, by reason "
+                 "(`eddy_upstream_connections_closed_total`): " +
+                 (", ".join(f"`{r}` {n}" for r, n in sorted(closes.items()) if n) or "none") + ".")
+    lines.append("")
+    return lines
+
+
+def report(results, closes, scale, many, stale, info, started):
     lines = ["# eddy benchmark results", ""]
     lines.append(f"Machine: {info['cores']} cores ({info['cpu']}), Linux {info['kernel']}; "
                  f"{info['versions']['nginx']}, {info['versions']['haproxy'].split(' - ')[0]}, "
@@ -601,6 +636,7 @@ def report(results, scale, many, stale, info, started):
                  "(they live 60 s, so the direct case's count includes earlier rounds). "
                  "CPU is user + system time of the proxy's processes from `/proc/PID/stat`.")
     lines.append("")
+    lines.extend(reuse_lines(results, closes))
     lines.append("## Scale: 10,000 idle keep-alive client connections plus legacy traffic (c=16)")
     lines.append("")
     lines.append(f"The descriptor limit here is {NOFILE}. HAProxy needs two descriptors per client "
@@ -713,6 +749,7 @@ def main():
         log(f"pids: {pids}; work dir {WORK}")
 
         results = {load: {c: [] for c in CASES} for load in LOADS}
+        closes_before = eddy_closes()
         for rnd in range(ROUNDS):
             for load in LOADS:
                 for c in CASES:
@@ -722,6 +759,9 @@ def main():
                         f"cpu {fmt(r['cpu_us'], '{:.1f}')} us/req, errors {r['errors']}, "
                         f"upstream {r['upstream_conns']}, tw {r['time_wait']}")
 
+        closes_after = eddy_closes()
+        closes = {r: closes_after.get(r, 0) - closes_before.get(r, 0) for r in closes_after}
+        log(f"eddy closes by reason over the load run: {closes}")
         log("stale-connection run")
         stale = stale_run()
         log(f"stale: {stale}")
@@ -739,14 +779,15 @@ def main():
         stop_all()
 
     info = machine()
-    text = report(results, scale, many, stale, info, started)
+    text = report(results, closes, scale, many, stale, info, started)
     with open(os.path.join(OUT, "RESULTS.md"), "w") as f:
         f.write(text)
     with open(os.path.join(OUT, "chart.svg"), "w") as f:
         f.write(chart(results))
     raw = {f"{m} c={c}": v for (m, c), v in results.items()}
     with open(os.path.join(OUT, "results.json"), "w") as f:
-        json.dump({"machine": info, "cells": raw, "scale": scale, "many_origins": many, "stale": stale},
+        json.dump({"machine": info, "cells": raw, "eddy_closes": closes, "scale": scale, "many_origins": many,
+                   "stale": stale},
                   f, indent=1, default=str)
     print(text)
     print(f"results in {OUT}")
@@ -764,6 +805,8 @@ def main():
     errors = sum(r["errors"] for cases in results.values() for r in cases["eddy"])
     if errors:
         problems.append(f"eddy had {errors} client-visible errors under load")
+    if closes.get("error"):
+        problems.append(f"eddy closed {closes['error']} upstream connections with reason=\"error\" under load")
     if stale["eddy"]["errors"]:
         problems.append(f"eddy had {stale['eddy']['errors']} errors in the stale-connection run")
     for p in problems:

@@ -560,6 +560,29 @@ mod tests {
     }
 
     #[test]
+    fn request_body_rules_are_bounded() {
+        let c = Config::from_toml(
+            "[[listener]]\nclient_body_buffer = \"1MiB\"\nclient_body_min_rate = 0\n",
+            "f.toml",
+        )
+        .expect("parses");
+        assert_eq!(c.listeners[0].client_body_buffer, Size::kib(1024));
+        assert_eq!(c.listeners[0].client_body_min_rate.bytes(), 0);
+        for (bad, why) in [
+            ("client_body_buffer = \"32MiB\"", "at most 16MiB"),
+            (
+                "client_body_timeout = \"0s\"",
+                "client_body_timeout must be above 0s",
+            ),
+        ] {
+            let err =
+                Config::from_toml(&format!("[[listener]]\n{bad}\n"), "f.toml").expect_err(bad);
+            assert!(err.to_string().contains(why), "{err}");
+            assert!(err.to_string().starts_with("f.toml:1:1"), "{err}");
+        }
+    }
+
+    #[test]
     fn upstream_pool_overrides_apply_over_the_global_pool() {
         let c = Config::from_toml(
             "[pool]\nmax_connections_per_host = 8\n[[upstream]]\nmatch = \"api.example.com\"\n[upstream.pool]\nmax_connections_per_host = 2\n",

@@ -65,7 +65,8 @@ pub use maintenance::{GaugeRow, OriginStats};
 /// How many origins with no connections the pool keeps figures for.
 pub const MAX_REMEMBERED_ORIGINS: usize = 1024;
 
-/// Why a connection was closed (the `reason` label of SPEC section 9).
+/// Why a connection was closed (the `reason` label of
+/// `eddy_upstream_connections_closed_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     IdleTimeout,
@@ -73,6 +74,9 @@ pub enum CloseReason {
     MaxLifetime,
     MaxRequests,
     PeerClosed,
+    /// The exchange could not be finished: a response body too long or
+    /// slow to drain, or a request body that failed, never completed, or
+    /// was refused with 413.
     NotDrained,
     Evicted,
     Error,
