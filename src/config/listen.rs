@@ -12,12 +12,8 @@ use super::{
     Dur, Size, DEFAULT_CLIENT_BODY_BUFFER, DEFAULT_CLIENT_BODY_MIN_RATE,
     DEFAULT_CLIENT_BODY_TIMEOUT, DEFAULT_CLIENT_HEADER_TIMEOUT, DEFAULT_CLIENT_IDLE_TIMEOUT,
     DEFAULT_MAX_CLIENT_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_PROXY_LISTEN,
-    MAX_CONNECTIONS_CEILING,
+    MAX_BODY_BUFFER, MAX_CONNECTIONS_CEILING,
 };
-
-/// The largest `client_body_buffer`: it is held per request in flight, and
-/// `max_client_connections` requests may be in flight at once.
-const MAX_CLIENT_BODY_BUFFER: u64 = 16 << 20;
 
 /// Where a listener accepts connections: a TCP socket address or a Unix
 /// socket path (`unix:/run/eddy.sock`).
@@ -205,7 +201,7 @@ impl ListenerConfig {
                 "listener {name:?}: max_header_bytes must be between 1KiB and 16MiB"
             ));
         }
-        if self.client_body_buffer.bytes() > MAX_CLIENT_BODY_BUFFER {
+        if self.client_body_buffer.bytes() > MAX_BODY_BUFFER {
             return Err(format!(
                 "listener {name:?}: client_body_buffer must be at most 16MiB (it is held per request in flight)"
             ));

@@ -56,6 +56,10 @@ const DEFAULT_MAX_UPSTREAM_LABELS: usize = 200;
 
 /// Hard ceilings that keep a typo (an extra zero) from becoming a memory bomb.
 const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
+/// The largest body buffer (`client_body_buffer`, `retry_body_buffer`): it
+/// is held per request in flight, and `max_client_connections` requests may
+/// be in flight at once.
+const MAX_BODY_BUFFER: u64 = 16 << 20;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -332,6 +336,12 @@ impl Config {
                     at(),
                 ));
             }
+        }
+        if self.retry.retry_body_buffer.bytes() > MAX_BODY_BUFFER {
+            return Err(Invalid::new(
+                "retry.retry_body_buffer must be at most 16MiB (it is held per request in flight)",
+                Anchor::Header("[retry]", 1),
+            ));
         }
         if self.metrics.max_upstream_labels == 0 {
             return Err(Invalid::new(

@@ -89,7 +89,7 @@ pub(super) async fn read_ahead(
     if incoming.is_end_stream() {
         return Ok((ReqBody::Empty, None));
     }
-    let mut pace = Pace::start(rule, Instant::now());
+    let mut pace = Pace::new(rule);
     if limit == 0 {
         let (body, progress) = ReqBody::stream(None, incoming, pace);
         return Ok((body, Some(progress)));
@@ -102,8 +102,10 @@ pub(super) async fn read_ahead(
         _ => limit + 1,
     };
     let mut read = Collected::default();
+    // Room for the declared length (within the limit), or to grow into.
+    let room = declared.map_or(0, |n| n.min(stop_at as u64) as usize);
     loop {
-        let (deadline, lag) = pace.deadline();
+        let (deadline, lag) = pace.wait(Instant::now());
         let frame = match timeout_at(deadline, incoming.frame()).await {
             Err(_) => {
                 return Err(ProxyError::BadRequest(match lag {
@@ -116,9 +118,10 @@ pub(super) async fn read_ahead(
             Ok(Some(Ok(frame))) => frame,
         };
         // Trailers are not kept for a body read ahead.
-        if let Ok(data) = frame.into_data() {
-            pace.record(data.len(), Instant::now());
-            read.push(data, stop_at);
+        let data = frame.into_data().unwrap_or_default();
+        pace.record(data.len(), Instant::now());
+        if !data.is_empty() {
+            read.push(data, room);
         }
         // Over the limit streams, even if the end came in the same frame:
         // what is read ahead (and replayable) never exceeds `limit`.
@@ -142,12 +145,15 @@ struct Collected {
 }
 
 impl Collected {
-    fn push(&mut self, data: Bytes, expect: usize) {
+    /// Adds a frame; `room` is the capacity to reserve when a copy starts
+    /// (the declared length, within the limit; 0 when unknown, and the
+    /// buffer grows as bytes arrive, never ahead of them).
+    fn push(&mut self, data: Bytes, room: usize) {
         self.len += data.len();
         if let Some(more) = self.more.as_mut() {
             more.extend_from_slice(&data);
         } else if let Some(first) = self.first.take() {
-            let mut more = BytesMut::with_capacity(expect.max(self.len));
+            let mut more = BytesMut::with_capacity(room.max(self.len));
             more.extend_from_slice(&first);
             more.extend_from_slice(&data);
             self.more = Some(more);

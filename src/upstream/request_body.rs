@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -51,47 +51,70 @@ pub enum Lag {
     TooSlow,
 }
 
-/// One body's pace so far: when it started, how much came, when the last
-/// bytes came. Plain values and explicit instants, so the rule is tested
+/// One body's pace so far: how much came, and how long eddy has waited
+/// for it. Plain values and explicit instants, so the rule is tested
 /// without a clock.
+///
+/// The client is charged only for the time eddy was *waiting for its
+/// bytes*: not while the request waited for a pool slot, and not while the
+/// origin was slow to take what eddy already had. An origin that reads
+/// slowly must not get its client cut for being slow.
 #[derive(Clone, Copy, Debug)]
 pub struct Pace {
     rule: PaceRule,
-    started: Instant,
-    last: Instant,
     received: u64,
+    /// Time spent waiting for the client before the current wait.
+    waited: Duration,
+    /// When the current wait for the client's bytes began; `None` while
+    /// eddy is not waiting for them.
+    waiting_since: Option<Instant>,
 }
 
 impl Pace {
-    pub fn start(rule: PaceRule, now: Instant) -> Pace {
+    pub fn new(rule: PaceRule) -> Pace {
         Pace {
             rule,
-            started: now,
-            last: now,
             received: 0,
+            waited: Duration::ZERO,
+            waiting_since: None,
         }
     }
 
-    /// `n` more bytes arrived at `now`.
-    pub fn record(&mut self, n: usize, now: Instant) {
-        self.received += n as u64;
-        self.last = now;
+    /// eddy asks the client for more at `now`, having nothing in hand (a
+    /// wait already under way goes on); returns the wait's deadline.
+    pub fn wait(&mut self, now: Instant) -> (Instant, Lag) {
+        let since = *self.waiting_since.get_or_insert(now);
+        self.deadline_from(since)
     }
 
-    /// The instant by which more of the body must have arrived, and which
-    /// rule that instant comes from.
+    /// `n` more bytes (or the end) arrived at `now`: the wait is over.
+    pub fn record(&mut self, n: usize, now: Instant) {
+        self.received += n as u64;
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += now.saturating_duration_since(since);
+        }
+    }
+
+    /// The instant by which the client's next bytes must arrive, and which
+    /// rule that instant comes from; `None` when eddy is not waiting.
     ///
-    /// The rate rule is Apache's `mod_reqtimeout` one: `grace`, extended by
-    /// one second for every `min_rate` bytes received. A body that keeps
-    /// that pace is never cut, however large; one that trickles is cut once
-    /// it falls behind.
-    pub fn deadline(&self) -> (Instant, Lag) {
-        let silent = self.last + self.rule.idle;
+    /// Silence is `idle` in one wait. The rate rule is Apache's
+    /// `mod_reqtimeout` one: `grace` of waiting, extended by one second for
+    /// every `min_rate` bytes received. A body that keeps that pace is
+    /// never cut, however large; one that trickles is cut once it falls
+    /// behind.
+    pub fn deadline(&self) -> Option<(Instant, Lag)> {
+        self.waiting_since.map(|since| self.deadline_from(since))
+    }
+
+    fn deadline_from(&self, since: Instant) -> (Instant, Lag) {
+        let silent = since + self.rule.idle;
         if self.rule.min_rate == 0 {
             return (silent, Lag::Silent);
         }
         let earned = Duration::from_secs_f64(self.received as f64 / self.rule.min_rate as f64);
-        let slow = self.started + self.rule.grace + earned;
+        let allowed = self.rule.grace.saturating_add(earned);
+        let slow = since + allowed.saturating_sub(self.waited);
         if slow < silent {
             (slow, Lag::TooSlow)
         } else {
@@ -99,13 +122,11 @@ impl Pace {
         }
     }
 
-    /// Whether a body still arriving at `now` has run out of time.
+    /// Whether a body still awaited at `now` has run out of time.
     pub fn check(&self, now: Instant) -> Result<(), Lag> {
-        let (deadline, lag) = self.deadline();
-        if now >= deadline {
-            Err(lag)
-        } else {
-            Ok(())
+        match self.deadline() {
+            Some((deadline, lag)) if now >= deadline => Err(lag),
+            _ => Ok(()),
         }
     }
 
@@ -152,6 +173,9 @@ const FAILED: u8 = 2;
 #[derive(Debug)]
 pub struct RequestProgress {
     flags: AtomicU8,
+    /// The body is waiting for the client's bytes (not for hyper to take
+    /// them): time that does not count against the origin.
+    waiting_on_client: AtomicBool,
     /// Body bytes handed to hyper.
     sent: AtomicU64,
     epoch: Instant,
@@ -164,6 +188,7 @@ impl RequestProgress {
     fn new() -> RequestProgress {
         RequestProgress {
             flags: AtomicU8::new(0),
+            waiting_on_client: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             epoch: Instant::now(),
             last_take_ms: AtomicU64::new(0),
@@ -201,7 +226,9 @@ impl RequestProgress {
         self.sent.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    fn touch(&self) {
+    /// hyper asks for more of the body now (or the exchange starts:
+    /// time spent waiting for a connection is nobody's stall).
+    pub fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_take_ms.store(ms, Ordering::Relaxed);
     }
@@ -214,6 +241,8 @@ impl RequestProgress {
     /// Resolves when the body is complete or failed, or fails once hyper
     /// has not asked for more for `idle`: an origin that stops reading the
     /// upload must not hold the exchange (and its pool slot) for ever.
+    /// While the body waits for the client instead, the client's pace rules
+    /// decide, not this.
     pub async fn wait_taken(&self, idle: Duration) -> Result<(), OriginStalled> {
         loop {
             let notified = self.notify.notified();
@@ -222,7 +251,11 @@ impl RequestProgress {
             }
             let deadline = self.last_take() + idle;
             if Instant::now() >= deadline {
-                return Err(OriginStalled);
+                if !self.waiting_on_client.load(Ordering::Acquire) {
+                    return Err(OriginStalled);
+                }
+                self.touch();
+                continue;
             }
             tokio::select! {
                 _ = notified => {}
@@ -280,7 +313,7 @@ impl ReqBody {
         if inner.is_end_stream() {
             return (ReqBody::Empty, None);
         }
-        let (body, progress) = ReqBody::stream(None, inner, Pace::start(rule, Instant::now()));
+        let (body, progress) = ReqBody::stream(None, inner, Pace::new(rule));
         (body, Some(progress))
     }
 
@@ -292,13 +325,14 @@ impl ReqBody {
         pace: Pace,
     ) -> (ReqBody, Arc<RequestProgress>) {
         let progress = Arc::new(RequestProgress::new());
-        let (deadline, _) = pace.deadline();
+        // Armed at the first wait for the client.
+        let far = Instant::now() + Duration::from_secs(86_400);
         let body = ReqBody::Stream(Box::new(Streamed {
             prefix,
             inner,
             progress: progress.clone(),
             pace,
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            timer: Box::pin(tokio::time::sleep_until(far)),
         }));
         (body, progress)
     }
@@ -318,10 +352,13 @@ impl Streamed {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 let now = Instant::now();
-                if let Err(lag) = self.pace.check(now) {
+                let (deadline, lag) = self.pace.wait(now);
+                self.progress
+                    .waiting_on_client
+                    .store(true, Ordering::Release);
+                if now >= deadline {
                     return self.fail(BodyTooSlow::new(lag, self.pace.rule()).into());
                 }
-                let (deadline, lag) = self.pace.deadline();
                 if self.timer.deadline() != deadline {
                     self.timer.as_mut().reset(deadline);
                 }
@@ -332,6 +369,10 @@ impl Streamed {
                 return Poll::Pending;
             }
         };
+        self.pace.record(0, Instant::now());
+        self.progress
+            .waiting_on_client
+            .store(false, Ordering::Release);
         match frame {
             None => {
                 self.progress.set(ENDED);
@@ -341,7 +382,8 @@ impl Streamed {
                 let n = frame.data_ref().map_or(0, Bytes::len);
                 self.pace.record(n, Instant::now());
                 self.progress.took(n);
-                if self.inner.is_end_stream() {
+                // Trailers end a body: hyper takes nothing after them.
+                if frame.is_trailers() || self.inner.is_end_stream() {
                     self.progress.set(ENDED);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -431,57 +473,84 @@ mod tests {
         }
     }
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
     #[test]
     fn silence_fails_a_body_after_the_idle_timeout() {
         let t0 = Instant::now();
-        let mut p = Pace::start(rule(5, 100, 0), t0);
-        assert_eq!(p.deadline(), (t0 + Duration::from_secs(5), Lag::Silent));
-        p.record(10, t0 + Duration::from_secs(4));
-        assert_eq!(p.check(t0 + Duration::from_secs(8)), Ok(()));
-        assert_eq!(p.check(t0 + Duration::from_secs(9)), Err(Lag::Silent));
+        let mut p = Pace::new(rule(5, 100, 0));
+        assert_eq!(p.deadline(), None, "not waiting yet");
+        p.wait(t0);
+        assert_eq!(p.deadline(), Some((t0 + secs(5), Lag::Silent)));
+        p.record(10, t0 + secs(4));
+        p.wait(t0 + secs(4));
+        assert_eq!(p.check(t0 + secs(8)), Ok(()));
+        assert_eq!(p.check(t0 + secs(9)), Err(Lag::Silent));
     }
 
     #[test]
     fn a_trickle_is_cut_once_it_falls_behind_the_minimum_rate() {
         // 1 byte every half second, never silent for the idle timeout.
         let t0 = Instant::now();
-        let mut p = Pace::start(rule(60, 10, 1024), t0);
+        let mut p = Pace::new(rule(60, 10, 1024));
         let mut now = t0;
+        p.wait(now);
         let cut = loop {
             now += Duration::from_millis(500);
             if let Err(lag) = p.check(now) {
                 break (now, lag);
             }
             p.record(1, now);
+            p.wait(now);
         };
         assert_eq!(cut.1, Lag::TooSlow);
         let after = cut.0.saturating_duration_since(t0);
-        assert!(
-            after >= Duration::from_secs(10) && after <= Duration::from_secs(11),
-            "{after:?}"
-        );
+        assert!(after >= secs(10) && after <= secs(11), "{after:?}");
     }
 
     #[test]
     fn a_body_that_keeps_the_pace_is_never_cut() {
         // 8 KiB a second against a minimum of 4 KiB/s, for an hour.
         let t0 = Instant::now();
-        let mut p = Pace::start(rule(60, 10, 4096), t0);
+        let mut p = Pace::new(rule(60, 10, 4096));
+        p.wait(t0);
         for s in 1..=3600 {
-            let now = t0 + Duration::from_secs(s);
+            let now = t0 + secs(s);
             assert_eq!(p.check(now), Ok(()), "cut after {s} s");
             p.record(8192, now);
+            p.wait(now);
         }
+    }
+
+    #[test]
+    fn time_not_spent_waiting_for_the_client_is_not_charged() {
+        // 64 KiB read ahead at once, then a minute in the pool's queue and
+        // behind a slow origin: the client is not behind.
+        let t0 = Instant::now();
+        let mut p = Pace::new(rule(60, 10, 8192));
+        p.wait(t0);
+        p.record(64 * 1024, t0 + Duration::from_millis(5));
+        let later = t0 + secs(60);
+        p.wait(later);
+        assert_eq!(p.check(later + secs(9)), Ok(()));
+        // Its allowance: 10 s, plus 8 s for 64 KiB, less 5 ms waited.
+        let (deadline, lag) = p.deadline().expect("waiting");
+        assert_eq!(lag, Lag::TooSlow);
+        assert_eq!(deadline, later + secs(18) - Duration::from_millis(5));
     }
 
     #[test]
     fn without_a_rate_only_silence_counts() {
         let t0 = Instant::now();
-        let mut p = Pace::start(rule(2, 1, 0), t0);
+        let mut p = Pace::new(rule(2, 1, 0));
+        p.wait(t0);
         for s in 1..=100 {
-            let now = t0 + Duration::from_secs(s);
+            let now = t0 + secs(s);
             assert_eq!(p.check(now), Ok(()));
             p.record(1, now);
+            p.wait(now);
         }
     }
 

@@ -283,22 +283,36 @@ async fn a_direct_request_and_an_alias_share_one_bounded_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_releases_its_upstream_connection() {
+    use tokio::io::AsyncWriteExt;
     let origin = Origin::start(Behavior::default()).await;
     let proxy = eddy::start(
         "client_idle_timeout = \"400ms\"\n",
         "[pool]\nmax_connections_per_host = 1\npending_timeout = \"10s\"\n",
     )
     .await;
+    // More than client_body_buffer arrives, so the body streams on the
+    // only connection; then the client goes silent.
     let head = format!(
-        "POST {}/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello",
+        "POST {}/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 204800\r\n\r\n",
         origin.url()
     );
     let mut stalled = crate::support::client::open(proxy.addr, head.as_bytes()).await;
+    stalled
+        .write_all(&vec![b'u'; 100 * 1024])
+        .await
+        .expect("half the body");
+    origin
+        .wait_for(
+            "the upload holds the connection",
+            Duration::from_secs(5),
+            |s| s.accepted() == 1,
+        )
+        .await;
     // The stalled upload holds the only connection until its body times
     // out; then the next request gets through.
     let r = get(proxy.addr, &format!("{}/next", origin.url())).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    // The stalled client itself got an answer or a close, not silence.
+    // The stalled client itself got the 400 its silence earns.
     let mut answer = Vec::new();
     let read = tokio::time::timeout(
         Duration::from_secs(5),
@@ -306,11 +320,26 @@ async fn a_stalled_request_body_releases_its_upstream_connection() {
     )
     .await;
     assert!(read.is_ok(), "the stalled client was left hanging");
-    assert!(
-        answer.is_empty() || answer.starts_with(b"HTTP/1.1 4") || answer.starts_with(b"HTTP/1.1 5"),
-        "{}",
-        String::from_utf8_lossy(&answer)
+    let answer = crate::support::client::parse(&answer).expect("an answer");
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert_eq!(answer.proxy_error().as_deref(), Some("http_request_error"));
+    let closes = |reason: &'static str| {
+        let (proxy, upstream) = (&proxy, origin.url());
+        async move {
+            proxy
+                .metric(
+                    "eddy_upstream_connections_closed_total",
+                    &[("upstream", &upstream), ("reason", reason)],
+                )
+                .await
+        }
+    };
+    assert_eq!(
+        closes("not_drained").await,
+        1.0,
+        "the half-sent upload's connection"
     );
+    assert_eq!(closes("error").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,7 +97,8 @@ async fn posts_answered_on_their_head_keep_their_connection() {
     for c in 0..4 {
         let (addr, url) = (proxy.addr, url.clone());
         clients.push(tokio::spawn(async move {
-            let body = vec![b'j'; if c % 2 == 0 { 1024 } else { 60 * 1024 }];
+            // Read ahead (1 KiB, 60 KiB) and streamed (100 KiB) bodies.
+            let body = vec![b'j'; [1024, 60 * 1024, 100 * 1024, 1024][c]];
             for _ in 0..50 {
                 let r = post_in_two_writes(addr, &url, &body).await;
                 assert_eq!(r.status, 200, "{}", r.text());
@@ -125,7 +126,8 @@ async fn an_upload_answered_early_with_200_is_sent_in_full_and_its_connection_ke
         ..Behavior::default()
     })
     .await;
-    let proxy = eddy::start("", "").await;
+    // Generous drain limits: a loaded machine must not decide this test.
+    let proxy = eddy::start("", "[drain]\ntimeout = \"5s\"\n").await;
     let size = 1024 * 1024;
     let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     let head = format!(
@@ -136,7 +138,8 @@ async fn an_upload_answered_early_with_200_is_sent_in_full_and_its_connection_ke
     // More than client_body_buffer, so the body streams...
     s.write_all(&vec![b'u'; 128 * 1024]).await.expect("part");
     // ...and the answer comes before the rest is even written: certainly
-    // early, whatever the scheduling.
+    // early, whatever the scheduling. (eddy holds it back a while, hoping
+    // the body completes first; this client waits, so it does not.)
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 200, "{}", r.text());
     s.write_all(&vec![b'u'; size - 128 * 1024])
@@ -299,7 +302,17 @@ async fn slow_uploads_do_not_take_the_pool() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(
+        "eddy holds the 8 uploads",
+        Duration::from_secs(5),
+        || async {
+            proxy
+                .metric("eddy_client_connections_open", &[("listener", "proxy")])
+                .await
+                == 8.0
+        },
+    )
+    .await;
     for n in 0..16 {
         let started = tokio::time::Instant::now();
         let r = tokio::time::timeout(
@@ -426,7 +439,7 @@ async fn an_early_401_to_an_expecting_upload_keeps_the_connection() {
         ..Behavior::default()
     })
     .await;
-    let proxy = eddy::start("", "").await;
+    let proxy = eddy::start("", "[drain]\ntimeout = \"5s\"\n").await;
     for (n, size) in [1000, 1024 * 1024].into_iter().enumerate() {
         let (interim, r) = expect_continue(&proxy, &format!("{}/up{n}", origin.url()), size).await;
         assert!(interim.is_some());

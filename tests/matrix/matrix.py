@@ -14,7 +14,8 @@ origin; a Go net/http origin). Each cell:
   3. sends the request N times through eddy;
   4. holds if every answer equals the direct one, the origin accepted at
      most `max_connections_per_host` connections, and eddy closed none
-     with reason="error".
+     (with any reason but `evicted`: an idle connection too old for a
+     request that cannot be replayed).
 
 Then volume cells (Python requests.post without a Session, 4 processes x
 1,500, 1 KiB and 60 KiB JSON, bound 16) and origin-event cells (two
@@ -406,8 +407,13 @@ def run_cell(client, method, body, origin_name, url, origin, proxy, admin, n):
         problems.append(f"answers {wrong[:2]} differ from the origin's own {expected[0]}")
     if conns > BOUND:
         problems.append(f"{conns} origin connections > {BOUND}")
-    if closed.get("error"):
-        problems.append("error closes")
+    # One eddy serves every cell, so a cell often starts on a warm pooled
+    # connection and a lost one would hide under the bound: every close is
+    # a finding, but for `evicted` (a request that cannot be replayed
+    # passing over an idle connection too old for it).
+    lost = {r: v for r, v in closed.items() if r != "evicted"}
+    if lost:
+        problems.append(f"connections closed: {lost}")
     report(not problems, text, "; ".join(problems))
 
 
@@ -462,10 +468,17 @@ def restart_cell(eddy_binary, work, nginx):
         finally:
             s.close()
 
+    def pooled_idle():
+        return json.loads(direct_get(f"http://{admin}/pools")).get(upstream, {}).get("idle", 0)
+
     for _ in range(2):
         get()
-        time.sleep(0.03)
+        time.sleep(0.03)  # the scenario: idle ~30 ms when the origin restarts
         nginx.graceful_restart()
+        deadline = time.time() + 10
+        while pooled_idle() and time.time() < deadline:
+            time.sleep(0.05)
+        # Restarts seconds apart, as real ones are.
         time.sleep(1)
     a0 = nginx.accepts()
     statuses = []

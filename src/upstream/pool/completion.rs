@@ -64,14 +64,10 @@ impl ExchangeEnd {
         if !self.origin_keeps_open {
             return AfterResponse::Close(CloseReason::PeerClosed);
         }
-        if self.request == Sending::Failed {
-            return AfterResponse::Close(CloseReason::NotDrained);
-        }
-        if self.streamed && self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            return AfterResponse::Close(CloseReason::NotDrained);
-        }
+        let refused = self.streamed && self.status == StatusCode::PAYLOAD_TOO_LARGE;
         match self.request {
             Sending::Failed => AfterResponse::Close(CloseReason::NotDrained),
+            _ if refused => AfterResponse::Close(CloseReason::NotDrained),
             Sending::Complete => AfterResponse::Return,
             Sending::Partial => AfterResponse::AwaitRequest,
         }

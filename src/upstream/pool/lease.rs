@@ -211,6 +211,11 @@ impl Pooled {
         };
         conn.requests += 1;
         self.untouched = false;
+        if let Some(progress) = &progress {
+            // The exchange starts now: the wait for a connection was
+            // nobody's stall.
+            progress.touch();
+        }
         let read_before = conn.bytes_read();
         let response = Box::pin(conn.sender.try_send_request(req));
         let mut adopt = Adopt {
@@ -234,7 +239,7 @@ impl Pooled {
             r = response => Some(r),
             _ = head_timer => None,
         };
-        let Some((this, _)) = adopt.exchange.take() else {
+        let Some((mut this, _)) = adopt.exchange.take() else {
             unreachable!("the exchange is only taken here, once the response future ended");
         };
         let read_after = this.conn.as_ref().map_or(read_before, Conn::bytes_read);
@@ -245,6 +250,12 @@ impl Pooled {
             Some(Err(mut e)) => {
                 let unsent = e.take_message();
                 let error = e.into_error();
+                if error.is_user() {
+                    // The client's body failed (aborted, stalled, too
+                    // slow): the exchange cannot be finished, and nothing
+                    // is wrong with the origin.
+                    this.condemn(CloseReason::NotDrained);
+                }
                 // The connection was lost (EOF, reset, broken pipe) before
                 // any response byte, on a connection that had served a
                 // request or before the request was written.
