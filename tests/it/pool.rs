@@ -323,23 +323,12 @@ async fn a_stalled_request_body_releases_its_upstream_connection() {
     let answer = crate::support::client::parse(&answer).expect("an answer");
     assert_eq!(answer.status, 400, "{}", answer.text());
     assert_eq!(answer.proxy_error().as_deref(), Some("http_request_error"));
-    let closes = |reason: &'static str| {
-        let (proxy, upstream) = (&proxy, origin.url());
-        async move {
-            proxy
-                .metric(
-                    "eddy_upstream_connections_closed_total",
-                    &[("upstream", &upstream), ("reason", reason)],
-                )
-                .await
-        }
-    };
     assert_eq!(
-        closes("not_drained").await,
+        proxy.closes(&origin.url(), "not_drained").await,
         1.0,
         "the half-sent upload's connection"
     );
-    assert_eq!(closes("error").await, 0.0);
+    assert_eq!(proxy.closes(&origin.url(), "error").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,12 +15,7 @@ use crate::support::eventually;
 use crate::support::origin::{find, Behavior, Origin};
 
 async fn closes(proxy: &Proxy, origin: &Origin, reason: &str) -> f64 {
-    proxy
-        .metric(
-            "eddy_upstream_connections_closed_total",
-            &[("upstream", &origin.url()), ("reason", reason)],
-        )
-        .await
+    proxy.closes(&origin.url(), reason).await
 }
 
 /// Reads one response from `s` (Content-Length framed, as the test origin

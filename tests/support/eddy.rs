@@ -69,6 +69,15 @@ impl Proxy {
         metric_at(self.admin, name, labels).await
     }
 
+    /// `eddy_upstream_connections_closed_total` for one origin and reason.
+    pub async fn closes(&self, upstream: &str, reason: &str) -> f64 {
+        self.metric(
+            "eddy_upstream_connections_closed_total",
+            &[("upstream", upstream), ("reason", reason)],
+        )
+        .await
+    }
+
     /// Sum of a `/pools` field over all origins.
     pub async fn pools_sum(&self, field: &str) -> u64 {
         let pools = self.pools().await;
