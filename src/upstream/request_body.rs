@@ -4,7 +4,7 @@
 //! Why it is built this way: whether an upstream connection can carry the
 //! next request depends on what was *written* on it, never on which of two
 //! futures eddy happened to poll first. [`RequestProgress`] records what
-//! hyper takes from the body as it takes it (bytes, the end, a failure), so
+//! hyper takes from the body as it takes it (the end, or a failure), so
 //! when the response ends the completion rule ([`super::completion`]) asks
 //! "was the request sent in full?" and gets an answer that timing cannot
 //! change. hyper itself never starts the next request on a connection
@@ -122,7 +122,9 @@ impl Pace {
         }
     }
 
-    /// Whether a body still awaited at `now` has run out of time.
+    /// Whether a body still awaited at `now` has run out of time (the
+    /// deadline, as a verdict: what the tests state the rule with).
+    #[cfg(test)]
     pub fn check(&self, now: Instant) -> Result<(), Lag> {
         match self.deadline() {
             Some((deadline, lag)) if now >= deadline => Err(lag),
@@ -176,8 +178,6 @@ pub struct RequestProgress {
     /// The body is waiting for the client's bytes (not for hyper to take
     /// them): time that does not count against the origin.
     waiting_on_client: AtomicBool,
-    /// Body bytes handed to hyper.
-    sent: AtomicU64,
     epoch: Instant,
     /// Milliseconds after `epoch` at which hyper last asked for more.
     last_take_ms: AtomicU64,
@@ -189,7 +189,6 @@ impl RequestProgress {
         RequestProgress {
             flags: AtomicU8::new(0),
             waiting_on_client: AtomicBool::new(false),
-            sent: AtomicU64::new(0),
             epoch: Instant::now(),
             last_take_ms: AtomicU64::new(0),
             notify: Notify::new(),
@@ -211,19 +210,10 @@ impl RequestProgress {
         self.state() == Sending::Complete
     }
 
-    /// Body bytes handed to hyper so far.
-    pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-
     fn set(&self, flag: u8) {
         if self.flags.fetch_or(flag, Ordering::AcqRel) & flag == 0 {
             self.notify.notify_waiters();
         }
-    }
-
-    fn took(&self, n: usize) {
-        self.sent.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// hyper asks for more of the body now (or the exchange starts:
@@ -342,7 +332,6 @@ impl Streamed {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.progress.touch();
         if let Some(p) = self.prefix.take() {
-            self.progress.took(p.len());
             if self.inner.is_end_stream() {
                 self.progress.set(ENDED);
             }
@@ -381,7 +370,6 @@ impl Streamed {
             Some(Ok(frame)) => {
                 let n = frame.data_ref().map_or(0, Bytes::len);
                 self.pace.record(n, Instant::now());
-                self.progress.took(n);
                 // Trailers end a body: hyper takes nothing after them.
                 if frame.is_trailers() || self.inner.is_end_stream() {
                     self.progress.set(ENDED);
@@ -558,8 +546,6 @@ mod tests {
     fn progress_states_follow_the_flags() {
         let p = RequestProgress::new();
         assert_eq!(p.state(), Sending::Partial);
-        p.took(10);
-        assert_eq!(p.sent(), 10);
         p.set(ENDED);
         assert_eq!(p.state(), Sending::Complete);
         let q = RequestProgress::new();
