@@ -27,6 +27,7 @@ use crate::access::AccessRecord;
 use crate::config::RetryConfig;
 use crate::error::ProxyError;
 use crate::upstream::pool::Lease;
+use crate::upstream::tls::TlsFailure;
 use crate::upstream::{Pool, ReqBody, RequestProgress, Reuse, Route};
 
 /// Whether the method or headers allow replaying this request at all.
@@ -281,9 +282,12 @@ pub(super) async fn send_h2(
                 })
             }
             _ => {
-                return Err(ProxyError::ConnectionTerminated {
-                    origin,
-                    reason: error.to_string(),
+                return Err(match TlsFailure::find(&error) {
+                    Some(tls) => tls.error(origin, &error),
+                    None => ProxyError::ConnectionTerminated {
+                        origin,
+                        reason: error.to_string(),
+                    },
                 })
             }
         }

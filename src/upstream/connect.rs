@@ -8,7 +8,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use hyper::client::conn::{http1, http2};
@@ -18,10 +17,10 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use super::io::{CountingIo, Stream};
+use super::io::{CountingIo, ReadLog, Stream};
 use super::origin::Origin;
 use super::request_body::ReqBody;
-use super::tls::TlsProfile;
+use super::tls::{TlsFailure, TlsProfile};
 use crate::config::Cidr;
 use crate::error::ProxyError;
 use crate::proxy::LoopGuard;
@@ -31,7 +30,7 @@ pub(crate) struct Connected {
     pub sender: http1::SendRequest<ReqBody>,
     pub connection: http1::Connection<TokioIo<CountingIo>, ReqBody>,
     /// Response bytes read on this connection so far.
-    pub bytes_read: Arc<AtomicU64>,
+    pub read_log: Arc<ReadLog>,
     /// A second handle on the same socket, for the liveness probe and for
     /// shutting the socket down whatever state hyper's task is in.
     pub socket: socket2::Socket,
@@ -101,13 +100,13 @@ impl Connector {
         } else {
             Stream::Tcp(stream)
         };
-        let (io, bytes_read) = CountingIo::new(stream);
+        let (io, read_log) = CountingIo::new(stream);
         let handshake = timeout_at(deadline, self.h1.handshake(TokioIo::new(io))).await;
         let (sender, connection) = handshake_outcome(origin, handshake)?;
         Ok(Connected {
             sender,
             connection,
-            bytes_read,
+            read_log,
             socket,
         })
     }
@@ -248,22 +247,9 @@ fn handshake_outcome<T>(
 /// A certificate the origin presented and eddy refused, or any other
 /// handshake failure.
 fn tls_error(origin: &Origin, e: io::Error) -> ProxyError {
-    let certificate = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|r| {
-            matches!(
-                r,
-                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
-            )
-        });
-    let origin = origin.to_string();
-    let reason = e.to_string();
-    if certificate {
-        ProxyError::TlsCertificate { origin, reason }
-    } else {
-        ProxyError::TlsProtocol { origin, reason }
-    }
+    TlsFailure::find(&e)
+        .unwrap_or(TlsFailure::Protocol)
+        .error(origin.to_string(), &e)
 }
 
 /// TCP keepalive: a peer that vanished without a FIN or RST (a NAT that

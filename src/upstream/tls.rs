@@ -105,3 +105,113 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))
 }
+
+/// How a TLS failure maps onto the Proxy-Status table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsFailure {
+    /// A certificate was the problem: the origin's (eddy refused it) or
+    /// eddy's own (the origin refused it, or wanted one eddy does not have).
+    Certificate,
+    /// Anything else about the handshake or the records.
+    Protocol,
+}
+
+impl TlsFailure {
+    /// The TLS failure in `e`'s chain of sources, if there is one.
+    ///
+    /// Under TLS 1.3 an origin that requires a client certificate accepts
+    /// the handshake as far as eddy can tell, and sends its refusal (the
+    /// `certificate_required` alert) only once it has read eddy's
+    /// `Finished`: eddy meets it on the first read after sending the
+    /// request, as an I/O error of the exchange rather than of the connect.
+    /// Found either way, it is a TLS failure, not a terminated connection,
+    /// and the request never reached the origin's application.
+    pub(crate) fn find(e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(r) = err.downcast_ref::<rustls::Error>() {
+                return Some(TlsFailure::of(r));
+            }
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    return Some(TlsFailure::of(r));
+                }
+            }
+            source = err.source();
+        }
+        None
+    }
+
+    pub(crate) fn of(e: &rustls::Error) -> TlsFailure {
+        use rustls::AlertDescription as A;
+        match e {
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                TlsFailure::Certificate
+            }
+            rustls::Error::AlertReceived(
+                A::CertificateRequired
+                | A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA,
+            ) => TlsFailure::Certificate,
+            _ => TlsFailure::Protocol,
+        }
+    }
+
+    /// The Proxy-Status error for this failure; `reason` is `e` with its
+    /// sources (hyper's own text for the exchange is only "connection
+    /// error"; the alert is further down).
+    pub(crate) fn error(
+        self,
+        origin: String,
+        e: &(dyn std::error::Error + 'static),
+    ) -> crate::error::ProxyError {
+        let mut reason = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !reason.ends_with(&text) {
+                reason.push_str(": ");
+                reason.push_str(&text);
+            }
+            source = s.source();
+        }
+        match self {
+            TlsFailure::Certificate => crate::error::ProxyError::TlsCertificate { origin, reason },
+            TlsFailure::Protocol => crate::error::ProxyError::TlsProtocol { origin, reason },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_client_certificate_is_a_certificate_failure_wherever_it_surfaces() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        // As the first read after the TLS 1.3 handshake sees it: inside an
+        // I/O error, inside the exchange's error.
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, alert);
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("exchange failed")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(TlsFailure::find(&Outer(io)), Some(TlsFailure::Certificate));
+        let other = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
+        assert_eq!(TlsFailure::of(&other), TlsFailure::Protocol);
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(TlsFailure::find(&plain), None);
+    }
+}

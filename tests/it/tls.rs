@@ -259,15 +259,64 @@ async fn mutual_tls_works_with_a_client_certificate_and_fails_cleanly_without() 
     let without = eddy::start("", &upstream(&origin, &pem, "")).await;
     let r = get(without.addr, "http://api.test/").await;
     assert_eq!(r.status, 502, "{}", r.text());
-    assert!(
-        matches!(
-            r.proxy_error().as_deref(),
-            Some("tls_protocol_error" | "tls_certificate_error" | "connection_terminated")
-        ),
-        "{:?}",
-        r.proxy_error()
+    assert_eq!(
+        r.proxy_error().as_deref(),
+        Some("tls_certificate_error"),
+        "{}",
+        r.text()
     );
     assert_eq!(origin.requests.load(Ordering::SeqCst), 1);
+}
+
+/// Without a client certificate, an origin that requires one is a TLS
+/// failure under either version: under TLS 1.2 the handshake fails, under
+/// TLS 1.3 the refusal arrives after it, on the first read. Neither is a
+/// terminated connection, neither is retried, and no request reaches the
+/// origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_client_certificate_is_a_tls_error_under_tls_1_2_and_1_3() {
+    let ca = TestCa::new("eddy test CA");
+    let pem = ca.write_pem("mtls-versions");
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let origin = TlsOrigin::start_requiring_client_cert_over(&ca, version).await;
+        let proxy = eddy::start("", &upstream(&origin, &pem, "")).await;
+        for _ in 0..3 {
+            let r = get(proxy.addr, "http://api.test/").await;
+            assert_eq!(r.status, 502, "{version:?}: {}", r.text());
+            assert!(
+                matches!(
+                    r.proxy_error().as_deref(),
+                    Some("tls_certificate_error" | "tls_protocol_error")
+                ),
+                "{version:?}: {:?} {}",
+                r.proxy_error(),
+                r.text()
+            );
+        }
+        assert_eq!(origin.requests.load(Ordering::SeqCst), 0, "{version:?}");
+        let metrics = proxy.admin_get("/metrics").await.text();
+        // Not retried: no stale retry, at most one connection per request
+        // (under TLS 1.2 none opens at all).
+        for line in metrics.lines() {
+            if line.starts_with("eddy_stale_retries_total{") {
+                assert!(line.ends_with(" 0"), "{version:?}: {line}");
+            }
+            if let Some(n) = line.strip_prefix("eddy_upstream_connections_opened_total{") {
+                let opened: u64 = n
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(99);
+                assert!(opened <= 3, "{version:?}: {line}");
+            }
+        }
+        assert!(
+            metrics.lines().any(|l| l.starts_with("eddy_errors_total")
+                && l.contains("error=\"tls_")
+                && l.ends_with(" 3")),
+            "{version:?}: {metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,16 +123,33 @@ impl TlsOrigin {
         TlsOrigin::start_with(ca, true, false).await
     }
 
+    /// The same, speaking only `version` (TLS 1.2 or 1.3).
+    pub async fn start_requiring_client_cert_over(
+        ca: &TestCa,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> TlsOrigin {
+        TlsOrigin::start_versions(ca, true, false, &[version]).await
+    }
+
     /// Closes every open connection, as an origin restart would.
     pub fn close_all(&self) {
         self.kill.send_modify(|n| *n += 1);
     }
 
     async fn start_with(ca: &TestCa, client_auth: bool, h2: bool) -> TlsOrigin {
+        TlsOrigin::start_versions(ca, client_auth, h2, rustls::DEFAULT_VERSIONS).await
+    }
+
+    async fn start_versions(
+        ca: &TestCa,
+        client_auth: bool,
+        h2: bool,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> TlsOrigin {
         let (chain, key) = ca.leaf();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .expect("protocols");
         let builder = if client_auth {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(

@@ -1,7 +1,6 @@
 //! One upstream connection: its sender, a second handle on its socket for
 //! the liveness probe, and what decides whether it may be used again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,9 @@ use tokio::time::Instant;
 use super::CloseReason;
 use crate::config::PoolConfig;
 use crate::metrics::OriginMetrics;
+use crate::upstream::io::ReadLog;
 use crate::upstream::request_body::ReqBody;
+use crate::upstream::tls::TlsFailure;
 
 /// What the liveness probe saw on a connection that is not dead.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,8 +32,8 @@ pub(super) struct Conn {
     pub(super) retire_at: Option<Instant>,
     pub(super) requests: u64,
     pub(super) keepalive_hint: Option<Duration>,
-    /// Response bytes read on this connection so far.
-    pub(super) bytes_read: Arc<AtomicU64>,
+    /// Response bytes read on this connection so far, and a TLS failure.
+    pub(super) read_log: Arc<ReadLog>,
     pub(super) metrics: Arc<OriginMetrics>,
     /// Over TLS, bytes on an idle connection are normal (TLS 1.3 session
     /// tickets, a close_notify that rustls will read): only EOF condemns it.
@@ -45,7 +46,12 @@ pub(super) struct Conn {
 
 impl Conn {
     pub(super) fn bytes_read(&self) -> u64 {
-        self.bytes_read.load(Ordering::Relaxed)
+        self.read_log.bytes()
+    }
+
+    /// The TLS failure this connection died of, if it did.
+    pub(super) fn tls_failure(&self) -> Option<TlsFailure> {
+        self.read_log.tls_failure()
     }
 
     /// Non-blocking probe of the socket: `Err` with the reason to discard it.

@@ -27,6 +27,7 @@ use crate::metrics::OriginMetrics;
 use crate::upstream::body::{DrainLimits, UpstreamBody};
 use crate::upstream::origin::Origin;
 use crate::upstream::request_body::{ReqBody, RequestProgress, Sending};
+use crate::upstream::tls::TlsFailure;
 
 pub(super) struct Waiter {
     pub(super) id: u64,
@@ -259,11 +260,26 @@ impl Pooled {
                 // The connection was lost (EOF, reset, broken pipe) before
                 // any response byte, on a connection that had served a
                 // request or before the request was written.
+                let tls_failure = this.conn.as_ref().and_then(Conn::tls_failure);
                 let stale = is_connection_lost(&error)
+                    && tls_failure.is_none()
                     && read_after == read_before
                     && (this.reused || unsent.is_some());
+                // The connection died of a TLS alert (a TLS 1.3 origin
+                // refusing eddy's client certificate): that is the error,
+                // whatever hyper made of it.
+                let error = match (tls_failure, TlsFailure::find(&error)) {
+                    (Some(f), None) => {
+                        let reason = match f {
+                            TlsFailure::Certificate => "the origin ended the TLS session over a certificate (under TLS 1.3, often one it requires from eddy: client_cert, client_key)",
+                            TlsFailure::Protocol => "the origin ended the TLS session with an alert",
+                        };
+                        f.error(this.origin.to_string(), &std::io::Error::other(reason))
+                    }
+                    _ => classify(&this.origin, &error),
+                };
                 Err(SendFailure {
-                    error: classify(&this.origin, &error),
+                    error,
                     unsent,
                     stale,
                 })
@@ -598,6 +614,9 @@ pub(super) fn classify(origin: &Origin, e: &hyper::Error) -> ProxyError {
             origin: origin.to_string(),
             reason: e.to_string(),
         }
+    } else if let Some(tls) = TlsFailure::find(e) {
+        // A TLS 1.3 origin refusing eddy's (missing) client certificate.
+        tls.error(origin.to_string(), e)
     } else {
         terminated(origin, e.to_string())
     }

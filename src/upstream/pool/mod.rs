@@ -561,7 +561,7 @@ impl Pool {
             retire_at,
             requests: 0,
             keepalive_hint: None,
-            bytes_read: connected.bytes_read,
+            read_log: connected.read_log,
             metrics,
             tls: origin.is_tls(),
             peer,
