@@ -1,12 +1,23 @@
-//! What is recorded about each request: one access-log line and the
+//! What is recorded about each request: one access-log line, the
 //! per-request metrics (`eddy_requests_total`, `eddy_request_duration_seconds`,
-//! `eddy_errors_total`).
+//! `eddy_errors_total`), and a warn line for a failure.
 //!
 //! A record is created when a request head arrives and written exactly once,
 //! when it is dropped. It travels with the response body, so the line knows
 //! the bytes sent and, for a client that left early, what draining did for
 //! the upstream connection. A request the client abandons before any answer
 //! is still written, with status 499 (nginx's "client closed request").
+//!
+//! The line is one event whose fields are the record: in JSON (with
+//! `log.format = "json"`) one flat object. A field with no value (no
+//! upstream for a refused request, no connect time on a reused connection)
+//! is left out rather than written as a placeholder, and times are
+//! milliseconds rounded to the microsecond, so both formats read as numbers.
+//!
+//! A failure (an answer eddy made itself, a response cut off mid-body) is
+//! also written at `warn` under the `eddy::failure` target whether or not
+//! the access log is on, throttled per origin and kind (see
+//! [`crate::failures`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,10 +25,74 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 
+use crate::failures::Admit;
 use crate::metrics::{Metrics, OriginMetrics, NO_UPSTREAM};
+use crate::upstream::{Origin, RequestProgress};
 
 /// The status logged for a request whose client left before the answer.
 pub const CLIENT_CLOSED: u16 = 499;
+
+/// Longest path and query written to the log; longer ones are cut and end
+/// in `...`.
+pub const MAX_LOGGED_PATH: usize = 1024;
+
+/// The path and query of `uri` as the log shows it.
+pub fn logged_path(uri: &http::Uri) -> String {
+    let full = uri.path_and_query().map_or("/", |p| p.as_str());
+    if full.len() <= MAX_LOGGED_PATH {
+        return full.to_string();
+    }
+    // A URI is ASCII, but cut at a character boundary all the same.
+    let mut end = MAX_LOGGED_PATH - 3;
+    while !full.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &full[..end])
+}
+
+/// Where a request went.
+#[derive(Clone)]
+pub enum Upstream {
+    /// An origin, logged as `scheme://host:port`.
+    Origin(Origin),
+    /// A CONNECT tunnel's destination, logged as `tcp://host:port`.
+    Tunnel(Arc<str>),
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Origin(o) => f.write_str(o.as_str()),
+            Upstream::Tunnel(t) => f.write_str(t),
+        }
+    }
+}
+
+/// The request body's size, as far as it is known.
+pub enum BytesIn {
+    /// No body, or not read (the request failed first).
+    None,
+    /// Read whole before the request went upstream.
+    Known(u64),
+    /// Streamed: what arrived by the time the line is written.
+    Streamed(Arc<RequestProgress>),
+}
+
+impl BytesIn {
+    fn get(&self) -> u64 {
+        match self {
+            BytesIn::None => 0,
+            BytesIn::Known(n) => *n,
+            BytesIn::Streamed(p) => p.received(),
+        }
+    }
+}
+
+/// Milliseconds, rounded to the microsecond: `12.345`, never
+/// `12.345000000000001`.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
 
 pub struct AccessRecord {
     pub listener: usize,
@@ -27,6 +102,18 @@ pub struct AccessRecord {
     pub method: Option<Method>,
     /// The target as the client asked for it (`host:port`), if known.
     pub host: Option<String>,
+    /// The request's path and query, at most [`MAX_LOGGED_PATH`] bytes.
+    pub path: Option<String>,
+    /// Where the request went: an origin, or a tunnel's destination.
+    pub upstream: Option<Upstream>,
+    /// The address eddy's upstream connection is connected to.
+    pub peer: Option<SocketAddr>,
+    /// How long opening the upstream connection took (a new one only).
+    pub connect: Option<Duration>,
+    /// When the upstream's response head arrived.
+    pub first_byte: Option<Instant>,
+    /// The request body's bytes, as received from the client.
+    pub bytes_in: BytesIn,
     /// 0 until the answer is known.
     pub status: u16,
     pub started: Instant,
@@ -40,7 +127,10 @@ pub struct AccessRecord {
     pub error: Option<(&'static str, String)>,
     /// The origin's series; `None` means `upstream="none"`.
     pub origin: Option<Arc<OriginMetrics>>,
+    /// Response body bytes sent to the client.
     pub bytes_out: u64,
+    /// The response body failed mid-stream (the origin's connection broke).
+    pub cut_off: bool,
     /// What became of the upstream connection when the client left early.
     pub drain: Option<&'static str>,
     /// Anything else worth a word: a body that failed mid-stream, say.
@@ -76,6 +166,12 @@ impl AccessRecord {
             client,
             method,
             host: None,
+            path: None,
+            upstream: None,
+            peer: None,
+            connect: None,
+            first_byte: None,
+            bytes_in: BytesIn::None,
             status: 0,
             started: Instant::now(),
             ended: None,
@@ -85,6 +181,7 @@ impl AccessRecord {
             error: None,
             origin: None,
             bytes_out: 0,
+            cut_off: false,
             drain: None,
             note: None,
             metrics,
@@ -101,47 +198,82 @@ impl Drop for AccessRecord {
                 .note
                 .or(Some("the client closed the request before the answer"));
         }
-        let elapsed = self
-            .ended
-            .unwrap_or_else(Instant::now)
-            .saturating_duration_since(self.started);
+        let end = self.ended.unwrap_or_else(Instant::now);
+        let elapsed = end.saturating_duration_since(self.started);
         let origin = self
             .origin
             .take()
             .unwrap_or_else(|| self.metrics.origin(NO_UPSTREAM));
         origin.request(self.listener, self.status);
         origin.request_duration.observe(elapsed.as_secs_f64());
-        if let Some((error, _)) = &self.error {
-            origin.error(error);
+        let failure = match &self.error {
+            Some((error, _)) => Some(origin.failed(error, "request")),
+            None if self.cut_off => Some(origin.throttle("connection_terminated", "response body")),
+            None => None,
+        };
+        if let Some(Admit::Write { suppressed }) = failure {
+            self.warn(&origin, suppressed);
         }
         if !self.log {
             return;
         }
-        let connection = match self.reused {
-            Some(true) => "reused",
-            Some(false) => "new",
-            None => "-",
-        };
+        let connection = self.reused.map(|r| if r { "reused" } else { "new" });
+        let ttfb = self
+            .first_byte
+            .map(|at| ms(at.saturating_duration_since(self.started)));
         tracing::info!(
             target: "eddy::access",
             listener = %self.listener_name,
             client = %self.client,
-            method = self.method.as_ref().map_or("-", Method::as_str),
-            host = self.host.as_deref().unwrap_or("-"),
+            method = self.method.as_ref().map(Method::as_str),
+            host = self.host.as_deref(),
+            path = self.path.as_deref(),
             status = self.status,
-            bytes_out = self.bytes_out,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            pool_wait_ms = self.pool_wait.map_or(0.0, |w| w.as_secs_f64() * 1000.0),
+            upstream = self.upstream.as_ref().map(tracing::field::display),
+            peer = self.peer.map(tracing::field::display),
             upstream_connection = connection,
             retries = self.retries,
-            drain = self.drain.unwrap_or("-"),
-            proxy_status = self.error.as_ref().map_or("-", |e| e.0),
-            detail = self
-                .error
-                .as_ref()
-                .map(|e| e.1.as_str())
-                .or(self.note)
-                .unwrap_or(""),
+            drain = self.drain,
+            proxy_status = self.error.as_ref().map(|e| e.0),
+            detail = self.error.as_ref().map(|e| e.1.as_str()).or(self.note),
+            bytes_in = self.bytes_in.get(),
+            bytes_out = self.bytes_out,
+            pool_wait_ms = self.pool_wait.map(ms),
+            connect_ms = self.connect.map(ms),
+            ttfb_ms = ttfb,
+            duration_ms = ms(elapsed),
+        );
+    }
+}
+
+impl AccessRecord {
+    /// The failure's warn line; `suppressed` like it were left out before.
+    fn warn(&self, origin: &OriginMetrics, suppressed: u64) {
+        let (error, detail) = match &self.error {
+            Some((e, d)) => (*e, d.as_str()),
+            None => (
+                "connection_terminated",
+                "the response body failed mid-stream",
+            ),
+        };
+        let upstream = match &self.upstream {
+            Some(u) => u.to_string(),
+            None => origin.label.clone(),
+        };
+        tracing::warn!(
+            target: "eddy::failure",
+            upstream = %upstream,
+            error,
+            status = self.status,
+            listener = %self.listener_name,
+            client = %self.client,
+            method = self.method.as_ref().map(Method::as_str),
+            path = self.path.as_deref(),
+            peer = self.peer.map(tracing::field::display),
+            detail,
+            suppressed,
+            "{}",
+            if self.error.is_some() { "request failed" } else { "response cut off" }
         );
     }
 }

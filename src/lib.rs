@@ -34,6 +34,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod error;
+pub(crate) mod failures;
 pub mod head_scan;
 pub mod listener;
 pub mod metrics;

@@ -172,14 +172,32 @@ fn level_setter<S: 'static>(
     })
 }
 
+/// Colour only on a terminal, and not if `NO_COLOR` is set (to anything
+/// but the empty string, as no-color.org has it): in a file, a pipe or
+/// journald, escape codes are noise in every line.
+fn colour_wanted() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stdout().is_terminal()
+}
+
 fn init_logging(config: &Config) -> Option<LogLevelHandle> {
     let from_env = EnvFilter::try_from_default_env().ok();
     let env_decides = from_env.is_some();
     let filter = from_env.unwrap_or_else(|| EnvFilter::new(config.log.level.as_str()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour_wanted());
     let handle = match config.log.format {
         LogFormat::Json => {
-            let builder = builder.json().with_filter_reloading();
+            // One flat object per line: the event's fields at the top level
+            // (no `fields` wrapper), no span context.
+            let builder = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_filter_reloading();
             let handle = builder.reload_handle();
             builder.init();
             level_setter(handle)

@@ -27,6 +27,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::failures::{Admit, Throttles};
 use crate::upstream::pool::WeakPool;
 use crate::upstream::CloseReason;
 
@@ -87,6 +88,8 @@ pub struct OriginMetrics {
     /// `eddy_requests_total`, by listener index then status class.
     requests: Vec<[IntCounter; 5]>,
     errors: IntCounterVec,
+    /// Which failures get a warn line now (see [`crate::failures`]).
+    throttles: Throttles,
 }
 
 impl OriginMetrics {
@@ -115,6 +118,21 @@ impl OriginMetrics {
         self.errors
             .with_label_values(&[&self.label, proxy_status])
             .inc();
+    }
+
+    /// A failure of this origin's (or of `none`'s): counted under
+    /// `eddy_errors_total` with its Proxy-Status type, and whether its warn
+    /// line is written now. `context` says where it happened (`request`,
+    /// `prewarm`).
+    pub(crate) fn failed(&self, proxy_status: &'static str, context: &'static str) -> Admit {
+        self.error(proxy_status);
+        self.throttles.admit((proxy_status, context))
+    }
+
+    /// A failure that is not an error eddy answered (a response cut off
+    /// mid-body): only whether its warn line is written now.
+    pub(crate) fn throttle(&self, kind: &'static str, context: &'static str) -> Admit {
+        self.throttles.admit((kind, context))
     }
 }
 
@@ -157,6 +175,17 @@ impl Metrics {
         .expect("valid metric definition");
         r.register(Box::new(config_last_reload_success.clone()))
             .expect("metric registered once");
+        // Always 1: the version is in the label, so a query can join it onto
+        // any other series (`* on (instance) group_left (version)`).
+        let build_info = gauge(
+            &r,
+            "eddy_build_info",
+            "Always 1; the running eddy's version is the label.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let m = Metrics {
             client_connections: counter(&r, "eddy_client_connections_total", "Client connections accepted.", &["listener"]),
             client_connections_open: gauge(&r, "eddy_client_connections_open", "Client connections open.", &["listener"]),
@@ -170,7 +199,7 @@ impl Metrics {
             stale_retries: counter(&r, "eddy_stale_retries_total", "Requests sent again after a reused upstream connection turned out closed, by outcome of the retry.", &["upstream", "outcome"]),
             body_drains: counter(&r, "eddy_body_drains_total", "Response bodies read to the end after the client went away, by whether the connection was saved.", &["upstream", "outcome"]),
             connections_closed: counter(&r, "eddy_upstream_connections_closed_total", "Upstream connections closed, by reason.", &["upstream", "reason"]),
-            errors: counter(&r, "eddy_errors_total", "Responses eddy made itself, by Proxy-Status error type.", &["upstream", "error"]),
+            errors: counter(&r, "eddy_errors_total", "Failures, by Proxy-Status error type: responses eddy made itself, and connections it failed to open on its own (prewarming).", &["upstream", "error"]),
             tunnels: counter(&r, "eddy_tunnels_total", "CONNECT tunnels opened.", &["listener"]),
             tunnels_open: gauge(&r, "eddy_tunnels_open", "CONNECT tunnels open.", &["listener"]),
             config_reloads: counter(&r, "eddy_config_reloads_total", "Configuration reloads, by outcome.", &["outcome"]),
@@ -265,6 +294,7 @@ impl Metrics {
                 .collect(),
             requests,
             errors: self.errors.clone(),
+            throttles: Throttles::default(),
         }
     }
 

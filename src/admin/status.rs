@@ -23,7 +23,7 @@ use prometheus::proto::MetricFamily;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NO_UPSTREAM};
 use crate::upstream::pool::OriginStats;
 use crate::upstream::Pool;
 
@@ -156,15 +156,40 @@ pub(crate) struct Status {
     pub client_connections_open: f64,
     /// Span of the `recent_*` figures (up to five minutes).
     pub window_seconds: f64,
+    /// Requests refused for the client's own mistakes in the window, by
+    /// Proxy-Status type: not a sign of any origin's health, so shown apart.
+    pub client_errors: BTreeMap<String, u64>,
     pub origins: Vec<OriginStatus>,
+}
+
+/// Proxy-Status types that describe the client's request, not an origin:
+/// a malformed request, a destination eddy may not reach. (A loop is the
+/// client's when eddy refused it before choosing an origin, `none`, and
+/// the route's when the origin's address turned out to be eddy's own; the
+/// shipped alerts split them the same way.)
+const CLIENT_ERRORS: [&str; 3] = [
+    "http_request_error",
+    "http_request_denied",
+    "destination_ip_prohibited",
+];
+
+fn is_client_error(error: &str) -> bool {
+    CLIENT_ERRORS.contains(&error)
 }
 
 #[derive(Serialize, Debug)]
 pub(crate) struct OriginStatus {
-    /// The pool's origin, or the `upstream` label (`other`, `none`).
+    /// The pool's origin, a tunnel's destination, or the `upstream` label
+    /// (`other`).
     pub origin: String,
     /// Whether eddy holds a pool for it (the figures below from `/pools`).
     pub pooled: bool,
+    /// As `/pools` says: `http/1.1`, `h2` or `tunnel` (empty without one).
+    pub protocol: &'static str,
+    /// HTTP/2: requests in flight.
+    pub streams: Option<usize>,
+    /// Connects that failed in a row (prewarming's too).
+    pub connect_failures: u32,
     pub idle: usize,
     pub in_use: usize,
     pub connecting: usize,
@@ -187,11 +212,13 @@ pub(crate) struct OriginStatus {
     pub rejected_total: u64,
     /// Requests turned away with 503 in the window.
     pub recent_rejected: u64,
-    /// Errors eddy answered for this origin in the window, by Proxy-Status.
+    /// Errors eddy answered for this origin in the window, by Proxy-Status
+    /// (the client's own mistakes are in [`Status::client_errors`]).
     pub recent_errors: BTreeMap<String, u64>,
     /// All slots taken and requests waiting.
     pub saturated: bool,
-    /// Errors, rejections or failed retries in the window.
+    /// Origin errors, rejections or failed retries in the window, or the
+    /// last connects failed.
     pub failing: bool,
 }
 
@@ -211,7 +238,30 @@ pub(crate) fn status(pool: &Pool, metrics: &Metrics, history: &History) -> Statu
         .map(|s| (s.origin.clone(), s))
         .collect();
     let mut names: Vec<String> = pools.keys().cloned().collect();
-    names.extend(counters.keys().filter(|k| !pools.contains_key(*k)).cloned());
+    // `none` is requests eddy refused before choosing an origin: client
+    // errors, shown apart.
+    names.extend(
+        counters
+            .keys()
+            .filter(|k| !pools.contains_key(*k) && k.as_str() != NO_UPSTREAM)
+            .cloned(),
+    );
+    let mut client_errors: BTreeMap<String, u64> = BTreeMap::new();
+    let base_of = |name: &str| {
+        oldest
+            .as_ref()
+            .and_then(|(_, c)| c.get(name).cloned())
+            .unwrap_or_default()
+    };
+    for (name, now_c) in &counters {
+        let base = base_of(name);
+        for (error, n) in &now_c.errors {
+            let recent = n.saturating_sub(*base.errors.get(error).unwrap_or(&0));
+            if recent > 0 && (name == NO_UPSTREAM || is_client_error(error)) {
+                *client_errors.entry(error.clone()).or_default() += recent;
+            }
+        }
+    }
     let origins = names
         .into_iter()
         .map(|name| {
@@ -237,16 +287,18 @@ pub(crate) fn status(pool: &Pool, metrics: &Metrics, history: &History) -> Statu
                         v.saturating_sub(*base.errors.get(k).unwrap_or(&0)),
                     )
                 })
-                .filter(|(_, v)| *v > 0)
+                .filter(|(k, v)| *v > 0 && !is_client_error(k))
                 .collect();
             // 503s from a full queue are also in `errors` (as
             // connection_limit_reached); rejections are counted on their own
             // for origins past the label cap too.
+            let connect_failures = pools.get(&name).map_or(0, |p| p.connect_failures);
             let failing = !recent_errors.is_empty()
                 || now_c.rejected > base.rejected
-                || now_c.retries_failed > base.retries_failed;
-            // An origin with counters but no pool (HTTP/2, or closed since)
-            // shows zeros.
+                || now_c.retries_failed > base.retries_failed
+                || connect_failures > 0;
+            // An origin with counters but no pool (closed since, or past
+            // the label cap) shows zeros.
             let (pooled, p) = match pools.remove(&name) {
                 Some(p) => (true, p),
                 None => (false, OriginStats::default()),
@@ -259,6 +311,9 @@ pub(crate) fn status(pool: &Pool, metrics: &Metrics, history: &History) -> Statu
             );
             OriginStatus {
                 pooled,
+                protocol: p.protocol,
+                streams: p.streams,
+                connect_failures,
                 idle: p.idle,
                 in_use: p.in_use,
                 connecting: p.connecting,
@@ -296,6 +351,7 @@ pub(crate) fn status(pool: &Pool, metrics: &Metrics, history: &History) -> Statu
         rss_bytes: gauge_sum(&families, "process_resident_memory_bytes"),
         client_connections_open: gauge_sum(&families, "eddy_client_connections_open"),
         window_seconds: window,
+        client_errors,
         origins,
     }
 }
@@ -304,6 +360,14 @@ pub(crate) fn status(pool: &Pool, metrics: &Metrics, history: &History) -> Statu
 mod tests {
     use super::*;
     use prometheus::{IntCounterVec, Opts, Registry};
+
+    #[test]
+    fn client_mistakes_are_told_from_origin_failures() {
+        assert!(is_client_error("http_request_error"));
+        assert!(is_client_error("destination_ip_prohibited"));
+        assert!(!is_client_error("connection_refused"));
+        assert!(!is_client_error("proxy_loop_detected"));
+    }
 
     #[test]
     fn counters_are_read_by_upstream_label() {

@@ -133,6 +133,8 @@ pub(super) async fn send_with_retry(
         pool_wait += pooled.waited();
         record.pool_wait = Some(pool_wait);
         record.reused = Some(pooled.is_reused());
+        record.peer = pooled.peer();
+        record.connect = pooled.connect_time();
         // Only a reused connection can be stale, and only while a retry is
         // left is a copy of the request worth its cost.
         let template = (replayable && record.retries < retry.stale_retries && pooled.is_reused())
@@ -143,6 +145,7 @@ pub(super) async fn send_with_retry(
             .await
         {
             Ok(exchanged) => {
+                record.first_byte = Some(std::time::Instant::now());
                 record.count_retry(true);
                 return Ok(exchanged);
             }
@@ -238,6 +241,8 @@ pub(super) async fn send_h2(
         };
         let (mut sender, id) = (conn.sender, conn.id);
         record.reused = Some(reused);
+        record.peer = conn.peer;
+        record.connect = conn.connect_took.filter(|_| !reused);
         if reused {
             conn.metrics.upstream_reused.inc();
         } else {
@@ -250,6 +255,7 @@ pub(super) async fn send_h2(
         };
         let error = match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(resp)) => {
+                record.first_byte = Some(std::time::Instant::now());
                 record.count_retry(true);
                 return Ok(resp);
             }

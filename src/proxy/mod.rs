@@ -30,11 +30,12 @@ pub use router::Router;
 pub use target::{forward_target, origin_form, LoopGuard, Target};
 pub use tunnel::ConnHold;
 
-use crate::access::AccessRecord;
+use crate::access::{self, AccessRecord, BytesIn, Upstream};
 use crate::config::{HostPattern, ListenerMode, RetryConfig};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::upstream::{DrainLimits, PaceRule, Pool, UpstreamBody};
+use crate::upstream::h2::InFlight;
+use crate::upstream::{DrainLimits, PaceRule, Pool, ReqBody, UpstreamBody};
 
 /// What a listener's requests share.
 pub struct ListenerCtx {
@@ -131,8 +132,71 @@ impl ListenerCtx {
 pub enum ProxyBody {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
-    /// A body from a dedicated (never pooled) upstream connection.
-    Direct(Incoming),
+    /// A body from a connection that is not the HTTP/1 pool's: a shared
+    /// HTTP/2 connection, or a dedicated one.
+    Direct(DirectBody),
+}
+
+/// A response body relayed as it comes, counting what it sends for the
+/// access record, which it writes when the body ends or is dropped.
+pub struct DirectBody {
+    inner: Incoming,
+    record: Option<AccessRecord>,
+    /// An HTTP/2 stream, counted until the body ends.
+    in_flight: Option<InFlight>,
+}
+
+impl DirectBody {
+    fn new(inner: Incoming) -> DirectBody {
+        DirectBody {
+            inner,
+            record: None,
+            in_flight: None,
+        }
+    }
+}
+
+impl Drop for DirectBody {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.as_mut() {
+            r.ended.get_or_insert_with(std::time::Instant::now);
+        }
+    }
+}
+
+impl Body for DirectBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(r) = this.record.as_mut() {
+            match &frame {
+                Some(Ok(f)) => r.bytes_out += f.data_ref().map_or(0, |d| d.len() as u64),
+                Some(Err(_)) => r.cut_off = true,
+                None => {}
+            }
+            if frame.is_none() || this.inner.is_end_stream() {
+                r.ended.get_or_insert_with(std::time::Instant::now);
+            }
+        }
+        if frame.is_none() || this.inner.is_end_stream() {
+            this.in_flight = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl From<Bytes> for ProxyBody {
@@ -190,6 +254,9 @@ pub async fn handle(
         ctx.metrics.clone(),
         ctx.access_log,
     );
+    if req.method() != Method::CONNECT {
+        record.path = Some(access::logged_path(req.uri()));
+    }
     let result = if req.method() == Method::CONNECT && ctx.mode == ListenerMode::Forward {
         // Rare paths are boxed so the common request future stays small:
         // hyper moves it into place, and every byte of it is copied.
@@ -200,9 +267,7 @@ pub async fn handle(
     let mut response = match result {
         Ok(resp) => resp,
         Err(e) => {
-            if !ctx.access_log {
-                tracing::debug!(listener = %ctx.name, %client, error = %e, "request failed");
-            }
+            // Logged (throttled) and counted when the record is written.
             record.error = Some((e.proxy_status(), e.to_string()));
             e.to_response()
         }
@@ -214,7 +279,7 @@ pub async fn handle(
             record.bytes_out = b.as_ref().map_or(0, |b| b.len() as u64);
             record.ended = Some(std::time::Instant::now());
         }
-        ProxyBody::Direct(_) => record.ended = Some(std::time::Instant::now()),
+        ProxyBody::Direct(body) => body.record = Some(record),
     }
     response
 }
@@ -249,6 +314,7 @@ async fn proxy(
         return Box::pin(upgrade::relay(req, target, ctx, record, hold)).await;
     }
     let route = ctx.router.route(&target);
+    record.upstream = Some(Upstream::Origin(route.origin.clone()));
     let host = HeaderValue::from_str(&target.authority)
         .map_err(|_| ProxyError::BadRequest("the target's host is not a valid header value"))?;
     record.host = Some(target.authority);
@@ -279,11 +345,19 @@ async fn proxy(
             return Err(e);
         }
     };
+    record.bytes_in = match (&body, &progress) {
+        (_, Some(p)) => BytesIn::Streamed(p.clone()),
+        (ReqBody::Full(Some(b)), None) => BytesIn::Known(b.len() as u64),
+        _ => BytesIn::None,
+    };
     if !route.http2 {
         request_body::frame_unknown_length(&mut parts.headers, &body);
     }
     let upstream_req = Request::from_parts(parts, body);
     if route.http2 {
+        // A stream on the origin's connection from now until the response
+        // body ends (`/pools`, the gauges).
+        let in_flight = ctx.pool.h2_in_flight(&route.origin);
         let sent = Box::pin(exchange::send_h2(
             &ctx.pool,
             &route,
@@ -305,7 +379,9 @@ async fn proxy(
         let (mut parts, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.version = Version::HTTP_11;
-        return Ok(Response::from_parts(parts, ProxyBody::Direct(incoming)));
+        let mut body = DirectBody::new(incoming);
+        body.in_flight = Some(in_flight);
+        return Ok(Response::from_parts(parts, ProxyBody::Direct(body)));
     }
 
     let sent = exchange::send_with_retry(ctx, &route, upstream_req, progress.clone(), record).await;

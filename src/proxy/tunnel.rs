@@ -12,9 +12,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::{ListenerCtx, ProxyBody, Target};
-use crate::access::AccessRecord;
+use crate::access::{AccessRecord, Upstream};
 use crate::config::split_host_port;
 use crate::error::ProxyError;
+use crate::upstream::tunnels::tunnel_destination;
 use crate::upstream::Origin;
 
 /// Held by a tunnel for as long as it relays: whatever the client
@@ -49,8 +50,17 @@ pub(super) async fn connect(
         return Err(ProxyError::Loop(target.authority));
     }
     let origin = Origin::new(false, &target.host, target.port);
+    let destination = tunnel_destination(&origin);
+    // Counted under the destination (`tcp://host:port`), within the label cap.
+    record.origin = Some(ctx.metrics.origin(&destination));
+    record.upstream = Some(Upstream::Tunnel(destination));
     let timeout = ctx.router.route(&target).settings.connect_timeout.get();
-    let upstream = ctx.pool.open_tunnel(&origin, timeout).await?;
+    let started = std::time::Instant::now();
+    let (upstream, listed) = ctx.pool.open_tunnel(&origin, timeout).await?;
+    record.connect = Some(started.elapsed());
+    record.first_byte = Some(std::time::Instant::now());
+    record.peer = upstream.peer_addr().ok();
+    record.reused = Some(false);
     let on_upgrade = hyper::upgrade::on(req);
     ctx.tunnels.inc();
     ctx.tunnels_open.inc();
@@ -59,6 +69,7 @@ pub(super) async fn connect(
     tokio::spawn(async move {
         let _hold = hold;
         let _open = open;
+        let _listed = listed;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);

@@ -10,8 +10,8 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::{origin_form, strip_hop_by_hop, ConnHold, ListenerCtx, ProxyBody, Target};
-use crate::access::AccessRecord;
+use super::{origin_form, strip_hop_by_hop, ConnHold, DirectBody, ListenerCtx, ProxyBody, Target};
+use crate::access::{AccessRecord, Upstream};
 use crate::error::ProxyError;
 use crate::upstream::ReqBody;
 
@@ -37,6 +37,7 @@ pub(super) async fn relay(
     let route = ctx.router.route(&target);
     record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
     record.reused = Some(false);
+    record.upstream = Some(Upstream::Origin(route.origin.clone()));
     let host = HeaderValue::from_str(&target.authority)
         .map_err(|_| ProxyError::BadRequest("the target's host is not a valid header value"))?;
     let (mut parts, body) = req.into_parts();
@@ -65,7 +66,10 @@ pub(super) async fn relay(
     )
     .await;
     let mut resp = match sent {
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(resp)) => {
+            record.first_byte = Some(std::time::Instant::now());
+            resp
+        }
         Ok(Err(e)) if e.is_parse() => {
             return Err(ProxyError::HttpProtocol {
                 origin,
@@ -83,7 +87,10 @@ pub(super) async fn relay(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(parts, ProxyBody::Direct(incoming)));
+        return Ok(Response::from_parts(
+            parts,
+            ProxyBody::Direct(DirectBody::new(incoming)),
+        ));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let hold = hold.clone();

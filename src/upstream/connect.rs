@@ -184,8 +184,9 @@ impl Connector {
         &self,
         origin: &Origin,
         deadline: Instant,
-    ) -> Result<http2::SendRequest<ReqBody>, ProxyError> {
+    ) -> Result<(http2::SendRequest<ReqBody>, Option<SocketAddr>), ProxyError> {
         let tcp = self.tcp(origin, deadline).await?;
+        let peer = tcp.peer_addr().ok();
         let stream = if origin.is_tls() {
             let tls = self.tls(origin, tcp, deadline, true).await?;
             if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
@@ -223,7 +224,7 @@ impl Connector {
                 tracing::debug!(origin = %task_origin, error = %e, "HTTP/2 upstream connection ended");
             }
         });
-        Ok(sender)
+        Ok((sender, peer))
     }
 }
 

@@ -13,7 +13,7 @@
 //! route reaches any more.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hyper::client::conn::http2::SendRequest;
@@ -29,11 +29,70 @@ pub(crate) struct H2Conn {
     pub id: u64,
     pub sender: SendRequest<ReqBody>,
     pub metrics: Arc<OriginMetrics>,
+    /// The address it is connected to.
+    pub peer: Option<std::net::SocketAddr>,
+    /// How long opening it took.
+    pub connect_took: Option<std::time::Duration>,
+}
+
+/// One HTTP/2 origin: its connection, and what `/pools` shows of it.
+#[derive(Default)]
+pub(crate) struct H2Slot {
+    /// The current connection; locked while one is being opened.
+    pub(crate) conn: tokio::sync::Mutex<Option<H2Conn>>,
+    /// A connect is under way.
+    pub(crate) connecting: AtomicBool,
+    /// Requests in flight on it (head sent, response body not yet over).
+    streams: AtomicUsize,
+    /// Connects that failed in a row, and the last one's time and type.
+    failures: Mutex<(u32, Option<(tokio::time::Instant, &'static str)>)>,
+}
+
+impl H2Slot {
+    /// Keeps the run of failed connects (for `/pools`).
+    pub(crate) fn note_connect(&self, failed: Option<&'static str>) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match failed {
+            None => f.0 = 0,
+            Some(error) => {
+                f.0 = f.0.saturating_add(1);
+                f.1 = Some((tokio::time::Instant::now(), error));
+            }
+        }
+    }
+}
+
+/// A request in flight on an HTTP/2 origin's connection: counted while
+/// this is held (by the response body, until it ends).
+pub struct InFlight(Arc<H2Slot>);
+
+impl InFlight {
+    pub(crate) fn new(slot: Arc<H2Slot>) -> InFlight {
+        slot.streams.fetch_add(1, Ordering::Relaxed);
+        InFlight(slot)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An HTTP/2 origin's state at one moment.
+pub(crate) struct H2View {
+    pub origin: Origin,
+    /// A connection is open.
+    pub open: bool,
+    pub connecting: bool,
+    pub streams: usize,
+    pub connect_failures: u32,
+    pub last_failure: Option<(tokio::time::Instant, &'static str)>,
 }
 
 #[derive(Default)]
 pub(crate) struct H2Slots {
-    slots: Mutex<HashMap<Origin, Arc<tokio::sync::Mutex<Option<H2Conn>>>>>,
+    slots: Mutex<HashMap<Origin, Arc<H2Slot>>>,
     next_id: AtomicU64,
 }
 
@@ -43,9 +102,37 @@ impl H2Slots {
     }
 
     /// The slot for `origin` (created on first use).
-    pub(crate) fn slot(&self, origin: &Origin) -> Arc<tokio::sync::Mutex<Option<H2Conn>>> {
+    pub(crate) fn slot(&self, origin: &Origin) -> Arc<H2Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(origin.clone()).or_default().clone()
+    }
+
+    /// Every HTTP/2 origin's state (for `/pools` and the gauges). A slot
+    /// locked by a request checking it is counted as open if it carries
+    /// streams.
+    pub(crate) fn views(&self) -> Vec<H2View> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .map(|(origin, slot)| {
+                let streams = slot.streams.load(Ordering::Relaxed);
+                let connecting = slot.connecting.load(Ordering::Relaxed);
+                let open = match slot.conn.try_lock() {
+                    Ok(c) => c.as_ref().is_some_and(|c| !c.sender.is_closed()),
+                    Err(_) => streams > 0,
+                };
+                let (connect_failures, last_failure) =
+                    *slot.failures.lock().unwrap_or_else(|p| p.into_inner());
+                H2View {
+                    origin: origin.clone(),
+                    open,
+                    connecting,
+                    streams,
+                    connect_failures,
+                    last_failure,
+                }
+            })
+            .collect()
     }
 
     /// Keeps the slots of the origins `keep` accepts (a reload): a dropped
@@ -59,7 +146,7 @@ impl H2Slots {
     /// Forgets connection `id` if it is still the origin's current one.
     pub(crate) async fn forget(&self, origin: &Origin, id: u64) {
         let slot = self.slot(origin);
-        let mut current = slot.lock().await;
+        let mut current = slot.conn.lock().await;
         let forgotten = current.as_ref().is_some_and(|c| c.id == id);
         if forgotten {
             *current = None;

@@ -14,6 +14,7 @@ pub mod origin;
 pub mod pool;
 pub mod request_body;
 pub mod tls;
+pub mod tunnels;
 
 pub use body::{DrainLimits, UpstreamBody};
 pub use origin::Origin;

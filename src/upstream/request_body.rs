@@ -181,6 +181,8 @@ pub struct RequestProgress {
     epoch: Instant,
     /// Milliseconds after `epoch` at which hyper last asked for more.
     last_take_ms: AtomicU64,
+    /// Body bytes received from the client so far (for the access log).
+    received: AtomicU64,
     notify: Notify,
 }
 
@@ -191,6 +193,7 @@ impl RequestProgress {
             waiting_on_client: AtomicBool::new(false),
             epoch: Instant::now(),
             last_take_ms: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             notify: Notify::new(),
         }
     }
@@ -204,6 +207,11 @@ impl RequestProgress {
         } else {
             Sending::Partial
         }
+    }
+
+    /// Body bytes received from the client so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     pub fn is_complete(&self) -> bool {
@@ -332,6 +340,9 @@ impl Streamed {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.progress.touch();
         if let Some(p) = self.prefix.take() {
+            self.progress
+                .received
+                .fetch_add(p.len() as u64, Ordering::Relaxed);
             if self.inner.is_end_stream() {
                 self.progress.set(ENDED);
             }
@@ -370,6 +381,9 @@ impl Streamed {
             Some(Ok(frame)) => {
                 let n = frame.data_ref().map_or(0, Bytes::len);
                 self.pace.record(n, Instant::now());
+                self.progress
+                    .received
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 // Trailers end a body: hyper takes nothing after them.
                 if frame.is_trailers() || self.inner.is_end_stream() {
                     self.progress.set(ENDED);

@@ -79,7 +79,8 @@ def main():
                 "--disable-sync",
             ],
         )
-        page = browser.new_page(viewport={"width": 1500, "height": 260})
+        # The narrowest common laptop screen: every column must fit.
+        page = browser.new_page(viewport={"width": 1280, "height": 260})
 
         def guard(route):
             url = route.request.url
@@ -136,6 +137,25 @@ def main():
             float(other.get("rps", ""))
         except ValueError:
             problems.append(f"{args.expect} shows no request rate: {other.get('rps')!r}")
+        overflow = page.evaluate(
+            """() => {
+                const last = [...document.querySelectorAll("thead th")].pop();
+                return {
+                    page: document.documentElement.scrollWidth,
+                    lastRight: last.getBoundingClientRect().right,
+                    view: window.innerWidth,
+                };
+            }"""
+        )
+        if overflow["page"] > overflow["view"] or overflow["lastRight"] > overflow["view"]:
+            problems.append(f"the table does not fit {overflow['view']} px: {overflow}")
+        # Client mistakes are shown apart, and colour no origin's row.
+        client = page.inner_text("#client-errors-list")
+        if "http_request_error" not in client:
+            problems.append(f"client errors not shown apart: {client!r}")
+        for origin, row in rows.items():
+            if origin == "none" or origin.startswith("none "):
+                problems.append(f"the client errors have an origin row: {row}")
         bad = rows.get(args.failing, {})
         if "failing" not in bad.get("_class", "") or "connection_refused" not in bad.get("errors", ""):
             problems.append(f"{args.failing} is not marked failing with its errors: {bad}")

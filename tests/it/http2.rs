@@ -189,3 +189,34 @@ async fn streams_the_origin_refused_are_sent_again_even_posts() {
     assert_eq!(processed.len(), 30, "each POST processed once");
     assert_eq!(origin.processed.lock().expect("processed").len(), 30);
 }
+
+/// An HTTP/2 origin is in `/pools` and the gauges: its connection in use
+/// while a request is in flight on it (with the streams counted), idle after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_origin_shows_in_pools_and_the_gauges_while_in_use() {
+    let origin = H2Origin::start(None, Duration::from_secs(3)).await;
+    let proxy = eddy::start("", &upstream(&origin)).await;
+    let key = format!("http://{}", origin.addr);
+    let addr = proxy.addr;
+    let slow = tokio::spawn(async move { get(addr, "http://h2.test/slow").await });
+    crate::support::eventually("a stream in flight", Duration::from_secs(10), || async {
+        proxy.pools().await[&key]["streams"] == 1
+    })
+    .await;
+    let pools = proxy.pools().await;
+    assert_eq!(pools[&key]["protocol"], "h2", "{pools}");
+    assert_eq!(pools[&key]["in_use"], 1, "{pools}");
+    let in_use = proxy
+        .metric(
+            "eddy_upstream_connections",
+            &[("upstream", &key), ("state", "in_use")],
+        )
+        .await;
+    assert_eq!(in_use, 1.0);
+    assert_eq!(slow.await.expect("task").status, 200);
+    crate::support::eventually("the stream is over", Duration::from_secs(10), || async {
+        let p = proxy.pools().await;
+        p[&key]["streams"] == 0 && p[&key]["idle"] == 1
+    })
+    .await;
+}

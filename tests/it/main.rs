@@ -12,6 +12,7 @@ mod headers;
 mod http2;
 mod idle;
 mod listener;
+mod logs;
 mod metrics;
 mod pool;
 mod reload;

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::client::get;
+use crate::support::client::{get, send_raw};
 use crate::support::eddy;
 use crate::support::origin::{Behavior, Origin};
 
@@ -81,6 +81,10 @@ async fn the_status_page_shows_the_pools_and_marks_a_saturated_one() {
         let r = get(p.addr, &format!("http://{refused}/")).await;
         assert_eq!(r.proxy_error().as_deref(), Some("connection_refused"));
     }
+    // A client mistake (a target eddy cannot parse): shown apart, not as
+    // an origin failing.
+    let r = send_raw(p.addr, b"GET /relative HTTP/1.1\r\nHost: \r\n\r\n").await;
+    assert_eq!(r.status, 400, "{}", r.text());
     // The slow origin: one request in flight, three waiting for the bound.
     let mut waiting = Vec::new();
     for _ in 0..4 {

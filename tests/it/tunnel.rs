@@ -174,3 +174,51 @@ async fn a_half_close_from_the_server_side_is_passed_on_too() {
     let pools = proxy.pools().await;
     assert!(pools.as_object().is_some_and(|o| o.is_empty()), "{pools}");
 }
+
+/// An open tunnel is an upstream connection like any other to an operator:
+/// `/pools` lists it under its destination and the gauge counts it in use,
+/// until it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_shows_in_pools_and_the_gauges() {
+    let server = shouting_server().await;
+    let proxy = eddy::start(
+        "",
+        &format!("[security]\nconnect_ports = [{}]\n", server.port()),
+    )
+    .await;
+    let destination = format!("tcp://{server}");
+    let (mut s, head) = connect(proxy.addr, &server.to_string()).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"x").await.expect("write");
+    let mut echo = [0u8; 1];
+    s.read_exact(&mut echo).await.expect("echo");
+    let pools = proxy.pools().await;
+    let tunnel = &pools[&destination];
+    assert_eq!(tunnel["protocol"], "tunnel", "{pools}");
+    assert_eq!(tunnel["in_use"], 1, "{pools}");
+    assert_eq!(
+        proxy
+            .metric(
+                "eddy_upstream_connections",
+                &[("upstream", &destination), ("state", "in_use")]
+            )
+            .await,
+        1.0
+    );
+    drop(s);
+    eventually(
+        "the closed tunnel leaves /pools",
+        Duration::from_secs(10),
+        || async { proxy.pools().await.get(&destination).is_none() },
+    )
+    .await;
+    assert_eq!(
+        proxy
+            .metric(
+                "eddy_upstream_connections",
+                &[("upstream", &destination), ("state", "in_use")]
+            )
+            .await,
+        0.0
+    );
+}

@@ -38,8 +38,11 @@ pub(super) struct Conn {
     /// Over TLS, bytes on an idle connection are normal (TLS 1.3 session
     /// tickets, a close_notify that rustls will read): only EOF condemns it.
     pub(super) tls: bool,
-    /// The address dialled, for a `deny_cidrs` that a reload changed.
+    /// The address dialled, for a `deny_cidrs` that a reload changed (and
+    /// the access log).
     pub(super) peer: Option<std::net::IpAddr>,
+    /// How long opening it took (DNS, TCP, TLS, handshake).
+    pub(super) connect_took: Duration,
     /// The connector's deny-list epoch `peer` was last checked under.
     pub(super) deny_epoch: u64,
 }

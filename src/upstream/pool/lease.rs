@@ -142,6 +142,18 @@ impl Pooled {
         self.reused
     }
 
+    /// The address the connection is connected to.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        let ip = self.conn.as_ref()?.peer?;
+        Some(std::net::SocketAddr::new(ip, self.origin.port()))
+    }
+
+    /// How long opening the connection took, for a new one.
+    pub fn connect_time(&self) -> Option<Duration> {
+        let conn = self.conn.as_ref()?;
+        (!self.reused).then_some(conn.connect_took)
+    }
+
     /// Checks a connection before use: the liveness probe for a reused one,
     /// then hyper's readiness (the previous exchange fully processed).
     /// `None` means it was dead and has been discarded.

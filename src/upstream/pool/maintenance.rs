@@ -11,6 +11,19 @@ use tokio::time::Instant;
 use super::lease::ConnectPermit;
 use super::origin_state::OriginState;
 use super::{CloseReason, Closing, Pool, Route};
+use crate::failures::Admit;
+
+/// How long prewarming waits before trying an origin again after
+/// `failures` connects in a row failed: 1 s, doubling, at most 30 s. An
+/// origin that is down (or a name that does not resolve) is not dialled
+/// every second for ever.
+pub(super) fn prewarm_backoff(failures: u32) -> Duration {
+    const MAX: Duration = Duration::from_secs(30);
+    match failures {
+        0 => Duration::ZERO,
+        n => Duration::from_secs(1u64 << (n - 1).min(5)).min(MAX),
+    }
+}
 
 impl Pool {
     /// Closes expired idle connections; sleeps until the next expiry.
@@ -145,7 +158,11 @@ impl Pool {
                     .settings
                     .min_idle_per_host
                     .min(os.settings.max_idle_per_host);
+                let backing_off = os.last_failure.is_some_and(|(at, _)| {
+                    Instant::now() < at + prewarm_backoff(os.connect_failures)
+                });
                 if !os.pinned
+                    || backing_off
                     || os.idle.len() + os.connecting >= min
                     || os.total() >= os.settings.max_connections_per_host
                     || !os.waiters.is_empty()
@@ -174,7 +191,27 @@ impl Pool {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(origin = %route.origin, error = %e, "prewarming failed; retrying later");
+                    // Counted and shown like a request's failure, since no
+                    // request will be there to report it.
+                    let metrics = self.shared.metrics.origin(route.origin.as_str());
+                    if let Admit::Write { suppressed } = metrics.failed(e.proxy_status(), "prewarm")
+                    {
+                        let failures = self
+                            .lock()
+                            .origins
+                            .get(&route.origin)
+                            .map_or(1, |os| os.connect_failures);
+                        tracing::warn!(
+                            target: "eddy::failure",
+                            upstream = %route.origin,
+                            error = e.proxy_status(),
+                            detail = %e,
+                            failures,
+                            retry_in_seconds = prewarm_backoff(failures).as_secs(),
+                            suppressed,
+                            "prewarming failed"
+                        );
+                    }
                     return true;
                 }
             }
@@ -199,54 +236,109 @@ impl Pool {
         drop(closing);
     }
 
-    /// Pool gauges summed by `upstream` label (for `/metrics`).
+    /// Pool gauges summed by `upstream` label (for `/metrics`): the HTTP/1
+    /// pool's connections, HTTP/2 connections (in use while they carry a
+    /// stream) and open CONNECT tunnels (always in use).
     pub fn gauges(&self) -> Vec<GaugeRow> {
-        let st = self.lock();
         let mut rows: Vec<GaugeRow> = Vec::new();
-        for os in st.origins.values() {
-            let row = match rows.iter_mut().position(|r| r.label == os.metrics.label) {
+        fn row<'a>(rows: &'a mut Vec<GaugeRow>, label: &str) -> &'a mut GaugeRow {
+            match rows.iter().position(|r| r.label == label) {
                 Some(i) => &mut rows[i],
                 None => {
                     rows.push(GaugeRow {
-                        label: os.metrics.label.clone(),
+                        label: label.to_string(),
                         ..GaugeRow::default()
                     });
                     let last = rows.len() - 1;
                     &mut rows[last]
                 }
-            };
-            row.idle += os.idle.len();
-            row.in_use += os.in_use;
-            row.connecting += os.connecting;
-            row.pending += os.waiters.len();
+            }
+        }
+        {
+            let st = self.lock();
+            for os in st.origins.values() {
+                let r = row(&mut rows, &os.metrics.label);
+                r.idle += os.idle.len();
+                r.in_use += os.in_use;
+                r.connecting += os.connecting;
+                r.pending += os.waiters.len();
+            }
+        }
+        let metrics = &self.shared.metrics;
+        for h2 in self.shared.h2.views() {
+            let r = row(&mut rows, &metrics.origin(h2.origin.as_str()).label);
+            match (h2.open, h2.streams > 0) {
+                (true, true) => r.in_use += 1,
+                (true, false) => r.idle += 1,
+                (false, _) => {}
+            }
+            r.connecting += usize::from(h2.connecting);
+        }
+        for (destination, open) in self.shared.tunnels.snapshot() {
+            row(&mut rows, &metrics.origin(&destination).label).in_use += open;
         }
         rows
     }
 
-    /// A point-in-time view of every origin's pool (for `/pools`).
+    /// A point-in-time view of every origin's pool (for `/pools`), with
+    /// HTTP/2 origins and open tunnels.
     pub fn snapshot(&self) -> Vec<OriginStats> {
         let now = Instant::now();
-        let st = self.lock();
-        let mut out: Vec<OriginStats> = st
-            .origins
-            .iter()
-            .map(|(origin, os)| OriginStats {
-                origin: origin.to_string(),
-                idle: os.idle.len(),
-                in_use: os.in_use,
-                connecting: os.connecting,
-                pending: os.waiters.len(),
-                opened_total: os.opened_total,
-                reused_total: os.reused_total,
-                oldest_idle_seconds: os.idle.first().map_or(0.0, |i| {
-                    now.saturating_duration_since(i.since).as_secs_f64()
-                }),
-                effective_idle_timeout_seconds: os.effective_idle_timeout().0.as_secs_f64(),
-                max_connections_per_host: os.settings.max_connections_per_host,
-                max_pending_per_host: os.settings.max_pending_per_host,
-                idle_timeout_learned: os.effective_idle_timeout().1 == CloseReason::KeepaliveHint,
+        let last_error = |failure: Option<(Instant, &'static str)>| {
+            failure.map(|(at, error)| LastError {
+                error,
+                seconds_ago: now.saturating_duration_since(at).as_secs_f64(),
             })
-            .collect();
+        };
+        let mut out: Vec<OriginStats> = {
+            let st = self.lock();
+            st.origins
+                .iter()
+                .map(|(origin, os)| OriginStats {
+                    origin: origin.to_string(),
+                    protocol: "http/1.1",
+                    idle: os.idle.len(),
+                    in_use: os.in_use,
+                    connecting: os.connecting,
+                    pending: os.waiters.len(),
+                    opened_total: os.opened_total,
+                    reused_total: os.reused_total,
+                    oldest_idle_seconds: os.idle.first().map_or(0.0, |i| {
+                        now.saturating_duration_since(i.since).as_secs_f64()
+                    }),
+                    effective_idle_timeout_seconds: os.effective_idle_timeout().0.as_secs_f64(),
+                    streams: None,
+                    connect_failures: os.connect_failures,
+                    last_error: last_error(os.last_failure),
+                    max_connections_per_host: os.settings.max_connections_per_host,
+                    max_pending_per_host: os.settings.max_pending_per_host,
+                    idle_timeout_learned: os.effective_idle_timeout().1
+                        == CloseReason::KeepaliveHint,
+                })
+                .collect()
+        };
+        for h2 in self.shared.h2.views() {
+            let busy = h2.open && h2.streams > 0;
+            out.push(OriginStats {
+                origin: h2.origin.to_string(),
+                protocol: "h2",
+                idle: usize::from(h2.open && !busy),
+                in_use: usize::from(busy),
+                connecting: usize::from(h2.connecting),
+                streams: Some(h2.streams),
+                connect_failures: h2.connect_failures,
+                last_error: last_error(h2.last_failure),
+                ..OriginStats::default()
+            });
+        }
+        for (destination, open) in self.shared.tunnels.snapshot() {
+            out.push(OriginStats {
+                origin: destination.to_string(),
+                protocol: "tunnel",
+                in_use: open,
+                ..OriginStats::default()
+            });
+        }
         out.sort_by(|a, b| a.origin.cmp(&b.origin));
         out
     }
@@ -256,6 +348,9 @@ impl Pool {
 pub struct OriginStats {
     #[serde(skip)]
     pub origin: String,
+    /// `http/1.1` (the pool), `h2` (one multiplexed connection) or
+    /// `tunnel` (CONNECT tunnels open to this destination).
+    pub protocol: &'static str,
     pub idle: usize,
     pub in_use: usize,
     pub connecting: usize,
@@ -264,6 +359,14 @@ pub struct OriginStats {
     pub reused_total: u64,
     pub oldest_idle_seconds: f64,
     pub effective_idle_timeout_seconds: f64,
+    /// HTTP/2: requests in flight on the connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams: Option<usize>,
+    /// Connects that failed in a row (0 once one succeeds).
+    pub connect_failures: u32,
+    /// The last failed connect, while the origin is known to the pool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
     /// The bounds in effect, for the status page (not part of `/pools`).
     #[serde(skip)]
     pub max_connections_per_host: usize,
@@ -274,6 +377,14 @@ pub struct OriginStats {
     pub idle_timeout_learned: bool,
 }
 
+/// A failed connect, as `/pools` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastError {
+    /// Its Proxy-Status type.
+    pub error: &'static str,
+    pub seconds_ago: f64,
+}
+
 /// One `upstream` label's pool gauges.
 #[derive(Debug, Default)]
 pub struct GaugeRow {
@@ -282,4 +393,20 @@ pub struct GaugeRow {
     pub in_use: usize,
     pub connecting: usize,
     pub pending: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prewarming_backs_off_to_thirty_seconds() {
+        let secs = |n| prewarm_backoff(n).as_secs();
+        assert_eq!(secs(0), 0);
+        assert_eq!(secs(1), 1);
+        assert_eq!(secs(2), 2);
+        assert_eq!(secs(5), 16);
+        assert_eq!(secs(6), 30);
+        assert_eq!(secs(u32::MAX), 30);
+    }
 }

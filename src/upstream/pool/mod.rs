@@ -51,6 +51,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::connect::Connector;
 use super::origin::Origin;
+use super::tunnels::{tunnel_destination, OpenTunnel, Tunnels};
 use crate::config::PoolConfig;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -165,6 +166,7 @@ struct Shared {
     connector: Connector,
     metrics: Arc<Metrics>,
     h2: crate::upstream::h2::H2Slots,
+    tunnels: Tunnels,
     next_id: AtomicU64,
 }
 
@@ -236,6 +238,7 @@ impl Pool {
                 connector,
                 metrics,
                 h2: Default::default(),
+                tunnels: Tunnels::default(),
                 next_id: AtomicU64::new(1),
             }),
         };
@@ -292,7 +295,7 @@ impl Pool {
         let slot = self.shared.h2.slot(origin);
         // Waiting for another request's connect counts against this one's
         // connect_timeout: a slow origin cannot build an unbounded queue.
-        let Ok(mut current) = timeout_at(deadline, slot.lock()).await else {
+        let Ok(mut current) = timeout_at(deadline, slot.conn.lock()).await else {
             return Err(ProxyError::ConnectTimeout {
                 origin: origin.to_string(),
             });
@@ -302,16 +305,29 @@ impl Pool {
                 return Ok((c.clone(), true));
             }
         }
-        let sender = self.shared.connector.connect_h2(origin, deadline).await?;
+        slot.connecting.store(true, Ordering::Relaxed);
+        let connected = self.shared.connector.connect_h2(origin, deadline).await;
+        slot.connecting.store(false, Ordering::Relaxed);
+        slot.note_connect(connected.as_ref().err().map(ProxyError::proxy_status));
+        let (sender, peer) = connected?;
         let metrics = self.shared.metrics.origin(origin.as_str());
-        metrics.connection_opened(started.elapsed());
+        let took = started.elapsed();
+        metrics.connection_opened(took);
         let conn = crate::upstream::h2::H2Conn {
             id: self.shared.h2.next_id(),
             sender,
             metrics,
+            peer,
+            connect_took: Some(took),
         };
         *current = Some(conn.clone());
         Ok((conn, false))
+    }
+
+    /// Counts a request in flight on `origin`'s HTTP/2 connection for as
+    /// long as the result is held.
+    pub fn h2_in_flight(&self, origin: &Origin) -> crate::upstream::h2::InFlight {
+        crate::upstream::h2::InFlight::new(self.shared.h2.slot(origin))
     }
 
     /// Drops HTTP/2 connection `id` of `origin` so the next request opens
@@ -322,15 +338,21 @@ impl Pool {
 
     /// A plain TCP connection for a CONNECT tunnel: never pooled, but
     /// dialled with the same DNS, deadline and loop checks.
+    ///
+    /// The tunnel counts in `/pools` and the gauges, under its destination
+    /// `tcp://host:port`, for as long as the returned [`OpenTunnel`] lives.
     pub async fn open_tunnel(
         &self,
         origin: &Origin,
         timeout: std::time::Duration,
-    ) -> Result<tokio::net::TcpStream, ProxyError> {
-        self.shared
+    ) -> Result<(tokio::net::TcpStream, OpenTunnel), ProxyError> {
+        let stream = self
+            .shared
             .connector
             .tcp(origin, Instant::now() + timeout)
-            .await
+            .await?;
+        let destination = tunnel_destination(origin);
+        Ok((stream, self.shared.tunnels.open(destination)))
     }
 
     pub fn downgrade(&self) -> WeakPool {
@@ -532,9 +554,12 @@ impl Pool {
         let origin = &permit.route.origin;
         let started = Instant::now();
         let deny_epoch = self.shared.connector.deny_epoch();
-        let connected = self.shared.connector.connect(origin, deadline).await?;
+        let connected = self.shared.connector.connect(origin, deadline).await;
+        self.note_connect(origin, connected.as_ref().err());
+        let connected = connected?;
         let metrics = self.shared.metrics.origin(origin.as_str());
-        metrics.connection_opened(started.elapsed());
+        let connect_took = started.elapsed();
+        metrics.connection_opened(connect_took);
         let id = self.next_id();
         let task_pool = self.clone();
         let task_origin = origin.clone();
@@ -565,9 +590,26 @@ impl Pool {
             metrics,
             tls: origin.is_tls(),
             peer,
+            connect_took,
             deny_epoch,
         };
         Ok(permit.fulfil(conn))
+    }
+
+    /// Keeps the origin's run of failed connects (for `/pools`, the status
+    /// page and prewarming's backoff).
+    fn note_connect(&self, origin: &Origin, failed: Option<&ProxyError>) {
+        let mut st = self.lock();
+        let Some(os) = st.origins.get_mut(origin) else {
+            return;
+        };
+        match failed {
+            None => os.connect_failures = 0,
+            Some(e) => {
+                os.connect_failures = os.connect_failures.saturating_add(1);
+                os.last_failure = Some((Instant::now(), e.proxy_status()));
+            }
+        }
     }
 
     fn pooled(

@@ -34,6 +34,10 @@ pub(super) struct OriginState {
     /// Named under `[[upstream]]` with `min_idle_per_host > 0`: kept warm and
     /// never removed from the map.
     pub(super) pinned: bool,
+    /// Connects that failed since the last one that succeeded.
+    pub(super) connect_failures: u32,
+    /// The last failed connect: when, and its Proxy-Status type.
+    pub(super) last_failure: Option<(Instant, &'static str)>,
 }
 
 impl OriginState {
@@ -51,6 +55,8 @@ impl OriginState {
             reused_total: 0,
             learner: IdleLearner::default(),
             pinned: false,
+            connect_failures: 0,
+            last_failure: None,
         }
     }
 
