@@ -1,4 +1,4 @@
-//! The admin port (SPEC section 8): the status page, liveness, readiness,
+//! The admin port: the status page, liveness, readiness,
 //! pool state, metrics and the effective configuration. It answers only
 //! these endpoints, and only GET (HEAD too); everything else is 404 or 405.
 

@@ -1,10 +1,10 @@
 //! Every failure eddy answers for itself, and how it is answered.
 //!
-//! One enum, one row per line of SPEC section 7: each variant knows its HTTP
-//! status and its RFC 9209 `Proxy-Status` error type, so the response, the
-//! log line and (later) the `eddy_errors_total{error}` label can never
-//! disagree. Details are for the one-line body and the logs; they never carry
-//! secrets.
+//! One enum, one variant per kind of failure (docs/design.md has the table):
+//! each variant knows its HTTP status and its RFC 9209 `Proxy-Status` error
+//! type, so the response, the log line and the `eddy_errors_total{error}` label
+//! can never disagree. Details are for the one-line body and the logs; they
+//! never carry secrets.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -166,7 +166,7 @@ mod tests {
     use http_body_util::Full;
 
     #[test]
-    fn each_error_maps_onto_the_spec_table() {
+    fn each_error_maps_onto_its_status_and_proxy_status_type() {
         let e = ProxyError::QueueFull {
             origin: "http://a:80".into(),
             pending: 3,

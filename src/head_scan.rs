@@ -1,17 +1,17 @@
 //! A byte-level check of request heads before hyper parses them.
 //!
 //! Why not leave it all to hyper: hyper answers a head it cannot parse with a
-//! bare 400 or 431 of its own, without the `Proxy-Status` that SPEC section 7
-//! promises for every response eddy makes; and it resolves a head carrying
-//! both `Content-Length` and `Transfer-Encoding` by dropping the length
-//! before eddy sees it, where SPEC wants a 400 (the request-smuggling
-//! vector). So the client socket runs every head through this scanner as the
-//! bytes arrive. It counts the head's exact size against `max_header_bytes`
-//! and rejects what RFC 9112 says a server must reject: a malformed request
-//! line, control or non-ASCII bytes in the target, obsolete line folding,
-//! whitespace or invalid bytes in a header name, control bytes in a value,
-//! and conflicting framing. When it rejects, the listener answers itself and
-//! hyper never sees the head.
+//! bare 400 or 431 of its own, without the `Proxy-Status` header that every
+//! response eddy makes itself carries (see `error.rs`); and it resolves a head
+//! carrying both `Content-Length` and `Transfer-Encoding` by dropping the
+//! length before eddy sees it, where eddy must answer 400 and close the
+//! connection (the request-smuggling vector). So the client socket runs every
+//! head through this scanner as the bytes arrive. It counts the head's exact
+//! size against `max_header_bytes` and rejects what RFC 9112 says a server must
+//! reject: a malformed request line, control or non-ASCII bytes in the target,
+//! obsolete line folding, whitespace or invalid bytes in a header name, control
+//! bytes in a value, and conflicting framing. When it rejects, the listener
+//! answers itself and hyper never sees the head.
 //!
 //! Pipelined requests are checked too: after a head, the scanner follows the
 //! body's framing (Content-Length, or chunked sizes) to the next head. A

@@ -1,4 +1,6 @@
-//! Prometheus metrics (SPEC section 9), in a registry eddy owns.
+//! Prometheus metrics, in a registry eddy owns. Their names and labels are
+//! part of eddy's interface (dashboards and alerts select on them; the
+//! README's "Metrics" lists them): rename one only with all its users.
 //!
 //! No global statics: each [`Metrics`] has its own registry, so two eddys can
 //! run in one test process without sharing counters. The hot path never

@@ -1,5 +1,5 @@
-//! The configuration file: every key of SPEC section 2, its default, and its
-//! validation.
+//! The configuration file: every key eddy reads (the operator's guide in the
+//! README lists them all), its default, and its validation.
 //!
 //! One layer of serde types with `deny_unknown_fields` on every table, so a
 //! misspelt key is an error that names the key and its position instead of a
@@ -26,7 +26,7 @@ pub use units::{parse_duration, parse_size, Dur, Size};
 /// The configuration eddy runs with when no file is given.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("default.toml");
 
-// All defaults in one place (SPEC section 2).
+// All defaults in one place; `default.toml` states the same values as a file.
 const DEFAULT_SHUTDOWN_GRACE: Dur = Dur::secs(15);
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:3128";
@@ -480,7 +480,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_default_matches_the_spec_defaults() {
+    fn embedded_default_matches_the_built_in_defaults() {
         let c = Config::from_toml(DEFAULT_CONFIG_TOML, "<default>").expect("default parses");
         assert_eq!(c, Config::default());
         assert_eq!(c.listeners.len(), 1);

@@ -1,5 +1,6 @@
 //! Sending a request upstream, and sending it again when the connection it
-//! went on turned out stale (SPEC section 5).
+//! went on turned out stale: a connection the origin had closed while it
+//! sat idle (docs/design.md, "Stale retry").
 //!
 //! The rule, in one place:
 //! - a request may be replayed if its method is idempotent (GET, HEAD,
@@ -92,8 +93,8 @@ impl Template {
     }
 }
 
-/// Sends `req` and, per SPEC section 5, again on a new connection when the
-/// one it went on was stale. What happens is written into `record` as it
+/// Sends `req` and, under the rule above, again on a new connection when
+/// the one it went on was stale. What happens is written into `record` as it
 /// happens, so a request abandoned midway is still accounted for.
 pub(super) async fn send_with_retry(
     ctx: &super::ListenerCtx,

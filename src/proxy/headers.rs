@@ -1,4 +1,4 @@
-//! Hop-by-hop headers (SPEC section 3).
+//! Hop-by-hop headers, stripped from requests and responses alike.
 //!
 //! They describe one connection, not the message, so they never cross eddy in
 //! either direction: eddy decides each side's persistence and framing itself.

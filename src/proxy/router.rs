@@ -1,5 +1,5 @@
 //! From the host a client asked for to the [`Route`] it takes: the origin to
-//! connect to and the pool settings for it, per SPEC section 2's
+//! connect to and the pool settings for it, from the configuration's
 //! `[[upstream]]` tables (`match` on `host:port` first, then on `host`).
 //! Hosts with no entry use the global `[pool]` settings, shared by pointer.
 

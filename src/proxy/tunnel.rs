@@ -1,9 +1,9 @@
-//! `CONNECT host:port` tunnels (SPEC section 3): what `HTTPS_PROXY` clients
+//! `CONNECT host:port` tunnels on forward listeners: what `HTTPS_PROXY` clients
 //! use. eddy dials the destination first, so a refused, unresolvable or slow
-//! destination is answered with the usual 502/504 instead of a 200 that
-//! leads nowhere. Then it answers 200 and relays bytes both ways until both
-//! sides are done (a half-close is passed on). Tunnels are never pooled;
-//! only ports in `security.connect_ports` may be tunnelled to.
+//! destination is answered with the usual 502/504 instead of a 200 that leads
+//! nowhere. Then it answers 200 and relays bytes both ways until both sides are
+//! done (a half-close is passed on). Tunnels are never pooled; only ports in
+//! `security.connect_ports` may be tunnelled to.
 
 use std::sync::Arc;
 

@@ -1,9 +1,8 @@
-//! `Upgrade` requests, WebSocket in practice (SPEC section 3): the request
-//! gets an upstream connection of its own, outside the pool; if the origin
-//! answers 101 the two sockets are relayed both ways until either side is
-//! done, and the connection is closed with the client's, never reused.
-//! Anything but 101 is relayed as an ordinary response, and the dedicated
-//! connection closes after it.
+//! `Upgrade` requests, WebSocket in practice: the request gets an upstream
+//! connection of its own, outside the pool; if the origin answers 101 the two
+//! sockets are relayed both ways until either side is done, and the connection
+//! is closed with the client's, never reused. Anything but 101 is relayed as an
+//! ordinary response, and the dedicated connection closes after it.
 
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Interop suite: real nginx as the origin, real curl and Python `requests`
-as legacy clients, eddy in between (SPEC section 3; issue acceptance 9).
+as legacy clients, eddy in between (issue acceptance 9).
 
 Everything listens on 127.0.0.1 with ports chosen by the kernel. Each check
 prints one line; the run ends with 'interop: N passed, M failed' and exits
@@ -245,7 +245,8 @@ ca_file = "{work}/ca.pem"
         check(f"python requests: {args.requests} requests succeed", ok == args.requests, f"{ok} succeeded")
 
         # Steady traffic for a few seconds while Prometheus scrapes every
-        # second, then ask it for the reuse ratio (SPEC section 9).
+        # second, then ask it for the reuse ratio (from
+        # eddy_upstream_requests_total, by connection="new"/"reused").
         deadline = time.time() + 6
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             while time.time() < deadline:
@@ -316,7 +317,8 @@ ca_file = "{work}/ca.pem"
               out.stderr + out.stdout)
 
         # Stale connections: nginx closes idle connections after 1 s while
-        # requests keep arriving 1.0-1.3 s apart (SPEC section 5).
+        # requests keep arriving 1.0-1.3 s apart: eddy must absorb every
+        # stale connection (expiry, probe, retry), and the client sees no error.
         short = f"http://127.0.0.1:{short_port}"
         errors = 0
         for i in range(args.stale_requests):

@@ -1,4 +1,4 @@
-//! SPEC section 1: `eddy check`, and the shipped example configuration.
+//! The command line: `eddy check`, and the shipped example configuration.
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -1,12 +1,12 @@
-//! The shipped dashboard and alert rules only use metric names that exist
-//! (SPEC section 9), so a rename cannot silently blank a panel or an alert;
-//! every alert has promtool unit tests that fire it and keep it quiet; every
-//! dashboard query selects on the job, instance and pod variables, and every
-//! panel has one unit.
+//! The shipped dashboard and alert rules only use metric names that eddy
+//! exports (`EXPORTED_METRICS`), so a rename cannot silently blank a panel or
+//! an alert; every alert has promtool unit tests that fire it and keep it
+//! quiet; every dashboard query selects on the job, instance and pod variables,
+//! and every panel has one unit.
 
 use std::collections::BTreeSet;
 
-const SPEC_METRICS: &[&str] = &[
+const EXPORTED_METRICS: &[&str] = &[
     "eddy_client_connections_total",
     "eddy_client_connections_open",
     "eddy_requests_total",
@@ -122,14 +122,14 @@ fn metric_selectors(query: &str) -> Vec<(String, Option<BTreeSet<String>>)> {
 fn check_known(names: &BTreeSet<String>, source: &str) {
     for n in names {
         assert!(
-            SPEC_METRICS.contains(&n.as_str()) || n.starts_with("process_"),
+            EXPORTED_METRICS.contains(&n.as_str()) || n.starts_with("process_"),
             "{source} uses {n}, which eddy does not export"
         );
     }
 }
 
 #[test]
-fn the_dashboard_loads_and_queries_only_spec_metrics() {
+fn the_dashboard_loads_and_queries_only_exported_metrics() {
     let dash = dashboard();
     let panels = dash["panels"].as_array().expect("panels");
     assert!(panels.len() >= 10);
@@ -164,7 +164,7 @@ fn the_dashboard_loads_and_queries_only_spec_metrics() {
 }
 
 #[test]
-fn the_alert_rules_use_only_spec_metrics() {
+fn the_alert_rules_use_only_exported_metrics() {
     let text = repo_file(RULES);
     let used = metric_names(&text);
     check_known(&used, "the alert rules");
@@ -387,7 +387,7 @@ fn every_config_key() -> BTreeSet<String> {
     keys
 }
 
-/// The operator's guide names every configuration key (SPEC section 2) and
+/// The operator's guide names every configuration key eddy reads and
 /// every shipped alert, so neither can be added without documenting it.
 #[test]
 fn the_operators_guide_covers_every_key_and_every_alert() {

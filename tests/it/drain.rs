@@ -1,6 +1,6 @@
-//! SPEC section 6: what happens to an upstream connection when the client
-//! goes away mid-response, stops reading, aborts an upload, or the origin
-//! answers before the upload is complete.
+//! Body draining and the completion rule: what happens to an upstream
+//! connection when the client goes away mid-response, stops reading, aborts an
+//! upload, or the origin answers before the upload is complete.
 
 use std::time::Duration;
 

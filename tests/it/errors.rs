@@ -1,5 +1,5 @@
-//! SPEC section 7: every error eddy answers itself, and that none of them
-//! leaves anything stuck in the pool.
+//! Every error eddy answers itself (the Proxy-Status table in docs/design.md),
+//! and that none of them leaves anything stuck in the pool.
 
 use std::time::Duration;
 

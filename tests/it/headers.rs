@@ -1,5 +1,5 @@
-//! SPEC section 3: hop-by-hop headers stop at eddy in both directions;
-//! end-to-end headers and bodies arrive intact.
+//! Hop-by-hop headers stop at eddy in both directions; end-to-end headers and
+//! bodies arrive intact.
 
 use crate::support::client::send_raw;
 use crate::support::eddy;

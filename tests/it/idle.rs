@@ -1,6 +1,7 @@
-//! SPEC section 4, rules 3–9: idle expiry, origin keep-alive hints,
-//! `Connection: close` and HTTP/1.0 origins, learning an origin's idle
-//! limit, the global idle bound, prewarming, lifetime and request caps.
+//! The pool's idle rules (docs/design.md, "The pool's rules"): idle expiry,
+//! origin keep-alive hints, `Connection: close` and HTTP/1.0 origins, learning
+//! an origin's idle limit, the global idle bound, prewarming, lifetime and
+//! request caps.
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
-//! SPEC section 4, rules 1 and 2: few upstream connections for many
-//! short-lived clients, a hard per-origin bound, and a bounded wait queue.
+//! Pooling (docs/design.md, "The pool's rules"): few upstream connections
+//! for many short-lived clients, a hard per-origin bound, and a bounded wait
+//! queue.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

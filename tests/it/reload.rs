@@ -1,6 +1,6 @@
-//! SPEC section 1: SIGHUP reloads the configuration file; pool and upstream
-//! settings apply to new work, in-flight requests finish, and a bad file
-//! keeps the running configuration.
+//! SIGHUP reloads the configuration file; pool and upstream settings apply to
+//! new work, in-flight requests finish, and a bad file keeps the running
+//! configuration.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! SPEC section 5: requests that hit a connection the origin had closed are
-//! sent again when that is safe, and only then.
+//! Stale-connection retry: requests that hit a connection the origin had closed
+//! are sent again when that is safe, and only then.
 
 use std::time::Duration;
 

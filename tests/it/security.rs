@@ -1,4 +1,4 @@
-//! SPEC section 2 `[security]`: where eddy refuses to go.
+//! The `[security]` settings: where eddy refuses to go.
 
 use std::time::{Duration, Instant};
 

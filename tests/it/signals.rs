@@ -1,7 +1,7 @@
-//! SPEC section 1: SIGTERM and SIGINT stop eddy gracefully. Requests in
-//! flight may finish within `shutdown_grace`; whatever is still running
-//! then is cut off and the process exits. The in-process tests call
-//! `shutdown()` directly; this one sends the real signals to the binary.
+//! SIGTERM and SIGINT stop eddy gracefully. Requests in flight may finish
+//! within `shutdown_grace`; whatever is still running then is cut off and the
+//! process exits. The in-process tests call `shutdown()` directly; this one
+//! sends the real signals to the binary.
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! SPEC section 8, `GET /`: the status page, in a real browser.
+//! The admin port's `GET /`: the status page, in a real browser.
 //!
 //! eddy runs in-process with two origins: one fast, one slow behind a bound
 //! of 1 with requests queueing (a saturated pool). `tests/browser/

@@ -1,5 +1,6 @@
-//! TLS origination (SPEC sections 2 and 4, `[[upstream]] connect =
-//! "https://..."`): a plain-HTTP app gets pooled TLS connections.
+//! TLS origination (`[[upstream]] connect = "https://..."`, with the TLS
+//! settings part of the pool key): a plain-HTTP app gets pooled TLS
+//! connections.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! SPEC section 3: CONNECT tunnels for `HTTPS_PROXY` clients.
+//! CONNECT tunnels for `HTTPS_PROXY` clients.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! SPEC section 3: `Upgrade` (WebSocket) requests get a dedicated upstream
-//! connection, relayed both ways after 101, never returned to the pool.
+//! `Upgrade` (WebSocket) requests get a dedicated upstream connection, relayed
+//! both ways after 101, never returned to the pool.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
