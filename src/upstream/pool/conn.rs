@@ -9,6 +9,7 @@ use http::Version;
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
+use super::core::Poolable;
 use super::CloseReason;
 use crate::config::PoolConfig;
 use crate::metrics::OriginMetrics;
@@ -25,7 +26,7 @@ pub(super) enum Probe {
 }
 
 /// A live upstream connection, owned by whoever holds it.
-pub(super) struct Conn {
+pub(crate) struct Conn {
     pub(super) id: u64,
     pub(super) sender: SendRequest<ReqBody>,
     pub(super) socket: socket2::Socket,
@@ -89,19 +90,30 @@ impl Conn {
     }
 }
 
+impl Poolable for Conn {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+    fn keepalive_hint(&self) -> Option<Duration> {
+        self.keepalive_hint
+    }
+    fn retire_at(&self) -> Option<Instant> {
+        self.retire_at
+    }
+    fn retirement(&self, now: Instant, settings: &PoolConfig) -> Option<CloseReason> {
+        Conn::retirement(self, now, settings)
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         // Ends hyper's connection task promptly whatever it was doing; the
         // file descriptors close when both handles are gone.
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
-}
-
-pub(super) struct IdleConn {
-    pub(super) conn: Conn,
-    pub(super) since: Instant,
-    pub(super) expires: Instant,
-    pub(super) expiry_reason: CloseReason,
 }
 
 /// Whether the origin keeps the connection open after this response, and

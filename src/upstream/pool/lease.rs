@@ -15,13 +15,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use std::future::Future;
-use tokio::sync::oneshot;
 use tokio::time::timeout;
 
 use super::completion::{after_wait, AfterResponse, ExchangeEnd};
 use super::conn::{persistence, Conn, Probe};
-use super::{CloseReason, Closing, Pool, Reuse, Route, PROBE_AFTER_IDLE};
-use crate::config::PoolConfig;
+use super::{CloseReason, Pool, Reuse, Route, PROBE_AFTER_IDLE};
 use crate::error::ProxyError;
 use crate::metrics::OriginMetrics;
 use crate::upstream::body::{DrainLimits, UpstreamBody};
@@ -29,13 +27,8 @@ use crate::upstream::origin::Origin;
 use crate::upstream::request_body::{ReqBody, RequestProgress, Sending};
 use crate::upstream::tls::TlsFailure;
 
-pub(super) struct Waiter {
-    pub(super) id: u64,
-    pub(super) tx: oneshot::Sender<Grant>,
-}
-
 /// What a waiting request is given.
-pub(super) enum Grant {
+pub(crate) enum Grant {
     Conn(Pooled),
     Permit(ConnectPermit),
 }
@@ -49,21 +42,16 @@ pub(super) struct WaiterGuard<'a> {
 
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
-        let mut st = self.pool.lock();
-        if let Some(os) = st.origins.get_mut(self.origin) {
-            if let Some(pos) = os.waiters.iter().position(|w| w.id == self.id) {
-                // Removing the sender drops nothing that locks: an unsent
-                // grant is never stored in the queue.
-                os.waiters.remove(pos);
-            }
-        }
-        self.pool.remove_if_unused(&mut st, self.origin);
+        // Removing the sender drops nothing that locks: an unsent grant is
+        // never stored in the queue.
+        self.pool
+            .with_core(|core, _, _| core.stop_waiting(self.origin, self.id));
     }
 }
 
 /// A reserved slot for a connection being opened. Dropping it (the connect
 /// failed or the request went away) frees the slot for the next waiter.
-pub(super) struct ConnectPermit {
+pub(crate) struct ConnectPermit {
     pub(super) pool: Pool,
     pub(super) route: Route,
     pub(super) armed: bool,
@@ -81,21 +69,10 @@ impl ConnectPermit {
     /// The connection is open: the slot turns from connecting to in use.
     pub(super) fn fulfil(mut self, conn: Conn) -> Pooled {
         self.armed = false;
-        {
-            let mut st = self.pool.lock();
-            if let Some(os) = st.origins.get_mut(&self.route.origin) {
-                os.connecting -= 1;
-                os.in_use += 1;
-                os.opened_total += 1;
-            }
-        }
-        self.pool.pooled(
-            self.route.origin.clone(),
-            self.route.settings.clone(),
-            conn,
-            false,
-            Duration::ZERO,
-        )
+        self.pool
+            .with_core(|core, _, _| core.connected(&self.route.origin));
+        self.pool
+            .pooled(self.route.origin.clone(), conn, false, Duration::ZERO)
     }
 }
 
@@ -103,7 +80,7 @@ impl Drop for ConnectPermit {
     fn drop(&mut self) {
         if self.armed {
             self.pool
-                .forget(&self.route.origin, true, &mut Closing::new());
+                .with_core(|core, deliver, _| core.slot_freed(&self.route.origin, true, deliver));
         }
     }
 }
@@ -113,7 +90,6 @@ impl Drop for ConnectPermit {
 pub struct Pooled {
     pub(super) pool: Pool,
     pub(super) origin: Origin,
-    pub(super) settings: Arc<PoolConfig>,
     /// `Some` until the connection is returned or closed.
     pub(super) conn: Option<Conn>,
     pub(super) reused: bool,
@@ -333,18 +309,13 @@ impl Pooled {
     /// not go on a connection handed over from another request): the
     /// connection is closed, the slot stays reserved.
     pub(super) fn into_permit(mut self, route: &Route) -> ConnectPermit {
-        let mut closing = Closing::new();
-        if let Some(conn) = self.conn.take() {
-            closing.push((conn, CloseReason::Evicted));
-        }
-        {
-            let mut st = self.pool.lock();
-            if let Some(os) = st.origins.get_mut(&self.origin) {
-                os.in_use -= 1;
-                os.connecting += 1;
+        let conn = self.conn.take();
+        self.pool.with_core(|core, _, fx| {
+            core.trade_for_permit(&self.origin);
+            if let Some(conn) = conn {
+                fx.closed.push((conn, CloseReason::Evicted));
             }
-        }
-        drop(closing);
+        });
         ConnectPermit::new(self.pool.clone(), route.clone())
     }
 }
@@ -498,12 +469,14 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.untouched {
-                self.pool.release(&self.origin, &self.settings, conn);
+                self.pool.release(&self.origin, conn);
                 return;
             }
-            let mut closing = Closing::new();
-            closing.push((conn, self.close_reason));
-            self.pool.forget(&self.origin, false, &mut closing);
+            let reason = self.close_reason;
+            self.pool.with_core(|core, deliver, fx| {
+                fx.closed.push((conn, reason));
+                core.slot_freed(&self.origin, false, deliver);
+            });
         }
     }
 }
@@ -583,7 +556,7 @@ impl Lease {
                     return false;
                 };
                 let p = &self.pooled;
-                p.pool.release(&p.origin, &p.settings, conn)
+                p.pool.release(&p.origin, conn)
             }
             AfterResponse::Close(reason) => {
                 self.pooled.condemn(reason);

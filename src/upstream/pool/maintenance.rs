@@ -8,80 +8,37 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::core::{prewarm_backoff, Prewarm};
 use super::lease::ConnectPermit;
-use super::origin_state::OriginState;
-use super::{CloseReason, Closing, Pool, Route};
+use super::{CloseReason, Pool, Route, WeakPool};
 use crate::failures::Admit;
 
-/// How long prewarming waits before trying an origin again after
-/// `failures` connects in a row failed: 1 s, doubling, at most 30 s. An
-/// origin that is down (or a name that does not resolve) is not dialled
-/// every second for ever.
-pub(super) fn prewarm_backoff(failures: u32) -> Duration {
-    const MAX: Duration = Duration::from_secs(30);
-    match failures {
-        0 => Duration::ZERO,
-        n => Duration::from_secs(1u64 << (n - 1).min(5)).min(MAX),
-    }
-}
-
 impl Pool {
-    /// Closes expired idle connections; sleeps until the next expiry.
-    pub(super) async fn reaper(self) {
+    /// Closes expired idle connections; sleeps until the next expiry. Holds
+    /// the pool only while it works: a pool nobody else holds is dropped,
+    /// and the reaper ends.
+    pub(super) async fn reaper(pool: WeakPool, wake: Arc<Notify>) {
         loop {
-            let mut closing = Closing::new();
             let next = {
-                let mut st = self.lock();
-                if st.closing {
+                let Some(pool) = pool.upgrade() else { return };
+                if pool.lock().is_closing() {
                     return;
                 }
                 let now = Instant::now();
-                let mut next: Option<Instant> = None;
-                let mut removed = 0;
-                let mut emptied = Vec::new();
-                for (origin, os) in st.origins.iter_mut() {
-                    let idle_timeout = os.settings.idle_timeout.get();
-                    os.learner.grow(now, idle_timeout);
-                    let before = os.idle.len();
-                    let mut i = 0;
-                    while i < os.idle.len() {
-                        if os.idle[i].expires <= now {
-                            let idle = os.idle.remove(i);
-                            closing.push((idle.conn, idle.expiry_reason));
-                        } else {
-                            next = Some(
-                                next.map_or(os.idle[i].expires, |n| n.min(os.idle[i].expires)),
-                            );
-                            i += 1;
-                        }
-                    }
-                    if os.idle.len() != before {
-                        removed += before - os.idle.len();
-                        self.dispatch_permits(origin, os);
-                        if os.is_unused() {
-                            emptied.push(origin.clone());
-                        }
-                    }
-                }
-                st.idle_total -= removed;
-                for origin in emptied {
-                    self.remove_if_unused(&mut st, &origin);
-                }
-                st.reaper_deadline = next;
-                next
+                pool.with_core(|core, deliver, fx| core.reap(now, deliver, fx))
             };
-            if !closing.is_empty() {
-                self.shared.prewarm_wake.notify_one();
-            }
-            drop(closing);
             match next {
                 Some(at) => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(at) => {}
-                        _ = self.shared.reaper_wake.notified() => {}
+                        _ = wake.notified() => {}
                     }
                 }
-                None => self.shared.reaper_wake.notified().await,
+                None => wake.notified().await,
             }
         }
     }
@@ -102,33 +59,30 @@ impl Pool {
         if routes.is_empty() {
             return;
         }
-        {
-            let mut st = self.lock();
+        self.with_core(|core, _, _| {
             for route in &routes {
-                st.origins
-                    .entry(route.origin.clone())
-                    .or_insert_with(|| {
-                        OriginState::new(
-                            route.settings.clone(),
-                            self.shared.metrics.origin(route.origin.as_str()),
-                        )
-                    })
-                    .pinned = true;
+                core.pin(&route.origin, &route.settings, route.generation, || {
+                    self.shared.metrics.origin(route.origin.as_str())
+                });
             }
-        }
-        let pool = self.clone();
+        });
+        let weak = self.downgrade();
+        let wake = self.shared.prewarm_wake.clone();
         tokio::spawn(async move {
             loop {
-                for route in &routes {
-                    if !pool.prewarm_route(route, generation).await {
+                {
+                    let Some(pool) = weak.upgrade() else { return };
+                    for route in &routes {
+                        if !pool.prewarm_route(route, generation).await {
+                            return;
+                        }
+                    }
+                    if pool.lock().is_closing() {
                         return;
                     }
                 }
-                if pool.lock().closing {
-                    return;
-                }
                 tokio::select! {
-                    _ = pool.shared.prewarm_wake.notified() => {}
+                    _ = wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
@@ -136,56 +90,26 @@ impl Pool {
     }
 
     /// Opens connections for `route` until its origin has its
-    /// `min_idle_per_host`. False once this prewarming was replaced by a
-    /// later [`Pool::prewarm`] (a reload): the caller stops.
+    /// `min_idle_per_host` (as the core decides). False once this
+    /// prewarming was replaced by a later [`Pool::prewarm`] (a reload): the
+    /// caller stops.
     pub(super) async fn prewarm_route(&self, route: &Route, generation: u64) -> bool {
         loop {
             if self.shared.prewarm_generation.load(Ordering::Acquire) != generation {
                 return false;
             }
-            let permit = {
-                let mut st = self.lock();
-                if st.closing {
-                    return true;
-                }
-                let Some(os) = st.origins.get_mut(&route.origin) else {
-                    return true;
-                };
-                // The origin's own settings, which a reload may have
-                // changed since `route` was made; an origin no longer
-                // pinned is not kept warm.
-                let min = os
-                    .settings
-                    .min_idle_per_host
-                    .min(os.settings.max_idle_per_host);
-                let backing_off = os.last_failure.is_some_and(|(at, _)| {
-                    Instant::now() < at + prewarm_backoff(os.connect_failures)
-                });
-                if !os.pinned
-                    || backing_off
-                    || os.idle.len() + os.connecting >= min
-                    || os.total() >= os.settings.max_connections_per_host
-                    || !os.waiters.is_empty()
-                {
-                    return true;
-                }
-                // Prewarming must never evict idle connections, its own or
-                // another origin's: that would be a connect/close loop.
-                if st.idle_total >= st.max_idle_total {
-                    return true;
-                }
-                let Some(os) = st.origins.get_mut(&route.origin) else {
-                    return true;
-                };
-                os.connecting += 1;
-                ConnectPermit::new(self.clone(), route.clone())
-            };
+            let now = Instant::now();
+            let decided = self.with_core(|core, _, _| core.prewarm(&route.origin, now));
+            if decided == Prewarm::Done {
+                return true;
+            }
+            let permit = ConnectPermit::new(self.clone(), route.clone());
             match self.connect(permit).await {
                 Ok(mut pooled) => {
                     if let Some(conn) = pooled.conn.take() {
                         // Not kept (evicted at once): opening another would
                         // only repeat that.
-                        if !self.release(&route.origin, &route.settings, conn) {
+                        if !self.release(&route.origin, conn) {
                             return true;
                         }
                     }
@@ -198,9 +122,8 @@ impl Pool {
                     {
                         let failures = self
                             .lock()
-                            .origins
-                            .get(&route.origin)
-                            .map_or(1, |os| os.connect_failures);
+                            .origin(&route.origin)
+                            .map_or(1, |os| os.connect_failures());
                         tracing::warn!(
                             target: "eddy::failure",
                             upstream = %route.origin,
@@ -221,19 +144,7 @@ impl Pool {
     /// Closes every idle connection and makes connections that come back
     /// close instead of idling.
     pub fn shutdown(&self) {
-        let mut closing = Closing::new();
-        {
-            let mut st = self.lock();
-            st.closing = true;
-            for os in st.origins.values_mut() {
-                closing.extend(os.idle.drain(..).map(|i| (i.conn, CloseReason::Shutdown)));
-                os.waiters.clear();
-            }
-            st.idle_total = 0;
-        }
-        self.shared.reaper_wake.notify_one();
-        self.shared.prewarm_wake.notify_one();
-        drop(closing);
+        self.with_core(|core, _, fx| core.shutdown(fx));
     }
 
     /// Pool gauges summed by `upstream` label (for `/metrics`): the HTTP/1
@@ -256,12 +167,12 @@ impl Pool {
         }
         {
             let st = self.lock();
-            for os in st.origins.values() {
-                let r = row(&mut rows, &os.metrics.label);
-                r.idle += os.idle.len();
-                r.in_use += os.in_use;
-                r.connecting += os.connecting;
-                r.pending += os.waiters.len();
+            for (_, os) in st.origins() {
+                let r = row(&mut rows, &os.meta.label);
+                r.idle += os.idle().len();
+                r.in_use += os.in_use();
+                r.connecting += os.connecting();
+                r.pending += os.pending();
             }
         }
         let metrics = &self.shared.metrics;
@@ -292,26 +203,25 @@ impl Pool {
         };
         let mut out: Vec<OriginStats> = {
             let st = self.lock();
-            st.origins
-                .iter()
+            st.origins()
                 .map(|(origin, os)| OriginStats {
                     origin: origin.to_string(),
                     protocol: "http/1.1",
-                    idle: os.idle.len(),
-                    in_use: os.in_use,
-                    connecting: os.connecting,
-                    pending: os.waiters.len(),
-                    opened_total: os.opened_total,
-                    reused_total: os.reused_total,
-                    oldest_idle_seconds: os.idle.first().map_or(0.0, |i| {
+                    idle: os.idle().len(),
+                    in_use: os.in_use(),
+                    connecting: os.connecting(),
+                    pending: os.pending(),
+                    opened_total: os.opened_total(),
+                    reused_total: os.reused_total(),
+                    oldest_idle_seconds: os.idle().first().map_or(0.0, |i| {
                         now.saturating_duration_since(i.since).as_secs_f64()
                     }),
                     effective_idle_timeout_seconds: os.effective_idle_timeout().0.as_secs_f64(),
                     streams: None,
-                    connect_failures: os.connect_failures,
-                    last_error: last_error(os.last_failure),
-                    max_connections_per_host: os.settings.max_connections_per_host,
-                    max_pending_per_host: os.settings.max_pending_per_host,
+                    connect_failures: os.connect_failures(),
+                    last_error: last_error(os.last_failure()),
+                    max_connections_per_host: os.settings().max_connections_per_host,
+                    max_pending_per_host: os.settings().max_pending_per_host,
                     idle_timeout_learned: os.effective_idle_timeout().1
                         == CloseReason::KeepaliveHint,
                 })
@@ -393,20 +303,4 @@ pub struct GaugeRow {
     pub in_use: usize,
     pub connecting: usize,
     pub pending: usize,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prewarming_backs_off_to_thirty_seconds() {
-        let secs = |n| prewarm_backoff(n).as_secs();
-        assert_eq!(secs(0), 0);
-        assert_eq!(secs(1), 1);
-        assert_eq!(secs(2), 2);
-        assert_eq!(secs(5), 16);
-        assert_eq!(secs(6), 30);
-        assert_eq!(secs(u32::MAX), 30);
-    }
 }

@@ -1,4 +1,4 @@
-//! The per-origin connection pool (SPEC section 4).
+//! The per-origin connection pool.
 //!
 //! What it guarantees, per origin:
 //! - connecting + in use + idle never exceeds `max_connections_per_host`;
@@ -19,30 +19,34 @@
 //! true whatever fails: dropping a `Pooled` or `Lease` closes the connection
 //! and frees its slot; only a lease whose exchange completed returns it.
 //!
-//! One `std::sync::Mutex` guards all origins, as in hyper-util's pool: the
-//! critical sections are a few pushes and pops, no lock is held across an
-//! await, and nothing that locks (no RAII drop) runs while it is held.
+//! The rules (which connection, which slot, who waits, what expires) are
+//! the socket-free [`core::Core`], which owns every count; this layer
+//! carries its decisions out on real connections. One `std::sync::Mutex`
+//! guards the core, as in hyper-util's pool: the critical sections are a
+//! few pushes and pops, no lock is held across an await, and nothing that
+//! locks (no RAII drop, no socket close) runs while it is held: the core
+//! returns what to close and whom to wake, done once the lock is released
+//! ([`Pool::settle`]).
 //!
 //! # Layout
 //!
+//! - `core`: the rules and the counts, tested without sockets;
 //! - this file: the shared state and the checkout path (idle, connect, wait);
-//! - `release`: the return path (hand-off, idle bounds, freed slots);
+//! - `release`: the return path and the origin's own closes;
 //! - `lease`: the RAII handles a request holds (permit, pooled, lease);
 //! - `completion`: what becomes of a connection when its response ends;
 //! - `conn`: one connection, its liveness probe and retirement rules;
-//! - `origin_state`: one origin's idle list, waiters, counts, learner;
 //! - `maintenance`: reaper, prewarming, shutdown, `/pools` snapshot;
 //! - `reconfigure`: a reloaded configuration applied to the live pool.
 
 mod completion;
 mod conn;
+pub(crate) mod core;
 mod lease;
 mod maintenance;
-mod origin_state;
 mod reconfigure;
 mod release;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -54,11 +58,11 @@ use super::origin::Origin;
 use super::tunnels::{tunnel_destination, OpenTunnel, Tunnels};
 use crate::config::PoolConfig;
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OriginMetrics};
 
+use self::core::{Checkout, Core, Deliver, Delivery, Effects, Family};
 use conn::{jitter, Conn};
-use lease::{ConnectPermit, Grant, Waiter, WaiterGuard};
-use origin_state::OriginState;
+use lease::{ConnectPermit, Grant, WaiterGuard};
 
 pub use lease::{Lease, Pooled, SendFailure};
 pub use maintenance::{GaugeRow, OriginStats};
@@ -147,19 +151,25 @@ pub struct Route {
     pub generation: u64,
 }
 
-struct State {
-    origins: HashMap<Origin, OriginState>,
-    idle_total: usize,
-    max_idle_total: usize,
-    /// The deadline the reaper is sleeping towards.
-    reaper_deadline: Option<Instant>,
-    closing: bool,
+/// The pool's types for [`Core`]: real connections, waiters told over a
+/// oneshot channel, each origin's metric handles.
+pub(super) struct Live;
+
+impl Family for Live {
+    type Key = Origin;
+    type Conn = Conn;
+    type Waiter = oneshot::Sender<Grant>;
+    type Meta = Arc<OriginMetrics>;
 }
+
+type State = Core<Live>;
 
 struct Shared {
     state: Mutex<State>,
-    reaper_wake: Notify,
-    prewarm_wake: Notify,
+    /// In their own `Arc`s: the reaper and prewarming sleep on them holding
+    /// only a weak reference to the pool, so a pool nobody holds is dropped.
+    reaper_wake: Arc<Notify>,
+    prewarm_wake: Arc<Notify>,
     /// Bumped by each [`Pool::prewarm`]; a prewarm loop of an older
     /// generation stops.
     prewarm_generation: AtomicU64,
@@ -170,37 +180,11 @@ struct Shared {
     next_id: AtomicU64,
 }
 
-/// Connections closed in a critical section, dropped after the lock is
-/// released (closing a socket is a syscall; dropping RAII types re-locks).
-#[derive(Default)]
-struct Closing(Vec<(Conn, CloseReason)>);
-
-impl Closing {
-    fn new() -> Closing {
-        Closing::default()
-    }
-    fn push(&mut self, closed: (Conn, CloseReason)) {
-        self.0.push(closed);
-    }
-    fn extend(&mut self, closed: impl IntoIterator<Item = (Conn, CloseReason)>) {
-        self.0.extend(closed);
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl Drop for Closing {
-    /// Counts each close by reason, then closes the sockets.
+impl Drop for Shared {
     fn drop(&mut self) {
-        for (conn, reason) in self.0.drain(..) {
-            conn.metrics.connection_closed(reason);
-            tracing::trace!(
-                id = conn.id,
-                reason = reason.as_str(),
-                "upstream connection closed"
-            );
-        }
+        // The background tasks see the pool gone and end.
+        self.reaper_wake.notify_one();
+        self.prewarm_wake.notify_waiters();
     }
 }
 
@@ -225,15 +209,9 @@ impl Pool {
     pub(crate) fn new(connector: Connector, max_idle_total: usize, metrics: Arc<Metrics>) -> Pool {
         let pool = Pool {
             shared: Arc::new(Shared {
-                state: Mutex::new(State {
-                    origins: HashMap::new(),
-                    idle_total: 0,
-                    max_idle_total,
-                    reaper_deadline: None,
-                    closing: false,
-                }),
-                reaper_wake: Notify::new(),
-                prewarm_wake: Notify::new(),
+                state: Mutex::new(Core::new(max_idle_total, MAX_REMEMBERED_ORIGINS)),
+                reaper_wake: Arc::new(Notify::new()),
+                prewarm_wake: Arc::new(Notify::new()),
                 prewarm_generation: AtomicU64::new(0),
                 connector,
                 metrics,
@@ -242,7 +220,10 @@ impl Pool {
                 next_id: AtomicU64::new(1),
             }),
         };
-        tokio::spawn(pool.clone().reaper());
+        tokio::spawn(Pool::reaper(
+            pool.downgrade(),
+            pool.shared.reaper_wake.clone(),
+        ));
         pool
     }
 
@@ -253,6 +234,92 @@ impl Pool {
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the core under the lock, with a way to reach waiters,
+    /// then carries out its effects once the lock is released.
+    // A grant a waiter could not take comes back whole, connection and all:
+    // the rare path, not worth a box.
+    #[allow(clippy::result_large_err)]
+    fn with_core<T>(
+        &self,
+        f: impl FnOnce(&mut State, &mut Deliver<'_, Live>, &mut Effects<Conn>) -> T,
+    ) -> T {
+        let mut fx = Effects::default();
+        let out = {
+            let mut st = self.lock();
+            let mut deliver = |d: Delivery<'_, Live>| self.deliver(d);
+            f(&mut st, &mut deliver, &mut fx)
+        };
+        self.settle(fx);
+        out
+    }
+
+    /// Sends a waiter what the core granted it: a connection (as a
+    /// [`Pooled`]) or a permit to connect. A waiter that is gone gives it
+    /// back. Runs under the lock, so nothing here may lock or close.
+    #[allow(clippy::result_large_err)]
+    fn deliver(&self, d: Delivery<'_, Live>) -> Result<(), self::core::Grant<Conn>> {
+        match d.grant {
+            self::core::Grant::Conn(conn) => {
+                // Just released by a finished exchange: not idle at all.
+                let pooled = self.pooled(d.key.clone(), conn, true, std::time::Duration::ZERO);
+                match d.waiter.send(Grant::Conn(pooled)) {
+                    Ok(()) => Ok(()),
+                    Err(Grant::Conn(mut back)) => match back.conn.take() {
+                        Some(conn) => Err(self::core::Grant::Conn(conn)),
+                        None => Ok(()),
+                    },
+                    Err(Grant::Permit(mut p)) => {
+                        p.armed = false;
+                        Ok(())
+                    }
+                }
+            }
+            self::core::Grant::Permit => {
+                let route = Route {
+                    origin: d.key.clone(),
+                    settings: d.settings.clone(),
+                    http2: false,
+                    generation: d.generation,
+                };
+                match d
+                    .waiter
+                    .send(Grant::Permit(ConnectPermit::new(self.clone(), route)))
+                {
+                    Ok(()) => Ok(()),
+                    Err(Grant::Permit(mut permit)) => {
+                        // Not dropped armed under the lock: the core takes
+                        // the slot back.
+                        permit.armed = false;
+                        Err(self::core::Grant::Permit)
+                    }
+                    Err(Grant::Conn(mut back)) => {
+                        back.conn.take();
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out what the core decided, outside the lock: wakes the
+    /// reaper and prewarming, counts each close by reason, and closes.
+    fn settle(&self, fx: Effects<Conn>) {
+        if fx.wake_reaper {
+            self.shared.reaper_wake.notify_one();
+        }
+        if fx.wake_prewarm {
+            self.shared.prewarm_wake.notify_one();
+        }
+        for (conn, reason) in fx.closed {
+            conn.metrics.connection_closed(reason);
+            tracing::trace!(
+                id = conn.id,
+                reason = reason.as_str(),
+                "upstream connection closed"
+            );
+        }
     }
 
     /// A connection of its own for an `Upgrade` request (WebSocket): the
@@ -379,12 +446,7 @@ impl Pool {
             p
         };
         loop {
-            let mut closing = Closing::new();
-            let step = {
-                let mut st = self.lock();
-                self.next_step(&mut st, route, reuse, &mut closing)
-            };
-            drop(closing);
+            let step = self.next_step(route, reuse);
             let pooled = match step {
                 Step::Reuse(pooled) => pooled,
                 Step::Connect(permit) => {
@@ -434,81 +496,29 @@ impl Pool {
         }
     }
 
-    fn next_step(
-        &self,
-        st: &mut State,
-        route: &Route,
-        reuse: Reuse,
-        closing: &mut Closing,
-    ) -> Step {
-        let now = Instant::now();
-        let os = st.origins.entry(route.origin.clone()).or_insert_with(|| {
-            OriginState::new(
-                route.settings.clone(),
-                self.shared.metrics.origin(route.origin.as_str()),
+    /// Asks the core for a connection and turns its answer into a handle.
+    fn next_step(&self, route: &Route, reuse: Reuse) -> Step {
+        let (tx, rx) = oneshot::channel();
+        let checkout = self.with_core(|core, _, fx| {
+            core.checkout(
+                &route.origin,
+                &route.settings,
+                route.generation,
+                reuse,
+                Instant::now(),
+                || self.shared.metrics.origin(route.origin.as_str()),
+                move || tx,
+                fx,
             )
         });
-        // A route made before a reload must not bring the old settings back.
-        // Usually they are the same `Arc`: nothing to write.
-        if route.generation >= os.settings_generation && !Arc::ptr_eq(&os.settings, &route.settings)
-        {
-            os.settings = route.settings.clone();
-            os.settings_generation = route.generation;
-        }
-        let mut idle_taken = 0;
-        let mut reused = None;
-        while let Some(idle) = os.idle.pop() {
-            idle_taken += 1;
-            if idle.expires <= now {
-                closing.push((idle.conn, idle.expiry_reason));
-                continue;
+        match checkout {
+            Checkout::Reuse { conn, idle_for } => {
+                Step::Reuse(self.pooled(route.origin.clone(), conn, true, idle_for))
             }
-            if !reuse.allows(now.saturating_duration_since(idle.since)) {
-                // The most recently used is the youngest: none will do.
-                os.idle.push(idle);
-                idle_taken -= 1;
-                break;
-            }
-            os.in_use += 1;
-            os.reused_total += 1;
-            reused = Some((idle.conn, now.saturating_duration_since(idle.since)));
-            break;
+            Checkout::Connect => Step::Connect(ConnectPermit::new(self.clone(), route.clone())),
+            Checkout::Full(pending) => Step::Full(pending),
+            Checkout::Wait(id) => Step::Wait(id, rx),
         }
-        let pinned = os.pinned;
-        let step = if let Some((conn, idle_for)) = reused {
-            let pooled = self.pooled(
-                route.origin.clone(),
-                os.settings.clone(),
-                conn,
-                true,
-                idle_for,
-            );
-            Step::Reuse(pooled)
-        } else if os.total() < os.settings.max_connections_per_host
-            || (reuse != Reuse::Any && !os.idle.is_empty())
-        {
-            if os.total() >= os.settings.max_connections_per_host {
-                // Idle connections this request may not use hold every
-                // slot: close the least recently used to make room.
-                let oldest = os.idle.remove(0);
-                idle_taken += 1;
-                closing.push((oldest.conn, CloseReason::Evicted));
-            }
-            os.connecting += 1;
-            Step::Connect(ConnectPermit::new(self.clone(), route.clone()))
-        } else if os.waiters.len() >= os.settings.max_pending_per_host {
-            Step::Full(os.waiters.len())
-        } else {
-            let id = self.next_id();
-            let (tx, rx) = oneshot::channel();
-            os.waiters.push_back(Waiter { id, tx });
-            Step::Wait(id, rx)
-        };
-        st.idle_total -= idle_taken;
-        if pinned && idle_taken > 0 {
-            self.shared.prewarm_wake.notify_one();
-        }
-        step
     }
 
     async fn wait(
@@ -599,23 +609,13 @@ impl Pool {
     /// Keeps the origin's run of failed connects (for `/pools`, the status
     /// page and prewarming's backoff).
     fn note_connect(&self, origin: &Origin, failed: Option<&ProxyError>) {
-        let mut st = self.lock();
-        let Some(os) = st.origins.get_mut(origin) else {
-            return;
-        };
-        match failed {
-            None => os.connect_failures = 0,
-            Some(e) => {
-                os.connect_failures = os.connect_failures.saturating_add(1);
-                os.last_failure = Some((Instant::now(), e.proxy_status()));
-            }
-        }
+        let failed = failed.map(ProxyError::proxy_status);
+        self.with_core(|core, _, _| core.note_connect(origin, failed, Instant::now()));
     }
 
     fn pooled(
         &self,
         origin: Origin,
-        settings: Arc<PoolConfig>,
         conn: Conn,
         reused: bool,
         idle_for: std::time::Duration,
@@ -623,7 +623,6 @@ impl Pool {
         Pooled {
             pool: self.clone(),
             origin,
-            settings,
             conn: Some(conn),
             reused,
             idle_for,
