@@ -27,7 +27,7 @@ use http::Method;
 
 use crate::failures::Admit;
 use crate::metrics::{Metrics, OriginMetrics, NO_UPSTREAM};
-use crate::upstream::{Origin, RequestProgress};
+use crate::upstream::{Origin, Outcome, RequestProgress};
 
 /// The status logged for a request whose client left before the answer.
 pub const CLIENT_CLOSED: u16 = 499;
@@ -187,6 +187,23 @@ impl AccessRecord {
             metrics,
             log,
         }
+    }
+}
+
+/// The response body's reports, written into the record.
+impl Outcome for AccessRecord {
+    fn sent(&mut self, n: u64) {
+        self.bytes_out += n;
+    }
+    fn cut_off(&mut self) {
+        self.cut_off = true;
+        self.note = Some("the response body failed mid-stream");
+    }
+    fn ended(&mut self) {
+        self.ended = Some(Instant::now());
+    }
+    fn drained(&mut self, reused: bool) {
+        self.drain = Some(if reused { "reused" } else { "closed" });
     }
 }
 

@@ -21,10 +21,11 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ListenAddr, ListenerConfig};
 use crate::listener::{self, Bound};
 use crate::metrics::Metrics;
-use crate::proxy::{forward_target, ListenerCtx, ListenerSlot, LoopGuard, Router, Target};
+use crate::proxy::{forward_target, ListenerCtx, ListenerSlot, Router, Target};
 use crate::shutdown::{self, ConnTracker, ShutdownTrigger};
 use crate::upstream::connect::Connector;
 use crate::upstream::tls::TlsProfile;
+use crate::upstream::LoopGuard;
 use crate::upstream::{DrainLimits, PaceRule, Pool};
 
 /// A running eddy.
@@ -153,7 +154,7 @@ impl Eddy {
             config.pool.max_idle_total,
             metrics.clone(),
         );
-        metrics.register_pool(pool.downgrade());
+        pool.register_gauges(&metrics);
         pool.prewarm(router.prewarm_routes());
 
         let (stop_listeners, listeners_signal) = shutdown::channel();

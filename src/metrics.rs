@@ -22,16 +22,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use prometheus::core::{Collector, Desc};
+use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::failures::{Admit, Throttles};
-use crate::upstream::pool::WeakPool;
-use crate::upstream::CloseReason;
 
 /// The `upstream` label for origins past the cap.
 pub const OTHER_UPSTREAM: &str = "other";
@@ -232,12 +230,10 @@ impl Metrics {
         m
     }
 
-    /// Reads the pool gauges from `pool` at every scrape.
-    pub fn register_pool(&self, pool: WeakPool) {
-        let collector = PoolCollector::new(pool);
-        if let Err(e) = self.registry.register(Box::new(collector)) {
-            tracing::warn!(error = %e, "pool gauges unavailable");
-        }
+    /// Adds a collector whose series are read at every scrape (the pool
+    /// registers its gauges so: metrics need not know the pool).
+    pub fn register(&self, collector: Box<dyn Collector>) -> Result<(), prometheus::Error> {
+        self.registry.register(collector)
     }
 
     /// The series for `upstream` (`scheme://host:port`), or the shared
@@ -321,67 +317,50 @@ pub(crate) fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// `eddy_upstream_connections{state}` and `eddy_pool_pending`, read from the
-/// pool when Prometheus scrapes.
-struct PoolCollector {
-    pool: WeakPool,
-    descs: Vec<Desc>,
+/// Why a connection was closed (the `reason` label of
+/// `eddy_upstream_connections_closed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    IdleTimeout,
+    KeepaliveHint,
+    MaxLifetime,
+    MaxRequests,
+    PeerClosed,
+    /// The exchange could not be finished: a response body too long or
+    /// slow to drain, or a request body that failed, never completed, or
+    /// was refused with 413.
+    NotDrained,
+    Evicted,
+    Error,
+    Shutdown,
 }
 
-impl PoolCollector {
-    fn new(pool: WeakPool) -> PoolCollector {
-        let (connections, pending) = PoolCollector::vecs();
-        let descs = connections
-            .desc()
-            .into_iter()
-            .chain(pending.desc())
-            .cloned()
-            .collect();
-        PoolCollector { pool, descs }
-    }
+impl CloseReason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::IdleTimeout,
+        CloseReason::KeepaliveHint,
+        CloseReason::MaxLifetime,
+        CloseReason::MaxRequests,
+        CloseReason::PeerClosed,
+        CloseReason::NotDrained,
+        CloseReason::Evicted,
+        CloseReason::Error,
+        CloseReason::Shutdown,
+    ];
 
-    fn vecs() -> (GaugeVec, GaugeVec) {
-        let connections = GaugeVec::new(
-            Opts::new(
-                "eddy_upstream_connections",
-                "Upstream connections, by state.",
-            ),
-            &["upstream", "state"],
-        )
-        .expect("valid metric definition");
-        let pending = GaugeVec::new(
-            Opts::new("eddy_pool_pending", "Requests waiting for a connection."),
-            &["upstream"],
-        )
-        .expect("valid metric definition");
-        (connections, pending)
-    }
-}
-
-impl Collector for PoolCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let (connections, pending) = PoolCollector::vecs();
-        if let Some(pool) = self.pool.upgrade() {
-            for g in pool.gauges() {
-                connections
-                    .with_label_values(&[&g.label, "idle"])
-                    .add(g.idle as f64);
-                connections
-                    .with_label_values(&[&g.label, "in_use"])
-                    .add(g.in_use as f64);
-                connections
-                    .with_label_values(&[&g.label, "connecting"])
-                    .add(g.connecting as f64);
-                pending.with_label_values(&[&g.label]).add(g.pending as f64);
-            }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::KeepaliveHint => "keepalive_hint",
+            CloseReason::MaxLifetime => "max_lifetime",
+            CloseReason::MaxRequests => "max_requests",
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::NotDrained => "not_drained",
+            CloseReason::Evicted => "evicted",
+            CloseReason::Error => "error",
+            CloseReason::Shutdown => "shutdown",
         }
-        let mut families = connections.collect();
-        families.extend(pending.collect());
-        families
     }
 }
 

@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 
 pub use headers::strip_hop_by_hop;
 pub use router::Router;
-pub use target::{forward_target, origin_form, LoopGuard, Target};
+pub use target::{forward_target, origin_form, Target};
 pub use tunnel::ConnHold;
 
 use crate::access::{self, AccessRecord, BytesIn, Upstream};
@@ -35,7 +35,7 @@ use crate::config::{HostPattern, ListenerMode, RetryConfig};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::upstream::h2::InFlight;
-use crate::upstream::{DrainLimits, PaceRule, Pool, ReqBody, UpstreamBody};
+use crate::upstream::{DrainLimits, LoopGuard, PaceRule, Pool, ReqBody, UpstreamBody};
 
 /// What a listener's requests share.
 pub struct ListenerCtx {
@@ -130,7 +130,7 @@ impl ListenerCtx {
 // `Full` case would add an allocation to every proxied response.
 #[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
-    Upstream(UpstreamBody),
+    Upstream(UpstreamBody<AccessRecord>),
     Full(Option<Bytes>),
     /// A body from a connection that is not the HTTP/1 pool's: a shared
     /// HTTP/2 connection, or a dedicated one.
@@ -300,7 +300,7 @@ async fn proxy(
         (ListenerMode::Route, Some(t)) => t.clone(),
         _ => forward_target(&parts.uri)?,
     };
-    if ctx.loop_guard.is_own_target(&target) {
+    if ctx.loop_guard.is_own_target(&target.host, target.port) {
         return Err(ProxyError::Loop(format!("{}:{}", target.host, target.port)));
     }
     if carries_via(&parts.headers, &ctx.via) {

@@ -2,11 +2,9 @@
 //!
 //! A forward listener takes absolute-form targets (`GET http://host:port/p`),
 //! as every `HTTP_PROXY` client sends them; a route listener sends everything
-//! to its configured upstream. The [`LoopGuard`] knows eddy's own bound
+//! to its configured upstream. The loop guard (`crate::upstream::LoopGuard`) knows eddy's own bound
 //! listener addresses, so a request for eddy itself is answered with 508
 //! instead of being relayed to itself until file descriptors run out.
-
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use http::uri::PathAndQuery;
 use http::Uri;
@@ -79,45 +77,6 @@ pub fn origin_form(uri: &Uri) -> Uri {
     Uri::from(pq)
 }
 
-/// eddy's own proxy listener addresses.
-#[derive(Debug, Default)]
-pub struct LoopGuard {
-    own: Vec<SocketAddr>,
-}
-
-impl LoopGuard {
-    pub fn new(own: Vec<SocketAddr>) -> LoopGuard {
-        LoopGuard { own }
-    }
-
-    /// Whether connecting to `addr` would reach one of eddy's listeners.
-    pub fn is_own_address(&self, addr: SocketAddr) -> bool {
-        self.own.iter().any(|own| {
-            own.port() == addr.port()
-                && (own.ip() == addr.ip()
-                    || (own.ip().is_unspecified()
-                        && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
-        })
-    }
-
-    /// A cheap check before any DNS lookup: IP literals and `localhost`.
-    pub fn is_own_target(&self, target: &Target) -> bool {
-        let ips: &[IpAddr] = if target.host == "localhost" {
-            &[
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ]
-        } else {
-            match target.host.parse::<IpAddr>() {
-                Ok(ip) => return self.is_own_address(SocketAddr::new(ip, target.port)),
-                Err(_) => return false,
-            }
-        };
-        ips.iter()
-            .any(|ip| self.is_own_address(SocketAddr::new(*ip, target.port)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,16 +98,6 @@ mod tests {
         assert!(parse("/just/a/path").is_err());
         assert!(parse("https://example.com/").is_err());
         assert!(parse("http://user:pw@example.com/").is_err());
-    }
-
-    #[test]
-    fn own_addresses_are_recognised() {
-        let g = LoopGuard::new(vec!["127.0.0.1:3128".parse().expect("addr")]);
-        assert!(g.is_own_target(&parse("http://127.0.0.1:3128/").expect("t")));
-        assert!(g.is_own_target(&parse("http://localhost:3128/").expect("t")));
-        assert!(!g.is_own_target(&parse("http://127.0.0.1:3129/").expect("t")));
-        let any = LoopGuard::new(vec!["0.0.0.0:3128".parse().expect("addr")]);
-        assert!(any.is_own_address("127.0.0.5:3128".parse().expect("addr")));
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub(super) async fn connect(
             "CONNECT is only allowed to security.connect_ports",
         ));
     }
-    if ctx.loop_guard.is_own_target(&target) {
+    if ctx.loop_guard.is_own_target(&target.host, target.port) {
         return Err(ProxyError::Loop(target.authority));
     }
     let origin = Origin::new(false, &target.host, target.port);

@@ -18,12 +18,12 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use super::io::{CountingIo, ReadLog, Stream};
+use super::loop_guard::LoopGuard;
 use super::origin::Origin;
 use super::request_body::ReqBody;
 use super::tls::{TlsFailure, TlsProfile};
 use crate::config::Cidr;
 use crate::error::ProxyError;
-use crate::proxy::LoopGuard;
 
 /// What a successful connect hands to the pool.
 pub(crate) struct Connected {

@@ -5,18 +5,19 @@
 //! the request's ([`request_body`]), whose transmission decides whether its
 //! connection may be reused, and the response's ([`body`]).
 
-pub mod body;
 pub(crate) mod connect;
 pub(crate) mod h2;
 pub(crate) mod io;
 pub mod learn;
+pub mod loop_guard;
 pub mod origin;
 pub mod pool;
 pub mod request_body;
 pub mod tls;
 pub mod tunnels;
 
-pub use body::{DrainLimits, UpstreamBody};
+pub use loop_guard::LoopGuard;
 pub use origin::Origin;
+pub use pool::body::{DrainLimits, Outcome, UpstreamBody};
 pub use pool::{CloseReason, OriginStats, Pool, Pooled, Reuse, Route, SendFailure};
 pub use request_body::{Pace, PaceRule, ReqBody, RequestProgress};

@@ -11,6 +11,7 @@ mod errors;
 mod headers;
 mod http2;
 mod idle;
+mod layers;
 mod listener;
 mod logs;
 mod metrics;

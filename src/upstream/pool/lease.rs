@@ -17,12 +17,12 @@ use hyper::client::conn::TrySendError;
 use std::future::Future;
 use tokio::time::timeout;
 
+use super::body::{DrainLimits, UpstreamBody};
 use super::completion::{after_wait, AfterResponse, ExchangeEnd};
 use super::conn::{persistence, Conn, Probe};
 use super::{CloseReason, Pool, Reuse, Route, PROBE_AFTER_IDLE};
 use crate::error::ProxyError;
 use crate::metrics::OriginMetrics;
-use crate::upstream::body::{DrainLimits, UpstreamBody};
 use crate::upstream::origin::Origin;
 use crate::upstream::request_body::{ReqBody, RequestProgress, Sending};
 use crate::upstream::tls::TlsFailure;
@@ -404,7 +404,7 @@ impl Drop for Adopt {
                     };
                     // Dropped unread: an empty body finishes the lease, any
                     // other is drained by the body's own drain task.
-                    drop(UpstreamBody::new(resp.into_body(), lease, left));
+                    drop(UpstreamBody::<()>::new(resp.into_body(), lease, left));
                 }
                 _ => {
                     if let Some(m) = pooled.metrics() {

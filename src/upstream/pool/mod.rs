@@ -31,6 +31,7 @@
 //! # Layout
 //!
 //! - `core`: the rules and the counts, tested without sockets;
+//! - `body`: the response body that carries a connection's lease;
 //! - this file: the shared state and the checkout path (idle, connect, wait);
 //! - `release`: the return path and the origin's own closes;
 //! - `lease`: the RAII handles a request holds (permit, pooled, lease);
@@ -39,9 +40,11 @@
 //! - `maintenance`: reaper, prewarming, shutdown, `/pools` snapshot;
 //! - `reconfigure`: a reloaded configuration applied to the live pool.
 
+pub(crate) mod body;
 mod completion;
 mod conn;
 pub(crate) mod core;
+mod gauges;
 mod lease;
 mod maintenance;
 mod reconfigure;
@@ -70,52 +73,7 @@ pub use maintenance::{GaugeRow, OriginStats};
 /// How many origins with no connections the pool keeps figures for.
 pub const MAX_REMEMBERED_ORIGINS: usize = 1024;
 
-/// Why a connection was closed (the `reason` label of
-/// `eddy_upstream_connections_closed_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    IdleTimeout,
-    KeepaliveHint,
-    MaxLifetime,
-    MaxRequests,
-    PeerClosed,
-    /// The exchange could not be finished: a response body too long or
-    /// slow to drain, or a request body that failed, never completed, or
-    /// was refused with 413.
-    NotDrained,
-    Evicted,
-    Error,
-    Shutdown,
-}
-
-impl CloseReason {
-    /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub const ALL: [CloseReason; 9] = [
-        CloseReason::IdleTimeout,
-        CloseReason::KeepaliveHint,
-        CloseReason::MaxLifetime,
-        CloseReason::MaxRequests,
-        CloseReason::PeerClosed,
-        CloseReason::NotDrained,
-        CloseReason::Evicted,
-        CloseReason::Error,
-        CloseReason::Shutdown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::KeepaliveHint => "keepalive_hint",
-            CloseReason::MaxLifetime => "max_lifetime",
-            CloseReason::MaxRequests => "max_requests",
-            CloseReason::PeerClosed => "peer_closed",
-            CloseReason::NotDrained => "not_drained",
-            CloseReason::Evicted => "evicted",
-            CloseReason::Error => "error",
-            CloseReason::Shutdown => "shutdown",
-        }
-    }
-}
+pub use crate::metrics::CloseReason;
 
 /// Which idle connections a request may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -420,6 +378,15 @@ impl Pool {
             .await?;
         let destination = tunnel_destination(origin);
         Ok((stream, self.shared.tunnels.open(destination)))
+    }
+
+    /// Registers the pool's gauges with the metrics registry, read from
+    /// the pool at every scrape.
+    pub fn register_gauges(&self, metrics: &Metrics) {
+        let collector = gauges::PoolCollector::new(self.downgrade());
+        if let Err(e) = metrics.register(Box::new(collector)) {
+            tracing::warn!(error = %e, "pool gauges unavailable");
+        }
     }
 
     pub fn downgrade(&self) -> WeakPool {

@@ -8,6 +8,10 @@
 //! within `drain.max_bytes` and `drain.timeout`: a body that ends in time
 //! saves its connection, one that does not closes it. Returning a half-read
 //! connection is therefore not expressible.
+//!
+//! What became of the response (bytes sent, a failure mid-body, its end,
+//! the drain's outcome) is reported to an [`Outcome`]: the proxy's access
+//! record, which this layer does not know.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -19,8 +23,30 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::pool::{CloseReason, Lease};
-use crate::access::AccessRecord;
+use super::lease::Lease;
+use super::CloseReason;
+
+/// What a response body reports about itself. Dropped when the response
+/// is over (or its drain is): the place to write what it learned.
+pub trait Outcome: Send + Unpin + 'static {
+    /// `n` more body bytes went to the client.
+    fn sent(&mut self, n: u64);
+    /// The body failed mid-stream (the origin's connection broke).
+    fn cut_off(&mut self);
+    /// The client-facing response ended (before any drain).
+    fn ended(&mut self);
+    /// The client left early; the rest of the body was drained and the
+    /// connection `reused`, or not.
+    fn drained(&mut self, reused: bool);
+}
+
+/// Nobody listening (a body drained on its own).
+impl Outcome for () {
+    fn sent(&mut self, _: u64) {}
+    fn cut_off(&mut self) {}
+    fn ended(&mut self) {}
+    fn drained(&mut self, _: bool) {}
+}
 
 /// How much of an abandoned response body eddy reads to save its
 /// connection (`[drain]`).
@@ -31,17 +57,18 @@ pub struct DrainLimits {
 }
 
 /// A response body streaming from the origin, owning the connection's lease.
-pub struct UpstreamBody {
+pub struct UpstreamBody<O: Outcome = ()> {
     /// `None` only once handed to a drain task.
     inner: Option<Incoming>,
     lease: Option<Lease>,
     drain: DrainLimits,
-    /// Finished when the response is over (or its drain is).
-    record: Option<AccessRecord>,
+    /// Told what happens; dropped when the response is over (or its drain
+    /// is).
+    record: Option<O>,
 }
 
-impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, lease: Lease, drain: DrainLimits) -> UpstreamBody {
+impl<O: Outcome> UpstreamBody<O> {
+    pub(crate) fn new(inner: Incoming, lease: Lease, drain: DrainLimits) -> UpstreamBody<O> {
         let mut body = UpstreamBody {
             inner: Some(inner),
             lease: Some(lease),
@@ -52,8 +79,8 @@ impl UpstreamBody {
         body
     }
 
-    /// What to log and count once the response is over.
-    pub fn set_record(&mut self, record: AccessRecord) {
+    /// Who is told what becomes of the response.
+    pub fn set_record(&mut self, record: O) {
         self.record = Some(record);
     }
 
@@ -70,7 +97,7 @@ impl UpstreamBody {
     }
 }
 
-impl Body for UpstreamBody {
+impl<O: Outcome> Body for UpstreamBody<O> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -86,7 +113,7 @@ impl Body for UpstreamBody {
         match &frame {
             Some(Ok(f)) => {
                 if let (Some(r), Some(data)) = (this.record.as_mut(), f.data_ref()) {
-                    r.bytes_out += data.len() as u64;
+                    r.sent(data.len() as u64);
                 }
                 this.finish_if_done();
             }
@@ -100,7 +127,7 @@ impl Body for UpstreamBody {
                     lease.close(CloseReason::Error);
                 }
                 if let Some(r) = this.record.as_mut() {
-                    r.note = Some("the response body failed mid-stream");
+                    r.cut_off();
                 }
             }
         }
@@ -118,12 +145,12 @@ impl Body for UpstreamBody {
     }
 }
 
-impl Drop for UpstreamBody {
+impl<O: Outcome> Drop for UpstreamBody<O> {
     fn drop(&mut self) {
         // The client-facing response ends here, whatever a drain does next.
         let mut record = self.record.take();
         if let Some(r) = record.as_mut() {
-            r.ended = Some(std::time::Instant::now());
+            r.ended();
         }
         let Some(lease) = self.lease.take() else {
             return;
@@ -136,7 +163,7 @@ impl Drop for UpstreamBody {
         // into the void, within the drain limits, to save the connection.
         if let Some(r) = record.as_mut() {
             // What the record says if the drain never gets to run.
-            r.drain = Some("closed");
+            r.drained(false);
         }
         let (Some(inner), Ok(runtime)) = (self.inner.take(), tokio::runtime::Handle::try_current())
         else {
@@ -149,11 +176,11 @@ impl Drop for UpstreamBody {
 
 /// Reads and discards the rest of a body; returns the connection to the pool
 /// if the body ends within the limits, closes it otherwise.
-async fn drain(
+async fn drain<O: Outcome>(
     mut inner: Incoming,
     lease: Lease,
     limits: DrainLimits,
-    mut record: Option<AccessRecord>,
+    mut record: Option<O>,
 ) {
     let metrics = lease.metrics();
     let deadline = Instant::now() + limits.timeout;
@@ -190,6 +217,6 @@ async fn drain(
         }
     }
     if let Some(r) = record.as_mut() {
-        r.drain = Some(if reused { "reused" } else { "closed" });
+        r.drained(reused);
     }
 }
