@@ -17,7 +17,7 @@
 //! A failure (an answer eddy made itself, a response cut off mid-body) is
 //! also written at `warn` under the `eddy::failure` target whether or not
 //! the access log is on, throttled per origin and kind (see
-//! [`crate::failures`]).
+//! `failures`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

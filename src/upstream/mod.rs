@@ -3,7 +3,7 @@
 //! are shared and bounded ([`pool`]), what eddy learns about an origin's
 //! keep-alive limit ([`learn`]), and the bodies that carry an exchange:
 //! the request's ([`request_body`]), whose transmission decides whether its
-//! connection may be reused, and the response's ([`body`]).
+//! connection may be reused, and the response's (`pool::body`).
 
 pub(crate) mod connect;
 pub(crate) mod h2;

@@ -5,7 +5,7 @@
 //! next request depends on what was *written* on it, never on which of two
 //! futures eddy happened to poll first. [`RequestProgress`] records what
 //! hyper takes from the body as it takes it (the end, or a failure), so
-//! when the response ends the completion rule ([`super::completion`]) asks
+//! when the response ends the completion rule (`pool::completion`) asks
 //! "was the request sent in full?" and gets an answer that timing cannot
 //! change. hyper itself never starts the next request on a connection
 //! before the previous body is written, so these facts decide *when* a

@@ -183,7 +183,7 @@ impl Pooled {
     /// completion rule.
     ///
     /// If the client goes away while the head is awaited (this future is
-    /// dropped), the exchange is adopted: see [`Adopt`].
+    /// dropped), the exchange is adopted: see `Adopt`.
     pub async fn send(
         mut self,
         req: Request<ReqBody>,
@@ -367,7 +367,8 @@ fn lease_for(
 /// the connection would waste it and leave a TIME-WAIT socket toward the
 /// origin. If the request had no streamed body, the exchange is adopted by
 /// a task that waits for the head and drains the body, within the drain
-/// limits (SPEC section 6), and the connection goes back to the pool.
+/// limits (`drain.max_bytes`, `drain.timeout`), and the connection goes
+/// back to the pool.
 struct Adopt {
     exchange: Option<(Pooled, ResponseFuture)>,
     /// The request had a streamed body.
@@ -425,7 +426,8 @@ pub struct SendFailure {
     pub unsent: Option<Request<ReqBody>>,
     /// The connection turned out closed before any response byte, and
     /// either had served a request before or never got this one: the
-    /// stale-connection case of SPEC section 5.
+    /// stale-connection case, which a replayable request survives by
+    /// going again on a new connection.
     pub stale: bool,
 }
 

@@ -20,13 +20,13 @@
 //! and frees its slot; only a lease whose exchange completed returns it.
 //!
 //! The rules (which connection, which slot, who waits, what expires) are
-//! the socket-free [`core::Core`], which owns every count; this layer
+//! the socket-free `core::Core`, which owns every count; this layer
 //! carries its decisions out on real connections. One `std::sync::Mutex`
 //! guards the core, as in hyper-util's pool: the critical sections are a
 //! few pushes and pops, no lock is held across an await, and nothing that
 //! locks (no RAII drop, no socket close) runs while it is held: the core
 //! returns what to close and whom to wake, done once the lock is released
-//! ([`Pool::settle`]).
+//! (`Pool::settle`).
 //!
 //! # Layout
 //!
