@@ -59,6 +59,14 @@ pub enum ProxyError {
     Loop(String),
 }
 
+/// `e` and its sources, outermost first: where the cause of an upstream
+/// failure is looked for (a TLS alert, an HTTP/2 reset, an I/O error kind).
+pub(crate) fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {

@@ -1,17 +1,19 @@
 //! Sending a request upstream, and sending it again when the connection it
 //! went on turned out stale: a connection the origin had closed while it
-//! sat idle (docs/design.md, "Stale retry").
+//! sat idle (docs/design.md, "Stale retry"). HTTP/1 goes through the pool,
+//! HTTP/2 over the origin's shared connection; both ask the one rule in
+//! [`super::retry`] whether a failed attempt goes again.
 //!
-//! The rule, in one place:
-//! - a request may be replayed if its method is idempotent (GET, HEAD,
+//! What each side contributes:
+//! - a request is replayable if its method is idempotent (GET, HEAD,
 //!   OPTIONS, TRACE, PUT, DELETE) or it carries `Idempotency-Key` /
 //!   `X-Idempotency-Key`, and its body is empty or was buffered in full
-//!   (at most `retry.retry_body_buffer`);
-//! - it is sent again, on a newly opened connection, when it failed with
-//!   EOF, reset or broken pipe before any response byte, on a connection
-//!   that had served a request before (or it was never written at all, in
-//!   which case any request may go again), at most `retry.stale_retries`
-//!   times;
+//!   (at most `retry.retry_body_buffer`): then a copy is kept;
+//! - HTTP/1: a failure with EOF, reset or broken pipe before any response
+//!   byte, on a connection that had served a request before (or before the
+//!   request was written), is a lost connection; anything else is final;
+//! - HTTP/2: a refused stream is refused, a malformed answer or our own
+//!   body failing is final, anything else is a lost connection;
 //! - a request that could not be replayed only goes on a connection idle for
 //!   less than `retry.unsafe_max_idle_age`, or a new one, so the race it
 //!   cannot recover from is rare; if it still hits it, the client gets 502
@@ -24,9 +26,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
+use super::retry::{self, Failure, InHand};
 use crate::access::AccessRecord;
 use crate::config::RetryConfig;
-use crate::error::ProxyError;
+use crate::error::{chain, ProxyError};
 use crate::upstream::pool::Lease;
 use crate::upstream::tls::TlsFailure;
 use crate::upstream::{Pool, ReqBody, RequestProgress, Reuse, Route};
@@ -153,11 +156,24 @@ pub(super) async fn send_with_retry(
             Err(f) => f,
         };
         record.count_retry(false);
-        let again = failure.stale && record.retries < retry.stale_retries;
-        req = match (again, failure.unsent, template) {
-            (true, Some(unsent), _) => unsent,
-            (true, None, Some(t)) => t.build(),
-            _ => return Err(failure.error),
+        let kind = if failure.stale {
+            Failure::Lost
+        } else {
+            Failure::Final
+        };
+        let in_hand = match (&failure.unsent, &template) {
+            (Some(_), _) => InHand::Unsent,
+            (None, Some(_)) => InHand::Copy,
+            (None, None) => InHand::Nothing,
+        };
+        // `template` exists only for an idempotent request.
+        if !retry::again(kind, in_hand, true, record.retries, retry.stale_retries) {
+            return Err(failure.error);
+        }
+        req = match (failure.unsent, template) {
+            (Some(unsent), _) => unsent,
+            (None, Some(t)) => t.build(),
+            (None, None) => return Err(failure.error),
         };
         tracing::debug!(origin = %route.origin, retry = record.retries + 1, "stale upstream connection; sending again on a new one");
         record.retries += 1;
@@ -168,29 +184,21 @@ pub(super) async fn send_with_retry(
 /// Whether the origin refused the stream (GOAWAY or `REFUSED_STREAM`): it
 /// never processed the request, so sending it again is safe for any method.
 fn refused_stream(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
-        }
-        source = err.source();
-    }
-    false
+    chain(e)
+        .find_map(|err| err.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+        })
 }
 
 /// Whether an HTTP/2 error concerns the whole connection (GOAWAY, I/O, a
 /// closed connection) rather than one stream (a reset stream leaves the
 /// shared connection healthy).
 fn connection_level(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() || h2.is_io() || !h2.is_reset();
-        }
-        source = err.source();
-    }
-    true
+    chain(e)
+        .find_map(|err| err.downcast_ref::<h2::Error>())
+        .is_none_or(|h2| h2.is_go_away() || h2.is_io() || !h2.is_reset())
 }
 
 /// Sends `req` over the origin's shared HTTP/2 connection. A request that
@@ -272,10 +280,25 @@ pub(super) async fn send_h2(
             pool.h2_forget(&route.origin, id).await;
         }
         record.count_retry(false);
-        let again = record.retries < retry.stale_retries
-            && !error.is_user()
-            && !error.is_parse()
-            && (idempotent || refused_stream(&error));
+        let kind = if error.is_user() || error.is_parse() {
+            Failure::Final
+        } else if refused_stream(&error) {
+            Failure::Refused
+        } else {
+            Failure::Lost
+        };
+        let in_hand = if template.is_some() {
+            InHand::Copy
+        } else {
+            InHand::Nothing
+        };
+        let again = retry::again(
+            kind,
+            in_hand,
+            idempotent,
+            record.retries,
+            retry.stale_retries,
+        );
         match (&template, again) {
             (Some(t), true) => {
                 tracing::debug!(%origin, error = %error, "HTTP/2 connection failed; sending again on a new one");

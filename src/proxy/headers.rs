@@ -72,6 +72,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Turns the client's request head into the one eddy sends upstream, the
+/// same for every kind of request (plain, upgrade): origin-form target,
+/// HTTP/1.1, no hop-by-hop headers, the target's `Host`, and eddy's own
+/// `Via` entry (which is how a request that loops back is recognised).
+pub(super) fn rewrite_for_upstream(
+    parts: &mut http::request::Parts,
+    authority: &str,
+    via: &http::HeaderValue,
+) -> Result<(), crate::error::ProxyError> {
+    let host = http::HeaderValue::from_str(authority).map_err(|_| {
+        crate::error::ProxyError::BadRequest("the target's host is not a valid header value")
+    })?;
+    parts.uri = super::origin_form(&parts.uri);
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(http::header::HOST, host);
+    parts.headers.append(http::header::VIA, via.clone());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 mod exchange;
 mod headers;
 mod request_body;
+mod retry;
 mod router;
 mod target;
 mod tunnel;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{HOST, VIA};
+use http::header::VIA;
 use http::{HeaderValue, Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -315,15 +316,9 @@ async fn proxy(
     }
     let route = ctx.router.route(&target);
     record.upstream = Some(Upstream::Origin(route.origin.clone()));
-    let host = HeaderValue::from_str(&target.authority)
-        .map_err(|_| ProxyError::BadRequest("the target's host is not a valid header value"))?;
+    headers::rewrite_for_upstream(&mut parts, &target.authority, &ctx.via)?;
     record.host = Some(target.authority);
 
-    parts.uri = origin_form(&parts.uri);
-    parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(HOST, host);
-    parts.headers.append(VIA, ctx.via.clone());
     // eddy reads the body itself, so it meets a `100-continue`
     // expectation here: hyper answers the client as the body is read.
     request_body::take_continue(&mut parts.headers);

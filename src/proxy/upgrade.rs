@@ -4,12 +4,12 @@
 //! is closed with the client's, never reused. Anything but 101 is relayed as an
 //! ordinary response, and the dedicated connection closes after it.
 
-use http::header::{CONNECTION, HOST, UPGRADE};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::{origin_form, strip_hop_by_hop, ConnHold, DirectBody, ListenerCtx, ProxyBody, Target};
+use super::{strip_hop_by_hop, ConnHold, DirectBody, ListenerCtx, ProxyBody, Target};
 use crate::access::{AccessRecord, Upstream};
 use crate::error::ProxyError;
 use crate::upstream::ReqBody;
@@ -37,15 +37,9 @@ pub(super) async fn relay(
     record.origin = Some(ctx.metrics.origin(route.origin.as_str()));
     record.reused = Some(false);
     record.upstream = Some(Upstream::Origin(route.origin.clone()));
-    let host = HeaderValue::from_str(&target.authority)
-        .map_err(|_| ProxyError::BadRequest("the target's host is not a valid header value"))?;
     let (mut parts, body) = req.into_parts();
     let protocol = parts.headers.get(UPGRADE).cloned();
-    parts.uri = origin_form(&parts.uri);
-    parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(HOST, host);
-    parts.headers.append(http::header::VIA, ctx.via.clone());
+    super::headers::rewrite_for_upstream(&mut parts, &target.authority, &ctx.via)?;
     if let Some(p) = protocol {
         parts.headers.insert(UPGRADE, p);
         parts

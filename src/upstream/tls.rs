@@ -17,6 +17,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 
+use crate::error::chain;
+
 /// TLS settings for connections to one or more origins.
 pub struct TlsProfile {
     /// Distinguishes profiles in the pool key.
@@ -127,19 +129,17 @@ impl TlsFailure {
     /// Found either way, it is a TLS failure, not a terminated connection,
     /// and the request never reached the origin's application.
     pub(crate) fn find(e: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(err) = source {
-            if let Some(r) = err.downcast_ref::<rustls::Error>() {
-                return Some(TlsFailure::of(r));
-            }
-            if let Some(io) = err.downcast_ref::<std::io::Error>() {
-                if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                    return Some(TlsFailure::of(r));
-                }
-            }
-            source = err.source();
-        }
-        None
+        chain(e).find_map(|err| {
+            // rustls' error is an I/O error's payload, which is not always
+            // its `source()`.
+            let inner = err
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<rustls::Error>());
+            err.downcast_ref::<rustls::Error>()
+                .or(inner)
+                .map(TlsFailure::of)
+        })
     }
 
     pub(crate) fn of(e: &rustls::Error) -> TlsFailure {
@@ -169,15 +169,15 @@ impl TlsFailure {
         origin: String,
         e: &(dyn std::error::Error + 'static),
     ) -> crate::error::ProxyError {
-        let mut reason = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
+        let mut reason = String::new();
+        for s in chain(e) {
             let text = s.to_string();
             if !reason.ends_with(&text) {
-                reason.push_str(": ");
+                if !reason.is_empty() {
+                    reason.push_str(": ");
+                }
                 reason.push_str(&text);
             }
-            source = s.source();
         }
         match self {
             TlsFailure::Certificate => crate::error::ProxyError::TlsCertificate { origin, reason },

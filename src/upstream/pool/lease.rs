@@ -21,7 +21,7 @@ use super::body::{DrainLimits, UpstreamBody};
 use super::completion::{after_wait, AfterResponse, ExchangeEnd};
 use super::conn::{persistence, Conn, Probe};
 use super::{CloseReason, Pool, Reuse, Route, PROBE_AFTER_IDLE};
-use crate::error::ProxyError;
+use crate::error::{chain, ProxyError};
 use crate::metrics::OriginMetrics;
 use crate::upstream::origin::Origin;
 use crate::upstream::request_body::{ReqBody, RequestProgress, Sending};
@@ -55,6 +55,8 @@ pub(crate) struct ConnectPermit {
     pub(super) pool: Pool,
     pub(super) route: Route,
     pub(super) armed: bool,
+    /// The origin's metric handles, when the core had them at hand.
+    pub(super) metrics: Option<Arc<OriginMetrics>>,
 }
 
 impl ConnectPermit {
@@ -63,7 +65,14 @@ impl ConnectPermit {
             pool,
             route,
             armed: true,
+            metrics: None,
         }
+    }
+
+    /// The origin's handles come along (no look-up when it connects).
+    pub(super) fn with_metrics(mut self, metrics: Arc<OriginMetrics>) -> ConnectPermit {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The connection is open: the slot turns from connecting to in use.
@@ -450,21 +459,18 @@ fn is_connection_lost(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
         return true;
     }
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return matches!(
+    chain(e)
+        .find_map(|err| err.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
                 io.kind(),
                 std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::BrokenPipe
                     | std::io::ErrorKind::ConnectionAborted
                     | std::io::ErrorKind::UnexpectedEof
                     | std::io::ErrorKind::NotConnected
-            );
-        }
-        source = err.source();
-    }
-    false
+            )
+        })
 }
 
 impl Drop for Pooled {

@@ -241,10 +241,8 @@ impl Pool {
                     http2: false,
                     generation: d.generation,
                 };
-                match d
-                    .waiter
-                    .send(Grant::Permit(ConnectPermit::new(self.clone(), route)))
-                {
+                let permit = ConnectPermit::new(self.clone(), route).with_metrics(d.meta.clone());
+                match d.waiter.send(Grant::Permit(permit)) {
                     Ok(()) => Ok(()),
                     Err(Grant::Permit(mut permit)) => {
                         // Not dropped armed under the lock: the core takes
@@ -421,12 +419,8 @@ impl Pool {
                         .await
                         .map(|p| stamp(p, waited))
                 }
-                Step::Full(pending) => {
-                    self.shared
-                        .metrics
-                        .origin(route.origin.as_str())
-                        .rejected_queue_full
-                        .inc();
+                Step::Full(pending, metrics) => {
+                    metrics.rejected_queue_full.inc();
                     return Err(ProxyError::QueueFull {
                         origin: route.origin.to_string(),
                         pending,
@@ -466,8 +460,8 @@ impl Pool {
     /// Asks the core for a connection and turns its answer into a handle.
     fn next_step(&self, route: &Route, reuse: Reuse) -> Step {
         let (tx, rx) = oneshot::channel();
-        let checkout = self.with_core(|core, _, fx| {
-            core.checkout(
+        let (checkout, metrics) = self.with_core(|core, _, fx| {
+            let checkout = core.checkout(
                 &route.origin,
                 &route.settings,
                 route.generation,
@@ -476,14 +470,20 @@ impl Pool {
                 || self.shared.metrics.origin(route.origin.as_str()),
                 move || tx,
                 fx,
-            )
+            );
+            // The origin's handles, resolved when it was first seen.
+            let metrics = core.origin(&route.origin).map(|o| o.meta.clone());
+            (checkout, metrics)
         });
+        let metrics = metrics.unwrap_or_else(|| self.shared.metrics.origin(route.origin.as_str()));
         match checkout {
             Checkout::Reuse { conn, idle_for } => {
                 Step::Reuse(self.pooled(route.origin.clone(), conn, true, idle_for))
             }
-            Checkout::Connect => Step::Connect(ConnectPermit::new(self.clone(), route.clone())),
-            Checkout::Full(pending) => Step::Full(pending),
+            Checkout::Connect => {
+                Step::Connect(ConnectPermit::new(self.clone(), route.clone()).with_metrics(metrics))
+            }
+            Checkout::Full(pending) => Step::Full(pending, metrics),
             Checkout::Wait(id) => Step::Wait(id, rx),
         }
     }
@@ -534,7 +534,10 @@ impl Pool {
         let connected = self.shared.connector.connect(origin, deadline).await;
         self.note_connect(origin, connected.as_ref().err());
         let connected = connected?;
-        let metrics = self.shared.metrics.origin(origin.as_str());
+        let metrics = match &permit.metrics {
+            Some(m) => m.clone(),
+            None => self.shared.metrics.origin(origin.as_str()),
+        };
         let connect_took = started.elapsed();
         metrics.connection_opened(connect_took);
         let id = self.next_id();
@@ -618,6 +621,6 @@ pub(super) const SURVIVAL_WORTH_NOTING: std::time::Duration = super::learn::MIN_
 enum Step {
     Reuse(Pooled),
     Connect(ConnectPermit),
-    Full(usize),
+    Full(usize, Arc<OriginMetrics>),
     Wait(u64, oneshot::Receiver<Grant>),
 }

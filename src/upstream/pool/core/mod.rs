@@ -94,6 +94,7 @@ pub(crate) enum Grant<C> {
 /// build the handle it sends.
 pub(crate) struct Delivery<'a, F: Family> {
     pub(crate) key: &'a F::Key,
+    pub(crate) meta: &'a F::Meta,
     pub(crate) settings: &'a Arc<PoolConfig>,
     pub(crate) generation: u64,
     pub(crate) waiter: F::Waiter,
@@ -294,6 +295,7 @@ impl<F: Family> Slots<F> {
             self.connecting += 1;
             let delivered = deliver(Delivery {
                 key,
+                meta: &self.meta,
                 settings: &self.settings,
                 generation: self.settings_generation,
                 waiter,
@@ -558,6 +560,7 @@ impl<F: Family> Core<F> {
         while let Some((_, waiter)) = os.waiters.pop_front() {
             let delivered = deliver(Delivery {
                 key,
+                meta: &os.meta,
                 settings: &os.settings,
                 generation: os.settings_generation,
                 waiter,
