@@ -1,0 +1,171 @@
+//! Serving one client connection: hyper's HTTP/1 server over the watched
+//! socket, calling the proxy for each request, until the client leaves, a
+//! timeout fires or shutdown asks the connection to finish.
+//!
+//! Why the connection task polls hyper by hand instead of just awaiting it:
+//! three things end a connection besides hyper itself, and they must be
+//! checked between hyper's polls without costing anything per connection
+//! in the common case. The timeout is one timer re-armed from the
+//! connection's [`Activity`] whenever its deadline moved. Shutdown (and a
+//! refused pipelined head, which asks to close after the earlier requests)
+//! turns into hyper's graceful shutdown, so requests in flight are
+//! answered before the close. And only a connection idle between requests
+//! waits on the shutdown signal, since each wait registers with a list
+//! every connection shares; a busy one looks at the signal's flag.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+use super::io::WatchedIo;
+use super::socket::ClientStream;
+use super::timeouts::{Activity, BusyGuard, PHASE_IDLE};
+use crate::proxy::{self, ConnHold, ListenerSlot, ProxyBody};
+use crate::shutdown::ShutdownSignal;
+
+/// Limits every connection of one listener shares.
+pub(super) struct ClientLimits {
+    pub(super) header_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) max_header_bytes: usize,
+}
+
+pub(super) fn http1_builder(max_header_bytes: usize) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    // The head scanner enforces the exact limit on every head it sees; this
+    // is hyper's backstop for heads it does not see (pipelined requests).
+    let hard_cap = max_header_bytes.saturating_mul(2).saturating_add(8192);
+    b.header_read_timeout(None)
+        .max_header_size(hard_cap)
+        .max_buf_size(hard_cap.saturating_add(8192).max(8192))
+        .keep_alive(true);
+    b
+}
+
+pub(super) struct ClientConn {
+    pub(super) hold: ConnHold,
+    /// Read per request, so a reload applies to the next request on a
+    /// keep-alive connection too.
+    pub(super) slot: Arc<ListenerSlot>,
+    pub(super) limits: Arc<ClientLimits>,
+    pub(super) builder: Arc<http1::Builder>,
+    pub(super) shutdown: ShutdownSignal,
+}
+
+impl ClientConn {
+    pub(super) async fn serve(self, stream: ClientStream, peer: SocketAddr) {
+        let activity = Arc::new(Activity::new(
+            self.limits.header_timeout,
+            self.limits.idle_timeout,
+        ));
+        let slot = self.slot.clone();
+        let svc_activity = activity.clone();
+        let hold = self.hold.clone();
+        let svc = service_fn(move |req| {
+            let ctx = slot.current();
+            let hold = hold.clone();
+            let busy = BusyGuard::begin(svc_activity.clone());
+            async move {
+                // Boxed: hyper keeps room for the service future in every
+                // connection, idle or not; a pointer's worth instead of the
+                // whole request state machine (~4 KiB) keeps idle keep-alive
+                // connections small.
+                let resp = Box::pin(proxy::handle(req, &ctx, peer, &hold)).await;
+                Ok::<_, Infallible>(resp.map(|body| ClientBody { body, _busy: busy }))
+            }
+        });
+        let io = TokioIo::new(WatchedIo::new(
+            stream,
+            activity.clone(),
+            self.limits.max_header_bytes,
+            peer,
+            self.slot.clone(),
+        ));
+        let mut conn = pin!(self.builder.serve_connection(io, svc).with_upgrades());
+        let mut shutdown = self.shutdown.clone();
+        let mut stop = pin!(shutdown.wait());
+        let mut stopping = false;
+        let mut armed = activity.deadline_ms();
+        let mut timer = pin!(tokio::time::sleep_until(activity.instant(armed)));
+        let timed_out = poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                    return Poll::Ready(false);
+                }
+                if stopping {
+                    break;
+                }
+                // Waiting on the shutdown signal registers with a list all
+                // connections share, so only a connection idle between
+                // requests waits on it. A busy one is polled again when its
+                // exchange ends (it is idle then), and a new one either
+                // gets its head within `client_header_timeout` or is cut
+                // off; meanwhile a glance at the fired flag is a plain load.
+                let stop_now = if activity.phase.load(Ordering::Relaxed) == PHASE_IDLE {
+                    stop.as_mut().poll(cx).is_ready()
+                } else {
+                    self.shutdown.is_fired()
+                };
+                if stop_now || activity.close_requested.load(Ordering::Relaxed) {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                    continue;
+                }
+                break;
+            }
+            // The connection's phase can only change while it is polled,
+            // so re-arming here keeps the timer exact.
+            let deadline = activity.deadline_ms();
+            if deadline != armed {
+                armed = deadline;
+                timer.as_mut().reset(activity.instant(deadline));
+            }
+            timer.as_mut().poll(cx).map(|()| true)
+        })
+        .await;
+        if timed_out {
+            tracing::debug!(%peer, listener = %self.slot.current().name, "client connection timed out");
+        }
+    }
+}
+
+/// The response body, holding the connection's "request in flight" mark
+/// until hyper has finished writing it.
+struct ClientBody {
+    body: ProxyBody,
+    _busy: BusyGuard,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,151 @@
+//! Which client timeout applies to a connection right now.
+//!
+//! A client connection is in one of three phases, and each has its own
+//! bound:
+//! - *head*: a request head is arriving. `client_header_timeout` runs from
+//!   its first byte, or from accept for the first request;
+//! - *idle*: between requests. `client_idle_timeout` runs from the end of
+//!   the last response;
+//! - *busy*: a request is in flight. The origin may take as long as it
+//!   takes; the only bound is on a client that stops reading its response:
+//!   no write progress for `client_idle_timeout` ends the connection (the
+//!   response body is then drained to save the upstream connection).
+//!
+//! hyper's own header timer cannot express any of this, so it is off, and
+//! this state machine ([`Activity`]) decides instead. The socket wrapper
+//! reports reads and writes to it, a [`BusyGuard`] marks each request in
+//! flight, and the connection task keeps one timer at [`Activity`]'s
+//! deadline. The deadline is milliseconds since the connection began, moved
+//! with a plain store; the connection task re-arms its timer when it next
+//! polls, which is exact because the phase only changes while it polls.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+const NO_DEADLINE: u64 = u64::MAX;
+pub(super) const PHASE_IDLE: u8 = 0;
+const PHASE_HEAD: u8 = 1;
+const PHASE_BUSY: u8 = 2;
+
+/// Which timeout applies to a client connection right now. Touched only
+/// from the connection's own task; atomics make it `Sync` for hyper.
+pub(super) struct Activity {
+    epoch: Instant,
+    pub(super) phase: AtomicU8,
+    in_flight: AtomicU32,
+    /// Milliseconds since `epoch`, or [`NO_DEADLINE`].
+    deadline: AtomicU64,
+    header_ms: u64,
+    idle_ms: u64,
+    /// Since when a response write has been blocked, or [`NO_DEADLINE`].
+    write_blocked_since: AtomicU64,
+    /// Finish the requests in flight, then close.
+    pub(super) close_requested: AtomicBool,
+}
+
+impl Activity {
+    pub(super) fn new(header_timeout: Duration, idle_timeout: Duration) -> Activity {
+        let header_ms = header_timeout.as_millis() as u64;
+        Activity {
+            epoch: Instant::now(),
+            phase: AtomicU8::new(PHASE_HEAD),
+            in_flight: AtomicU32::new(0),
+            deadline: AtomicU64::new(header_ms),
+            header_ms,
+            idle_ms: idle_timeout.as_millis() as u64,
+            write_blocked_since: AtomicU64::new(NO_DEADLINE),
+            close_requested: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub(super) fn deadline_ms(&self) -> u64 {
+        self.deadline.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn instant(&self, ms: u64) -> Instant {
+        if ms == NO_DEADLINE {
+            // Far enough to never fire, near enough not to overflow.
+            self.epoch + Duration::from_secs(86_400 * 365)
+        } else {
+            self.epoch + Duration::from_millis(ms)
+        }
+    }
+
+    /// Bytes arrived: an idle connection starts receiving a head. Returns
+    /// true when this read starts a new head.
+    pub(super) fn on_read(&self) -> bool {
+        if self.phase.load(Ordering::Relaxed) == PHASE_IDLE {
+            self.phase.store(PHASE_HEAD, Ordering::Relaxed);
+            self.deadline.store(
+                self.now_ms().saturating_add(self.header_ms),
+                Ordering::Relaxed,
+            );
+            return true;
+        }
+        false
+    }
+}
+
+impl Activity {
+    /// The client is not taking response bytes: during a request, that
+    /// starts the clock on `client_idle_timeout`.
+    pub(super) fn on_write_blocked(&self) {
+        if self.write_blocked_since.load(Ordering::Relaxed) != NO_DEADLINE {
+            return;
+        }
+        let now = self.now_ms();
+        self.write_blocked_since.store(now, Ordering::Relaxed);
+        if self.phase.load(Ordering::Relaxed) == PHASE_BUSY {
+            self.deadline
+                .store(now.saturating_add(self.idle_ms), Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn on_write_progress(&self) {
+        if self.write_blocked_since.load(Ordering::Relaxed) == NO_DEADLINE {
+            return;
+        }
+        self.write_blocked_since
+            .store(NO_DEADLINE, Ordering::Relaxed);
+        match self.phase.load(Ordering::Relaxed) {
+            PHASE_BUSY => self.deadline.store(NO_DEADLINE, Ordering::Relaxed),
+            // The last of a response is still being flushed after its body
+            // ended: progress there restarts the idle clock too.
+            PHASE_IDLE => self.deadline.store(
+                self.now_ms().saturating_add(self.idle_ms),
+                Ordering::Relaxed,
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Marks a request in flight from head parsed to response written.
+pub(super) struct BusyGuard(Arc<Activity>);
+
+impl BusyGuard {
+    pub(super) fn begin(activity: Arc<Activity>) -> BusyGuard {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.phase.store(PHASE_BUSY, Ordering::Relaxed);
+        activity.deadline.store(NO_DEADLINE, Ordering::Relaxed);
+        BusyGuard(activity)
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        if a.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            a.phase.store(PHASE_IDLE, Ordering::Relaxed);
+            a.deadline
+                .store(a.now_ms().saturating_add(a.idle_ms), Ordering::Relaxed);
+        }
+    }
+}
