@@ -30,14 +30,14 @@ use crate::metrics::{Metrics, OriginMetrics, NO_UPSTREAM};
 use crate::upstream::{Origin, Outcome, RequestProgress};
 
 /// The status logged for a request whose client left before the answer.
-pub const CLIENT_CLOSED: u16 = 499;
+pub(crate) const CLIENT_CLOSED: u16 = 499;
 
 /// Longest path and query written to the log; longer ones are cut and end
 /// in `...`.
-pub const MAX_LOGGED_PATH: usize = 1024;
+pub(crate) const MAX_LOGGED_PATH: usize = 1024;
 
 /// The path and query of `uri` as the log shows it.
-pub fn logged_path(uri: &http::Uri) -> String {
+pub(crate) fn logged_path(uri: &http::Uri) -> String {
     let full = uri.path_and_query().map_or("/", |p| p.as_str());
     if full.len() <= MAX_LOGGED_PATH {
         return full.to_string();
@@ -52,7 +52,7 @@ pub fn logged_path(uri: &http::Uri) -> String {
 
 /// Where a request went.
 #[derive(Clone)]
-pub enum Upstream {
+pub(crate) enum Upstream {
     /// An origin, logged as `scheme://host:port`.
     Origin(Origin),
     /// A CONNECT tunnel's destination, logged as `tcp://host:port`.
@@ -69,7 +69,7 @@ impl std::fmt::Display for Upstream {
 }
 
 /// The request body's size, as far as it is known.
-pub enum BytesIn {
+pub(crate) enum BytesIn {
     /// No body, or not read (the request failed first).
     None,
     /// Read whole before the request went upstream.
@@ -94,7 +94,7 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-pub struct AccessRecord {
+pub(crate) struct AccessRecord {
     pub listener: usize,
     pub listener_name: Arc<str>,
     pub client: SocketAddr,
@@ -142,7 +142,7 @@ pub struct AccessRecord {
 impl AccessRecord {
     /// Counts how a retried request's attempt ended under its origin's
     /// `eddy_stale_retries_total`; a first attempt counts nothing.
-    pub fn count_retry(&self, succeeded: bool) {
+    pub(crate) fn count_retry(&self, succeeded: bool) {
         if let (true, Some(m)) = (self.retries > 0, &self.origin) {
             if succeeded {
                 m.retries_succeeded.inc();
@@ -152,7 +152,7 @@ impl AccessRecord {
         }
     }
 
-    pub fn new(
+    pub(crate) fn new(
         listener: usize,
         listener_name: Arc<str>,
         client: SocketAddr,

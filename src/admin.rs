@@ -23,7 +23,7 @@ use crate::shutdown::ShutdownSignal;
 use crate::upstream::Pool;
 
 /// What the admin endpoints read.
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The configuration in effect (a reload replaces it).
     pub config: std::sync::RwLock<Arc<Config>>,
     pub pool: Pool,
@@ -41,7 +41,7 @@ impl AdminState {
         self.history.sample(&self.metrics);
     }
 
-    pub fn current_config(&self) -> Arc<Config> {
+    pub(crate) fn current_config(&self) -> Arc<Config> {
         self.config
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -49,7 +49,11 @@ impl AdminState {
     }
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: ShutdownSignal) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: ShutdownSignal,
+) {
     let sampler = {
         let state = state.clone();
         let mut stop = shutdown.clone();
@@ -138,7 +142,7 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
 }
 
 /// `/pools`: an object keyed by origin.
-pub fn pools_json(pool: &Pool) -> String {
+pub(crate) fn pools_json(pool: &Pool) -> String {
     let map: serde_json::Map<String, serde_json::Value> = pool
         .snapshot()
         .into_iter()

@@ -31,7 +31,8 @@ use crate::upstream::{DrainLimits, PaceRule, Pool};
 /// A running eddy.
 pub struct Eddy {
     /// Each listener's name and bound address, in configuration order.
-    pub listeners: Vec<(String, ListenAddr)>,
+    pub(crate) listeners: Vec<(String, ListenAddr)>,
+    /// The admin port's bound address.
     pub admin_addr: SocketAddr,
     pub(crate) admin_state: Arc<AdminState>,
     stop_listeners: ShutdownTrigger,
@@ -91,10 +92,18 @@ impl CtxParts {
     }
 }
 
+/// Why eddy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A listener or the admin port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: io::Error },
+    Bind {
+        /// The address in the configuration.
+        addr: String,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// A TLS file (`ca_file`, `client_cert`, `client_key`) is unusable.
     #[error("TLS settings: {0}")]
     Tls(String),
 }
@@ -232,10 +241,6 @@ impl Eddy {
             ListenAddr::Tcp(a) => Some(*a),
             ListenAddr::Unix(_) => None,
         })
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.parts.pool
     }
 
     /// Open client connections across all listeners.

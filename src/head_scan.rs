@@ -34,12 +34,14 @@ pub enum Reject {
     Malformed(&'static str),
 }
 
+/// Where the head being scanned stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// More bytes are needed.
     Incomplete,
     /// The head ended and is acceptable; later bytes are body.
     Complete,
+    /// The head must be refused, for this reason.
     Reject(Reject),
 }
 
@@ -70,6 +72,7 @@ enum State {
 /// What a scan found in one read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
+    /// Why.
     pub reject: Reject,
     /// Offset in the read where the refused head began (0 if it began in an
     /// earlier read).
@@ -79,6 +82,8 @@ pub struct Refusal {
     pub pipelined: bool,
 }
 
+/// Scans the bytes of a client connection for request heads, one read at
+/// a time, without buffering them.
 #[derive(Debug, Clone)]
 pub struct HeadScan {
     limit: usize,
@@ -311,6 +316,7 @@ impl HeadScan {
         false
     }
 
+    /// The verdict on the head scanned so far.
     pub fn verdict(&self) -> Verdict {
         self.verdict
     }

@@ -9,18 +9,25 @@
 //!                    (accept,     (target,   (bounded per       (DNS, TCP,
 //!                     timeouts)    route,     origin, waiters,   HTTP/1 handshake)
 //!                                  rewrite)   idle, reaper)
-//!                              ◄── upstream::body (response streams back; the
+//!                              ◄── upstream::pool::body (response streams back; the
 //!                                  connection returns to the pool at its end)
 //! ```
 //!
 //! - [`config`]: the TOML schema, defaults and validation.
 //! - [`app`]: binds sockets, wires everything, orders shutdown.
 //! - [`reload`]: SIGHUP, a new configuration applied to new work.
-//! - [`listener`]: accept loop and per-connection timeouts.
+//! - `listener`: accept loop and per-connection timeouts.
 //! - [`proxy`]: one request: target, route, hop-by-hop rewrite, send.
-//! - [`upstream`]: origins, the pool, connecting, learning keep-alive limits.
-//! - [`error`]: every failure eddy answers itself, with its Proxy-Status.
-//! - [`admin`]: `/healthz`, `/readyz`, `/pools`, `/config`.
+//! - `upstream`: origins, the pool (its socket-free core), connecting,
+//!   learning keep-alive limits.
+//! - `error`: every failure eddy answers itself, with its Proxy-Status.
+//! - `admin`: the status page, `/healthz`, `/readyz`, `/pools`, `/config`,
+//!   `/metrics`.
+//!
+//! Only what the binary, the integration tests and the fuzz targets use is
+//! public: [`Eddy`], [`Config`] and the [`config`] parsers, [`reload`],
+//! [`head_scan`], and the target parsing in [`proxy`]. docs/design.md
+//! has the request's path and the pool's rules.
 //!
 //! # Glossary
 //!
@@ -29,19 +36,20 @@
 //! - *hand-off*: a freed connection given straight to the oldest waiter.
 //! - *lease*: the hold a streaming response has on its connection.
 
-pub mod access;
-pub mod admin;
+#![deny(missing_docs)]
+pub(crate) mod access;
+pub(crate) mod admin;
 pub mod app;
 pub mod config;
-pub mod error;
+pub(crate) mod error;
 pub(crate) mod failures;
 pub mod head_scan;
-pub mod listener;
-pub mod metrics;
+pub(crate) mod listener;
+pub(crate) mod metrics;
 pub mod proxy;
 pub mod reload;
-pub mod shutdown;
-pub mod upstream;
+pub(crate) mod shutdown;
+pub(crate) mod upstream;
 
 pub use app::Eddy;
 pub use config::Config;

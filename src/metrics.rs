@@ -32,9 +32,9 @@ use prometheus::{
 use crate::failures::{Admit, Throttles};
 
 /// The `upstream` label for origins past the cap.
-pub const OTHER_UPSTREAM: &str = "other";
+pub(crate) const OTHER_UPSTREAM: &str = "other";
 /// The `upstream` label for requests answered before an origin was chosen.
-pub const NO_UPSTREAM: &str = "none";
+pub(crate) const NO_UPSTREAM: &str = "none";
 
 /// Histogram buckets in seconds: 100 µs to 30 s.
 const BUCKETS: &[f64] = &[
@@ -44,7 +44,7 @@ const BUCKETS: &[f64] = &[
 
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     listeners: Vec<String>,
     pub client_connections: IntCounterVec,
@@ -69,7 +69,7 @@ pub struct Metrics {
 }
 
 /// One origin's series, resolved once.
-pub struct OriginMetrics {
+pub(crate) struct OriginMetrics {
     /// The `upstream` label value these series carry.
     pub label: String,
     pub retries_succeeded: IntCounter,
@@ -94,19 +94,19 @@ pub struct OriginMetrics {
 
 impl OriginMetrics {
     /// A pooled connection opened after `took` (DNS, TCP, TLS, handshake).
-    pub fn connection_opened(&self, took: std::time::Duration) {
+    pub(crate) fn connection_opened(&self, took: std::time::Duration) {
         self.opened.inc();
         self.connect_duration.observe(took.as_secs_f64());
     }
 
-    pub fn connection_closed(&self, reason: CloseReason) {
+    pub(crate) fn connection_closed(&self, reason: CloseReason) {
         if let Some(c) = self.closed.get(reason as usize) {
             c.inc();
         }
     }
 
     /// A response with `status` went to a client of listener `listener`.
-    pub fn request(&self, listener: usize, status: u16) {
+    pub(crate) fn request(&self, listener: usize, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         if let Some(by_class) = self.requests.get(listener) {
             by_class[class].inc();
@@ -114,7 +114,7 @@ impl OriginMetrics {
     }
 
     /// An error eddy answered itself, by Proxy-Status type (off the hot path).
-    pub fn error(&self, proxy_status: &str) {
+    pub(crate) fn error(&self, proxy_status: &str) {
         self.errors
             .with_label_values(&[&self.label, proxy_status])
             .inc();
@@ -166,7 +166,7 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
 
 impl Metrics {
     /// Metrics for a process with these listeners (by name, in order).
-    pub fn new(max_upstream_labels: usize, listeners: &[String]) -> Metrics {
+    pub(crate) fn new(max_upstream_labels: usize, listeners: &[String]) -> Metrics {
         let r = Registry::new();
         let config_last_reload_success = Gauge::new(
             "eddy_config_last_reload_success_timestamp_seconds",
@@ -232,13 +232,13 @@ impl Metrics {
 
     /// Adds a collector whose series are read at every scrape (the pool
     /// registers its gauges so: metrics need not know the pool).
-    pub fn register(&self, collector: Box<dyn Collector>) -> Result<(), prometheus::Error> {
+    pub(crate) fn register(&self, collector: Box<dyn Collector>) -> Result<(), prometheus::Error> {
         self.registry.register(collector)
     }
 
     /// The series for `upstream` (`scheme://host:port`), or the shared
     /// `other` series once the label cap is reached.
-    pub fn origin(&self, upstream: &str) -> Arc<OriginMetrics> {
+    pub(crate) fn origin(&self, upstream: &str) -> Arc<OriginMetrics> {
         let mut origins = self
             .origins
             .lock()
@@ -302,7 +302,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.gather(), &mut out) {
             tracing::warn!(error = %e, "cannot encode metrics");
@@ -320,7 +320,7 @@ pub(crate) fn unix_now() -> f64 {
 /// Why a connection was closed (the `reason` label of
 /// `eddy_upstream_connections_closed_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     IdleTimeout,
     KeepaliveHint,
     MaxLifetime,
@@ -337,7 +337,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub const ALL: [CloseReason; 9] = [
+    pub(crate) const ALL: [CloseReason; 9] = [
         CloseReason::IdleTimeout,
         CloseReason::KeepaliveHint,
         CloseReason::MaxLifetime,
@@ -349,7 +349,7 @@ impl CloseReason {
         CloseReason::Shutdown,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::KeepaliveHint => "keepalive_hint",

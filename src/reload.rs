@@ -7,7 +7,7 @@
 //!
 //! - pool, retry, drain, `[[upstream]]`, security and `access_log` settings,
 //!   and a listener's `client_body_*` rules, take effect for the next request (each request reads its listener's
-//!   context once, when it arrives; [`crate::proxy::ListenerSlot`]);
+//!   context once, when it arrives; `proxy::ListenerSlot`);
 //! - the pool takes each origin's new settings at once: idle connections
 //!   over a lowered bound close now, busy ones when their exchange ends;
 //! - what a reload cannot change without rebinding or re-registering (a

@@ -8,18 +8,18 @@ use tokio::sync::{watch, Notify};
 
 /// Fires once; every clone sees it.
 #[derive(Clone)]
-pub struct ShutdownSignal {
+pub(crate) struct ShutdownSignal {
     rx: watch::Receiver<bool>,
     /// Set before the watch fires: a check without the watch's lock.
     fired: Arc<AtomicBool>,
 }
 
-pub struct ShutdownTrigger {
+pub(crate) struct ShutdownTrigger {
     tx: watch::Sender<bool>,
     fired: Arc<AtomicBool>,
 }
 
-pub fn channel() -> (ShutdownTrigger, ShutdownSignal) {
+pub(crate) fn channel() -> (ShutdownTrigger, ShutdownSignal) {
     let (tx, rx) = watch::channel(false);
     let fired = Arc::new(AtomicBool::new(false));
     (
@@ -32,7 +32,7 @@ pub fn channel() -> (ShutdownTrigger, ShutdownSignal) {
 }
 
 impl ShutdownTrigger {
-    pub fn fire(&self) {
+    pub(crate) fn fire(&self) {
         self.fired.store(true, Ordering::Release);
         self.tx.send_replace(true);
     }
@@ -47,19 +47,19 @@ impl Drop for ShutdownTrigger {
 
 impl ShutdownSignal {
     /// Resolves once shutdown has started (or the trigger is gone).
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         // An error means the trigger was dropped: treat it as shutdown.
         let _ = self.rx.wait_for(|fired| *fired).await;
     }
 
-    pub fn is_fired(&self) -> bool {
+    pub(crate) fn is_fired(&self) -> bool {
         self.fired.load(Ordering::Acquire)
     }
 }
 
 /// Counts live client connections.
 #[derive(Clone, Default)]
-pub struct ConnTracker(Arc<TrackerInner>);
+pub(crate) struct ConnTracker(Arc<TrackerInner>);
 
 #[derive(Default)]
 struct TrackerInner {
@@ -67,20 +67,20 @@ struct TrackerInner {
     idle: Notify,
 }
 
-pub struct TrackGuard(ConnTracker);
+pub(crate) struct TrackGuard(ConnTracker);
 
 impl ConnTracker {
-    pub fn track(&self) -> TrackGuard {
+    pub(crate) fn track(&self) -> TrackGuard {
         self.0.open.fetch_add(1, Ordering::AcqRel);
         TrackGuard(self.clone())
     }
 
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.0.open.load(Ordering::Acquire)
     }
 
     /// Resolves when no connection is open.
-    pub async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         loop {
             let notified = self.0.idle.notified();
             if self.open() == 0 {

@@ -18,13 +18,13 @@ use super::{
 /// Where a listener accepts connections: a TCP socket address or a Unix
 /// socket path (`unix:/run/eddy.sock`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ListenAddr {
+pub(crate) enum ListenAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
 
 impl ListenAddr {
-    pub fn parse(s: &str) -> Result<ListenAddr, String> {
+    pub(crate) fn parse(s: &str) -> Result<ListenAddr, String> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() || !path.starts_with('/') {
                 return Err(format!(
@@ -47,7 +47,7 @@ impl ListenAddr {
 
 impl ListenAddr {
     /// Port 0: the kernel picks a free port, so two such addresses differ.
-    pub fn is_ephemeral(&self) -> bool {
+    pub(crate) fn is_ephemeral(&self) -> bool {
         matches!(self, ListenAddr::Tcp(a) if a.port() == 0)
     }
 }
@@ -76,7 +76,7 @@ impl<'de> Deserialize<'de> for ListenAddr {
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum ListenerMode {
+pub(crate) enum ListenerMode {
     /// `HTTP_PROXY` semantics: absolute-form targets (and later CONNECT).
     Forward,
     /// Every request goes to the listener's `upstream`.
@@ -84,25 +84,25 @@ pub enum ListenerMode {
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ListenerConfig {
-    pub name: String,
-    pub listen: ListenAddr,
-    pub mode: ListenerMode,
+pub(crate) struct ListenerConfig {
+    pub(crate) name: String,
+    pub(crate) listen: ListenAddr,
+    pub(crate) mode: ListenerMode,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<OriginUrl>,
-    pub max_client_connections: usize,
-    pub client_header_timeout: Dur,
-    pub client_idle_timeout: Dur,
-    pub max_header_bytes: Size,
+    pub(crate) upstream: Option<OriginUrl>,
+    pub(crate) max_client_connections: usize,
+    pub(crate) client_header_timeout: Dur,
+    pub(crate) client_idle_timeout: Dur,
+    pub(crate) max_header_bytes: Size,
     /// Request bodies up to this size are read in full before an upstream
     /// connection is taken; larger ones stream after this much.
-    pub client_body_buffer: Size,
+    pub(crate) client_body_buffer: Size,
     /// How long a request body may take, plus a second per
     /// `client_body_min_rate` bytes received.
-    pub client_body_timeout: Dur,
+    pub(crate) client_body_timeout: Dur,
     /// Bytes per second a request body must keep up after
     /// `client_body_timeout`; 0: no rate rule.
-    pub client_body_min_rate: Size,
+    pub(crate) client_body_min_rate: Size,
 }
 
 impl Default for ListenerConfig {
@@ -218,12 +218,13 @@ impl ListenerConfig {
 /// `scheme://host[:port]` naming an origin server (no path).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct OriginUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
+    pub(crate) tls: bool,
+    pub(crate) host: String,
+    pub(crate) port: u16,
 }
 
 impl OriginUrl {
+    /// Parses `http://host[:port]` or `https://host[:port]` (no path).
     pub fn parse(s: &str) -> Result<OriginUrl, String> {
         let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
             (true, r)

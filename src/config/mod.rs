@@ -18,10 +18,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use listen::{split_host_port, ListenAddr, ListenerConfig, ListenerMode, OriginUrl};
-pub use pool::{DrainConfig, PoolConfig, PoolOverrides, RetryConfig};
-pub use security::{Cidr, HostPattern, SecurityConfig};
-pub use units::{parse_duration, parse_size, Dur, Size};
+pub use listen::{split_host_port, OriginUrl};
+pub(crate) use listen::{ListenAddr, ListenerConfig, ListenerMode};
+pub(crate) use pool::{DrainConfig, PoolConfig, PoolOverrides, RetryConfig};
+pub(crate) use security::SecurityConfig;
+pub use security::{Cidr, HostPattern};
+pub use units::{parse_duration, parse_size};
+pub(crate) use units::{Dur, Size};
 
 /// The configuration eddy runs with when no file is given.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("default.toml");
@@ -63,19 +66,21 @@ const MAX_BODY_BUFFER: u64 = 16 << 20;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
+/// eddy's whole configuration: the TOML file, defaults filled in, checked.
 pub struct Config {
-    pub shutdown_grace: Dur,
-    pub admin: AdminConfig,
+    pub(crate) shutdown_grace: Dur,
+    pub(crate) admin: AdminConfig,
+    /// `[log]`: level, format, access log.
     pub log: LogConfig,
     #[serde(rename = "listener")]
-    pub listeners: Vec<ListenerConfig>,
-    pub pool: PoolConfig,
-    pub retry: RetryConfig,
-    pub drain: DrainConfig,
-    pub security: SecurityConfig,
-    pub metrics: MetricsConfig,
+    pub(crate) listeners: Vec<ListenerConfig>,
+    pub(crate) pool: PoolConfig,
+    pub(crate) retry: RetryConfig,
+    pub(crate) drain: DrainConfig,
+    pub(crate) security: SecurityConfig,
+    pub(crate) metrics: MetricsConfig,
     #[serde(rename = "upstream", skip_serializing_if = "Vec::is_empty")]
-    pub upstreams: Vec<UpstreamConfig>,
+    pub(crate) upstreams: Vec<UpstreamConfig>,
 }
 
 impl Default for Config {
@@ -97,8 +102,8 @@ impl Default for Config {
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    pub listen: ListenAddr,
+pub(crate) struct AdminConfig {
+    pub(crate) listen: ListenAddr,
 }
 
 impl Default for AdminConfig {
@@ -111,9 +116,13 @@ impl Default for AdminConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
+/// `[log]`.
 pub struct LogConfig {
+    /// `log.level`: the level filter unless `RUST_LOG` is set.
     pub level: LogLevel,
+    /// `log.format`: text or one JSON object per line.
     pub format: LogFormat,
+    /// `log.access_log`: one line per request.
     pub access_log: bool,
 }
 
@@ -129,15 +138,22 @@ impl Default for LogConfig {
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+/// `log.level`.
 pub enum LogLevel {
+    /// Everything, per connection and per byte count.
     Trace,
+    /// Decisions: retries, drains, connections ending.
     Debug,
+    /// Start, reload, stop and the access log.
     Info,
+    /// Failures and suspicious configuration.
     Warn,
+    /// Only what stops eddy or a reload.
     Error,
 }
 
 impl LogLevel {
+    /// The level as `RUST_LOG` spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             LogLevel::Trace => "trace",
@@ -151,15 +167,18 @@ impl LogLevel {
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+/// `log.format`.
 pub enum LogFormat {
+    /// One human-readable line per event.
     Text,
+    /// One flat JSON object per line.
     Json,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    pub max_upstream_labels: usize,
+pub(crate) struct MetricsConfig {
+    pub(crate) max_upstream_labels: usize,
 }
 
 impl Default for MetricsConfig {
@@ -173,29 +192,29 @@ impl Default for MetricsConfig {
 /// A per-origin override table (`[[upstream]]`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
+pub(crate) struct UpstreamConfig {
     /// The host (or `host:port`) the application asks for.
     #[serde(rename = "match")]
-    pub match_: String,
+    pub(crate) match_: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connect: Option<OriginUrl>,
+    pub(crate) connect: Option<OriginUrl>,
     #[serde(default)]
-    pub http2: bool,
+    pub(crate) http2: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_cert: Option<PathBuf>,
+    pub(crate) client_cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_key: Option<PathBuf>,
+    pub(crate) client_key: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sni: Option<String>,
+    pub(crate) sni: Option<String>,
     #[serde(default)]
-    pub pool: PoolOverrides,
+    pub(crate) pool: PoolOverrides,
 }
 
 impl UpstreamConfig {
     /// The `match` key as (lower-cased host, optional port).
-    pub fn match_host_port(&self) -> Option<(String, Option<u16>)> {
+    pub(crate) fn match_host_port(&self) -> Option<(String, Option<u16>)> {
         split_host_port(&self.match_)
     }
 }
@@ -205,9 +224,9 @@ impl UpstreamConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("{file}{}: {message}", position.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
 pub struct ConfigError {
-    pub file: String,
-    pub position: Option<(usize, usize)>,
-    pub message: String,
+    pub(crate) file: String,
+    pub(crate) position: Option<(usize, usize)>,
+    pub(crate) message: String,
 }
 
 impl Config {

@@ -13,19 +13,19 @@ use super::{
 };
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct PoolConfig {
-    pub max_connections_per_host: usize,
-    pub max_idle_per_host: usize,
-    pub min_idle_per_host: usize,
-    pub max_idle_total: usize,
-    pub idle_timeout: Dur,
-    pub learn_idle_timeout: bool,
-    pub max_lifetime: Dur,
-    pub max_requests_per_connection: u64,
-    pub connect_timeout: Dur,
-    pub max_pending_per_host: usize,
-    pub pending_timeout: Dur,
-    pub response_header_timeout: Dur,
+pub(crate) struct PoolConfig {
+    pub(crate) max_connections_per_host: usize,
+    pub(crate) max_idle_per_host: usize,
+    pub(crate) min_idle_per_host: usize,
+    pub(crate) max_idle_total: usize,
+    pub(crate) idle_timeout: Dur,
+    pub(crate) learn_idle_timeout: bool,
+    pub(crate) max_lifetime: Dur,
+    pub(crate) max_requests_per_connection: u64,
+    pub(crate) connect_timeout: Dur,
+    pub(crate) max_pending_per_host: usize,
+    pub(crate) pending_timeout: Dur,
+    pub(crate) response_header_timeout: Dur,
 }
 
 impl Default for PoolConfig {
@@ -51,36 +51,36 @@ impl Default for PoolConfig {
 /// `[upstream.pool]` overrides are both written in this shape.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct PoolOverrides {
+pub(crate) struct PoolOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections_per_host: Option<usize>,
+    pub(crate) max_connections_per_host: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_idle_per_host: Option<usize>,
+    pub(crate) max_idle_per_host: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub min_idle_per_host: Option<usize>,
+    pub(crate) min_idle_per_host: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_idle_total: Option<usize>,
+    pub(crate) max_idle_total: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<Dur>,
+    pub(crate) idle_timeout: Option<Dur>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub learn_idle_timeout: Option<bool>,
+    pub(crate) learn_idle_timeout: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_lifetime: Option<Dur>,
+    pub(crate) max_lifetime: Option<Dur>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_requests_per_connection: Option<u64>,
+    pub(crate) max_requests_per_connection: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect_timeout: Option<Dur>,
+    pub(crate) connect_timeout: Option<Dur>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_pending_per_host: Option<usize>,
+    pub(crate) max_pending_per_host: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pending_timeout: Option<Dur>,
+    pub(crate) pending_timeout: Option<Dur>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub response_header_timeout: Option<Dur>,
+    pub(crate) response_header_timeout: Option<Dur>,
 }
 
 impl PoolOverrides {
     /// `base` with every key set here replacing its value.
-    pub fn apply(&self, base: &PoolConfig) -> PoolConfig {
+    pub(crate) fn apply(&self, base: &PoolConfig) -> PoolConfig {
         PoolConfig {
             max_connections_per_host: self
                 .max_connections_per_host
@@ -115,7 +115,7 @@ impl<'de> Deserialize<'de> for PoolConfig {
 }
 
 impl PoolConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.max_connections_per_host == 0
             || self.max_connections_per_host > MAX_CONNECTIONS_CEILING
         {
@@ -158,10 +158,10 @@ impl PoolConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    pub stale_retries: u32,
-    pub retry_body_buffer: Size,
-    pub unsafe_max_idle_age: Dur,
+pub(crate) struct RetryConfig {
+    pub(crate) stale_retries: u32,
+    pub(crate) retry_body_buffer: Size,
+    pub(crate) unsafe_max_idle_age: Dur,
 }
 
 impl Default for RetryConfig {
@@ -176,9 +176,9 @@ impl Default for RetryConfig {
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct DrainConfig {
-    pub max_bytes: Size,
-    pub timeout: Dur,
+pub(crate) struct DrainConfig {
+    pub(crate) max_bytes: Size,
+    pub(crate) timeout: Dur,
 }
 
 impl Default for DrainConfig {

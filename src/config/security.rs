@@ -10,10 +10,10 @@ use super::{DEFAULT_CONNECT_PORTS, DEFAULT_DENY_CIDRS};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct SecurityConfig {
-    pub allow_hosts: Vec<HostPattern>,
-    pub deny_cidrs: Vec<Cidr>,
-    pub connect_ports: Vec<u16>,
+pub(crate) struct SecurityConfig {
+    pub(crate) allow_hosts: Vec<HostPattern>,
+    pub(crate) deny_cidrs: Vec<Cidr>,
+    pub(crate) connect_ports: Vec<u16>,
 }
 
 impl Default for SecurityConfig {
@@ -32,6 +32,7 @@ impl Default for SecurityConfig {
 /// An exact host name or a `*.suffix` pattern from `allow_hosts`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostPattern {
+    /// This host only (lower-case).
     Exact(String),
     /// `*.example.com` matches `a.example.com` and `b.a.example.com`, not
     /// `example.com`.
@@ -39,6 +40,7 @@ pub enum HostPattern {
 }
 
 impl HostPattern {
+    /// Parses `host` or `*.suffix`.
     pub fn parse(s: &str) -> Result<HostPattern, String> {
         let lower = s.trim().to_ascii_lowercase();
         let (pattern, body) = match lower.strip_prefix("*.") {
@@ -57,6 +59,7 @@ impl HostPattern {
         Ok(pattern)
     }
 
+    /// Whether `host` (lower-case) is allowed by this pattern.
     pub fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
@@ -93,11 +96,12 @@ impl<'de> Deserialize<'de> for HostPattern {
 /// An IP network such as `169.254.0.0/16`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
+    pub(crate) addr: IpAddr,
+    pub(crate) prefix: u8,
 }
 
 impl Cidr {
+    /// Parses `addr/len` (IPv4 or IPv6) or a bare address.
     pub fn parse(s: &str) -> Result<Cidr, String> {
         let bad = || format!("invalid CIDR {s:?}: expected e.g. \"169.254.0.0/16\"");
         let (addr, prefix) = match s.split_once('/') {
@@ -117,6 +121,7 @@ impl Cidr {
         Ok(Cidr { addr, prefix })
     }
 
+    /// Whether `ip` is inside this block.
     pub fn contains(&self, ip: IpAddr) -> bool {
         fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
             if prefix == 0 {

@@ -14,19 +14,19 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A configured duration, written `"<integer><unit>"` with unit `ms`, `s`,
 /// `m` or `h`; parts may be combined (`"1m30s"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Dur(pub Duration);
+pub(crate) struct Dur(pub Duration);
 
 impl Dur {
-    pub const fn secs(s: u64) -> Dur {
+    pub(crate) const fn secs(s: u64) -> Dur {
         Dur(Duration::from_secs(s))
     }
-    pub const fn millis(ms: u64) -> Dur {
+    pub(crate) const fn millis(ms: u64) -> Dur {
         Dur(Duration::from_millis(ms))
     }
-    pub fn get(self) -> Duration {
+    pub(crate) fn get(self) -> Duration {
         self.0
     }
-    pub fn is_zero(self) -> bool {
+    pub(crate) fn is_zero(self) -> bool {
         self.0.is_zero()
     }
 }
@@ -122,21 +122,22 @@ impl<'de> Deserialize<'de> for Dur {
 /// A configured size in bytes: an integer, or a string with unit `B`, `KiB`,
 /// `MiB`, `GiB` (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Size(pub u64);
+pub(crate) struct Size(pub u64);
 
 impl Size {
-    pub const fn kib(n: u64) -> Size {
+    pub(crate) const fn kib(n: u64) -> Size {
         Size(n * 1024)
     }
-    pub fn bytes(self) -> u64 {
+    pub(crate) fn bytes(self) -> u64 {
         self.0
     }
     /// The size as a `usize`, saturating on 32-bit targets.
-    pub fn as_usize(self) -> usize {
+    pub(crate) fn as_usize(self) -> usize {
         usize::try_from(self.0).unwrap_or(usize::MAX)
     }
 }
 
+/// Parses a size: bytes, or with `KiB`, `MiB`, `GiB` (and `KB`, `MB`, `GB`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let text = s.trim();
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();

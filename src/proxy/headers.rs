@@ -33,7 +33,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// names records which hop-by-hop headers are present, only those are
 /// removed, and the usual `Connection` tokens (`close`, `keep-alive`) name
 /// nothing further to look up.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u16;
     for key in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == key) {

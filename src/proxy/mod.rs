@@ -3,7 +3,7 @@
 //! response with the connection's lease in its body.
 //!
 //! Each stage is a function that makes one decision and fails with a
-//! [`ProxyError`], which becomes the client's answer; nothing here touches
+//! `ProxyError`, which becomes the client's answer; nothing here touches
 //! sockets or pool internals directly.
 
 mod exchange;
@@ -26,10 +26,10 @@ use http::{HeaderValue, Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-pub use headers::strip_hop_by_hop;
-pub use router::Router;
+pub(crate) use headers::strip_hop_by_hop;
+pub(crate) use router::Router;
 pub use target::{forward_target, origin_form, Target};
-pub use tunnel::ConnHold;
+pub(crate) use tunnel::ConnHold;
 
 use crate::access::{self, AccessRecord, BytesIn, Upstream};
 use crate::config::{HostPattern, ListenerMode, RetryConfig};
@@ -39,7 +39,7 @@ use crate::upstream::h2::InFlight;
 use crate::upstream::{DrainLimits, LoopGuard, PaceRule, Pool, ReqBody, UpstreamBody};
 
 /// What a listener's requests share.
-pub struct ListenerCtx {
+pub(crate) struct ListenerCtx {
     /// Position in the configuration (indexes per-listener metric series).
     pub index: usize,
     pub name: Arc<str>,
@@ -74,18 +74,18 @@ pub struct ListenerCtx {
 /// Each request reads the one current when it arrives and keeps it to the
 /// end, so an exchange never sees half of an old and half of a new
 /// configuration.
-pub struct ListenerSlot(std::sync::RwLock<Arc<ListenerCtx>>);
+pub(crate) struct ListenerSlot(std::sync::RwLock<Arc<ListenerCtx>>);
 
 impl ListenerSlot {
-    pub fn new(ctx: ListenerCtx) -> ListenerSlot {
+    pub(crate) fn new(ctx: ListenerCtx) -> ListenerSlot {
         ListenerSlot(std::sync::RwLock::new(Arc::new(ctx)))
     }
 
-    pub fn current(&self) -> Arc<ListenerCtx> {
+    pub(crate) fn current(&self) -> Arc<ListenerCtx> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn replace(&self, ctx: ListenerCtx) {
+    pub(crate) fn replace(&self, ctx: ListenerCtx) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ctx);
     }
 }
@@ -103,7 +103,7 @@ fn carries_via(headers: &http::HeaderMap, own: &HeaderValue) -> bool {
 }
 
 /// A `Via` entry unique to this process.
-pub fn via_entry() -> HeaderValue {
+pub(crate) fn via_entry() -> HeaderValue {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -114,7 +114,7 @@ pub fn via_entry() -> HeaderValue {
 
 impl ListenerCtx {
     /// `security.allow_hosts`: when set, only those hosts may be reached.
-    pub fn check_allowed(&self, host: &str) -> Result<(), ProxyError> {
+    pub(crate) fn check_allowed(&self, host: &str) -> Result<(), ProxyError> {
         if self.allow_hosts.is_empty() || self.allow_hosts.iter().any(|p| p.matches(host)) {
             Ok(())
         } else {
@@ -130,7 +130,7 @@ impl ListenerCtx {
 // Nearly every response is `Upstream`; boxing it to shrink the rare
 // `Full` case would add an allocation to every proxied response.
 #[allow(clippy::large_enum_variant)]
-pub enum ProxyBody {
+pub(crate) enum ProxyBody {
     Upstream(UpstreamBody<AccessRecord>),
     Full(Option<Bytes>),
     /// A body from a connection that is not the HTTP/1 pool's: a shared
@@ -140,7 +140,7 @@ pub enum ProxyBody {
 
 /// A response body relayed as it comes, counting what it sends for the
 /// access record, which it writes when the body ends or is dropped.
-pub struct DirectBody {
+pub(crate) struct DirectBody {
     inner: Incoming,
     record: Option<AccessRecord>,
     /// An HTTP/2 stream, counted until the body ends.
@@ -239,7 +239,7 @@ impl Body for ProxyBody {
 }
 
 /// Serves one client request; never fails (errors become responses).
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     ctx: &ListenerCtx,
     client: SocketAddr,

@@ -11,7 +11,7 @@ use crate::config::{Config, PoolConfig};
 use crate::upstream::tls::TlsProfile;
 use crate::upstream::{Origin, Route};
 
-pub struct Router {
+pub(crate) struct Router {
     /// 0 at start, one more at each reload: a pool keeps the settings of
     /// the newest table it has seen, so a request routed just before a
     /// reload cannot bring the old settings back.
@@ -69,13 +69,13 @@ impl TlsSource {
 
 impl Router {
     /// Builds the routing table; fails on TLS files that cannot be used.
-    pub fn new(config: &Config) -> Result<Router, String> {
+    pub(crate) fn new(config: &Config) -> Result<Router, String> {
         Router::build(config, None)
     }
 
     /// The table for a reloaded configuration: TLS profiles whose settings
     /// and files did not change are kept from `running`.
-    pub fn reloaded(config: &Config, running: &Router) -> Result<Router, String> {
+    pub(crate) fn reloaded(config: &Config, running: &Router) -> Result<Router, String> {
         Router::build(config, Some(running))
     }
 
@@ -156,7 +156,7 @@ impl Router {
         }
     }
 
-    pub fn route(&self, target: &Target) -> Route {
+    pub(crate) fn route(&self, target: &Target) -> Route {
         // Most forward proxies name no `[[upstream]]`: no lookup at all.
         let entry = if self.entries.is_empty() {
             None
@@ -196,7 +196,7 @@ impl Router {
     }
 
     /// The table's generation (see [`Router::reloaded`]).
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
@@ -204,7 +204,7 @@ impl Router {
     /// those [`Router::route`] gives the requests that reach it. `None`
     /// for an origin no request can reach any more: one built with TLS
     /// settings that changed.
-    pub fn settings_for(&self, origin: &Origin) -> Option<Arc<PoolConfig>> {
+    pub(crate) fn settings_for(&self, origin: &Origin) -> Option<Arc<PoolConfig>> {
         // Reached through an entry without `connect`: keyed by the host
         // and port asked for, which are the origin's own.
         let direct = [Some(origin.port()), None].into_iter().find_map(|port| {
@@ -239,7 +239,7 @@ impl Router {
 
     /// The routes to keep warm: `[[upstream]]` entries with
     /// `min_idle_per_host > 0`.
-    pub fn prewarm_routes(&self) -> Vec<Route> {
+    pub(crate) fn prewarm_routes(&self) -> Vec<Route> {
         self.entries
             .iter()
             .filter(|(_, e)| e.min_idle > 0 && !e.http2)

@@ -17,6 +17,7 @@ use crate::error::ProxyError;
 pub struct Target {
     /// Lower-case, without IPv6 brackets.
     pub host: String,
+    /// The port (80 when the target names none).
     pub port: u16,
     /// The `Host` header to send upstream.
     pub authority: String,

@@ -21,7 +21,7 @@ use crate::upstream::Origin;
 /// Held by a tunnel for as long as it relays: whatever the client
 /// connection holds (its `max_client_connections` permit, its place in
 /// graceful shutdown), so a tunnel counts as an open connection.
-pub type ConnHold = Arc<dyn std::any::Any + Send + Sync>;
+pub(crate) type ConnHold = Arc<dyn std::any::Any + Send + Sync>;
 
 /// Keeps `eddy_tunnels_open` true.
 struct OpenTunnel(prometheus::IntGauge);

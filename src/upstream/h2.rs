@@ -64,7 +64,7 @@ impl H2Slot {
 
 /// A request in flight on an HTTP/2 origin's connection: counted while
 /// this is held (by the response body, until it ends).
-pub struct InFlight(Arc<H2Slot>);
+pub(crate) struct InFlight(Arc<H2Slot>);
 
 impl InFlight {
     pub(crate) fn new(slot: Arc<H2Slot>) -> InFlight {

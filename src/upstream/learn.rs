@@ -41,30 +41,30 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Closes this close together are one event.
-pub const BURST_WINDOW: Duration = Duration::from_millis(100);
+pub(crate) const BURST_WINDOW: Duration = Duration::from_millis(100);
 /// Minimum time without evidence before a learned limit grows back.
-pub const GROWTH_PERIOD: Duration = Duration::from_secs(60);
+pub(crate) const GROWTH_PERIOD: Duration = Duration::from_secs(60);
 /// Learned expiry never goes below this.
-pub const FLOOR: Duration = Duration::from_millis(100);
+pub(crate) const FLOOR: Duration = Duration::from_millis(100);
 /// A close of a connection idle less than this is not evidence of a
 /// keep-alive limit (a restart, a deploy, a worker recycled).
-pub const MIN_EVIDENCE_AGE: Duration = Duration::from_millis(250);
+pub(crate) const MIN_EVIDENCE_AGE: Duration = Duration::from_millis(250);
 
 /// How far apart two idle ages may be and still count as "consistent".
-pub fn tolerance(age: Duration) -> Duration {
+pub(crate) fn tolerance(age: Duration) -> Duration {
     (age / 5).max(Duration::from_millis(100))
 }
 
 /// The idle age at which eddy closes a connection itself, given an origin
 /// limit: a safety margin (a quarter, between 50 ms and 1 s) before it,
 /// never below [`FLOOR`].
-pub fn expire_before(limit: Duration) -> Duration {
+pub(crate) fn expire_before(limit: Duration) -> Duration {
     let margin = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     limit.saturating_sub(margin).max(FLOOR)
 }
 
 #[derive(Debug, Default)]
-pub struct IdleLearner {
+pub(crate) struct IdleLearner {
     /// The origin's confirmed idle-close age.
     limit: Option<Duration>,
     /// A single event's age, waiting for a second one to confirm it.
@@ -88,7 +88,7 @@ struct Burst {
 
 /// One idle connection the origin closed.
 #[derive(Clone, Copy, Debug)]
-pub struct IdleClose {
+pub(crate) struct IdleClose {
     /// How long it had been idle.
     pub age: Duration,
     /// How long the origin's oldest connection still idle has been idle.
@@ -97,17 +97,18 @@ pub struct IdleClose {
 
 impl IdleLearner {
     /// The learned origin limit, if any.
-    pub fn limit(&self) -> Option<Duration> {
+    pub(crate) fn limit(&self) -> Option<Duration> {
         self.limit
     }
 
     /// True when there is nothing worth remembering about the origin.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.limit.is_none() && self.candidate.is_none()
     }
 
     /// The origin closed an idle connection.
-    pub fn observe_close(&mut self, now: Instant, close: IdleClose) {
+    pub(crate) fn observe_close(&mut self, now: Instant, close: IdleClose) {
         let IdleClose {
             age,
             oldest_still_idle,
@@ -144,7 +145,7 @@ impl IdleLearner {
     /// A connection of this origin was reused, and answered, after idling
     /// for `age`: the origin does not close connections that young. A
     /// candidate or limit clearly below it was not a keep-alive limit.
-    pub fn observe_survival(&mut self, age: Duration) {
+    pub(crate) fn observe_survival(&mut self, age: Duration) {
         let outlived = |v: Duration| age > v + tolerance(v);
         if self.candidate.is_some_and(outlived) {
             self.candidate = None;
@@ -170,7 +171,7 @@ impl IdleLearner {
 
     /// Lets a learned limit grow back when no evidence has arrived for a
     /// while; forgets it once it reaches `configured`.
-    pub fn grow(&mut self, now: Instant, configured: Duration) {
+    pub(crate) fn grow(&mut self, now: Instant, configured: Duration) {
         let (Some(limit), Some(last)) = (self.limit, self.last_evidence) else {
             return;
         };

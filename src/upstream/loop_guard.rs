@@ -8,17 +8,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// eddy's own proxy listener addresses.
 #[derive(Debug, Default)]
-pub struct LoopGuard {
+pub(crate) struct LoopGuard {
     own: Vec<SocketAddr>,
 }
 
 impl LoopGuard {
-    pub fn new(own: Vec<SocketAddr>) -> LoopGuard {
+    pub(crate) fn new(own: Vec<SocketAddr>) -> LoopGuard {
         LoopGuard { own }
     }
 
     /// Whether connecting to `addr` would reach one of eddy's listeners.
-    pub fn is_own_address(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn is_own_address(&self, addr: SocketAddr) -> bool {
         self.own.iter().any(|own| {
             own.port() == addr.port()
                 && (own.ip() == addr.ip()
@@ -28,7 +28,7 @@ impl LoopGuard {
     }
 
     /// A cheap check before any DNS lookup: IP literals and `localhost`.
-    pub fn is_own_target(&self, host: &str, port: u16) -> bool {
+    pub(crate) fn is_own_target(&self, host: &str, port: u16) -> bool {
         let ips: &[IpAddr] = if host == "localhost" {
             &[
                 IpAddr::V4(Ipv4Addr::LOCALHOST),

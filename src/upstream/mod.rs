@@ -8,16 +8,16 @@
 pub(crate) mod connect;
 pub(crate) mod h2;
 pub(crate) mod io;
-pub mod learn;
-pub mod loop_guard;
-pub mod origin;
-pub mod pool;
-pub mod request_body;
-pub mod tls;
-pub mod tunnels;
+pub(crate) mod learn;
+pub(crate) mod loop_guard;
+pub(crate) mod origin;
+pub(crate) mod pool;
+pub(crate) mod request_body;
+pub(crate) mod tls;
+pub(crate) mod tunnels;
 
-pub use loop_guard::LoopGuard;
-pub use origin::Origin;
-pub use pool::body::{DrainLimits, Outcome, UpstreamBody};
-pub use pool::{CloseReason, OriginStats, Pool, Pooled, Reuse, Route, SendFailure};
-pub use request_body::{Pace, PaceRule, ReqBody, RequestProgress};
+pub(crate) use loop_guard::LoopGuard;
+pub(crate) use origin::Origin;
+pub(crate) use pool::body::{DrainLimits, Outcome, UpstreamBody};
+pub(crate) use pool::{Pool, Reuse, Route};
+pub(crate) use request_body::{Pace, PaceRule, ReqBody, RequestProgress};

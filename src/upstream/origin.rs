@@ -13,7 +13,7 @@ use super::tls::TlsProfile;
 use crate::config::OriginUrl;
 
 #[derive(Clone)]
-pub struct Origin(Arc<Inner>);
+pub(crate) struct Origin(Arc<Inner>);
 
 struct Inner {
     tls: bool,
@@ -68,12 +68,12 @@ impl Hash for Origin {
 
 impl Origin {
     /// `host` must already be lower-case and without IPv6 brackets.
-    pub fn new(tls: bool, host: &str, port: u16) -> Origin {
+    pub(crate) fn new(tls: bool, host: &str, port: u16) -> Origin {
         Origin::build(tls, host, port, None)
     }
 
     /// An `https://` origin reached with particular TLS settings.
-    pub fn with_tls(host: &str, port: u16, profile: Arc<TlsProfile>) -> Origin {
+    pub(crate) fn with_tls(host: &str, port: u16, profile: Arc<TlsProfile>) -> Origin {
         Origin::build(true, host, port, Some(profile))
     }
 
@@ -104,25 +104,25 @@ impl Origin {
         }))
     }
 
-    pub fn from_url(url: &OriginUrl) -> Origin {
+    pub(crate) fn from_url(url: &OriginUrl) -> Origin {
         Origin::new(url.tls, &url.host, url.port)
     }
 
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         self.0.tls
     }
-    pub fn host(&self) -> &str {
+    pub(crate) fn host(&self) -> &str {
         self.0.host()
     }
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.0.port
     }
     /// The origin's own TLS settings, if not the defaults.
-    pub fn tls_profile(&self) -> Option<&Arc<TlsProfile>> {
+    pub(crate) fn tls_profile(&self) -> Option<&Arc<TlsProfile>> {
         self.0.profile.as_ref()
     }
     /// `scheme://host:port`.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0.name
     }
 }

@@ -32,7 +32,7 @@ use tokio::time::{Instant, Sleep};
 
 /// How fast a request body must arrive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PaceRule {
+pub(crate) struct PaceRule {
     /// Silence this long fails the body (`client_idle_timeout`).
     pub idle: Duration,
     /// Time every body gets (`client_body_timeout`)...
@@ -44,7 +44,7 @@ pub struct PaceRule {
 
 /// Why a body that is still arriving has run out of time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lag {
+pub(crate) enum Lag {
     /// No byte for `idle`.
     Silent,
     /// Behind `min_rate` after `grace`.
@@ -60,7 +60,7 @@ pub enum Lag {
 /// origin was slow to take what eddy already had. An origin that reads
 /// slowly must not get its client cut for being slow.
 #[derive(Clone, Copy, Debug)]
-pub struct Pace {
+pub(crate) struct Pace {
     rule: PaceRule,
     received: u64,
     /// Time spent waiting for the client before the current wait.
@@ -71,7 +71,7 @@ pub struct Pace {
 }
 
 impl Pace {
-    pub fn new(rule: PaceRule) -> Pace {
+    pub(crate) fn new(rule: PaceRule) -> Pace {
         Pace {
             rule,
             received: 0,
@@ -82,13 +82,13 @@ impl Pace {
 
     /// eddy asks the client for more at `now`, having nothing in hand (a
     /// wait already under way goes on); returns the wait's deadline.
-    pub fn wait(&mut self, now: Instant) -> (Instant, Lag) {
+    pub(crate) fn wait(&mut self, now: Instant) -> (Instant, Lag) {
         let since = *self.waiting_since.get_or_insert(now);
         self.deadline_from(since)
     }
 
     /// `n` more bytes (or the end) arrived at `now`: the wait is over.
-    pub fn record(&mut self, n: usize, now: Instant) {
+    pub(crate) fn record(&mut self, n: usize, now: Instant) {
         self.received += n as u64;
         if let Some(since) = self.waiting_since.take() {
             self.waited += now.saturating_duration_since(since);
@@ -103,7 +103,8 @@ impl Pace {
     /// every `min_rate` bytes received. A body that keeps that pace is
     /// never cut, however large; one that trickles is cut once it falls
     /// behind.
-    pub fn deadline(&self) -> Option<(Instant, Lag)> {
+    #[cfg(test)]
+    pub(crate) fn deadline(&self) -> Option<(Instant, Lag)> {
         self.waiting_since.map(|since| self.deadline_from(since))
     }
 
@@ -125,21 +126,21 @@ impl Pace {
     /// Whether a body still awaited at `now` has run out of time (the
     /// deadline, as a verdict: what the tests state the rule with).
     #[cfg(test)]
-    pub fn check(&self, now: Instant) -> Result<(), Lag> {
+    pub(crate) fn check(&self, now: Instant) -> Result<(), Lag> {
         match self.deadline() {
             Some((deadline, lag)) if now >= deadline => Err(lag),
             _ => Ok(()),
         }
     }
 
-    pub fn rule(&self) -> PaceRule {
+    pub(crate) fn rule(&self) -> PaceRule {
         self.rule
     }
 }
 
 /// A request body that stopped arriving in time.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyTooSlow {
+pub(crate) enum BodyTooSlow {
     #[error("the client sent no request body bytes for {0:?}")]
     Silent(Duration),
     #[error("the request body arrived slower than {0} bytes/s (client_body_min_rate)")]
@@ -147,7 +148,7 @@ pub enum BodyTooSlow {
 }
 
 impl BodyTooSlow {
-    pub fn new(lag: Lag, rule: PaceRule) -> BodyTooSlow {
+    pub(crate) fn new(lag: Lag, rule: PaceRule) -> BodyTooSlow {
         match lag {
             Lag::Silent => BodyTooSlow::Silent(rule.idle),
             Lag::TooSlow => BodyTooSlow::TooSlow(rule.min_rate),
@@ -157,7 +158,7 @@ impl BodyTooSlow {
 
 /// Where a request body's transmission stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sending {
+pub(crate) enum Sending {
     /// Some of it may have been written; the end has not.
     Partial,
     /// hyper has taken all of it, the end included.
@@ -173,7 +174,7 @@ const FAILED: u8 = 2;
 /// What hyper has taken of one streamed request body, shared between the
 /// body (which hyper owns) and the exchange that watches it.
 #[derive(Debug)]
-pub struct RequestProgress {
+pub(crate) struct RequestProgress {
     flags: AtomicU8,
     /// The body is waiting for the client's bytes (not for hyper to take
     /// them): time that does not count against the origin.
@@ -198,7 +199,7 @@ impl RequestProgress {
         }
     }
 
-    pub fn state(&self) -> Sending {
+    pub(crate) fn state(&self) -> Sending {
         let flags = self.flags.load(Ordering::Acquire);
         if flags & FAILED != 0 {
             Sending::Failed
@@ -210,11 +211,11 @@ impl RequestProgress {
     }
 
     /// Body bytes received from the client so far.
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
     }
 
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.state() == Sending::Complete
     }
 
@@ -226,7 +227,7 @@ impl RequestProgress {
 
     /// hyper asks for more of the body now (or the exchange starts:
     /// time spent waiting for a connection is nobody's stall).
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_take_ms.store(ms, Ordering::Relaxed);
     }
@@ -241,7 +242,7 @@ impl RequestProgress {
     /// upload must not hold the exchange (and its pool slot) for ever.
     /// While the body waits for the client instead, the client's pace rules
     /// decide, not this.
-    pub async fn wait_taken(&self, idle: Duration) -> Result<(), OriginStalled> {
+    pub(crate) async fn wait_taken(&self, idle: Duration) -> Result<(), OriginStalled> {
         loop {
             let notified = self.notify.notified();
             if matches!(self.state(), Sending::Complete | Sending::Failed) {
@@ -263,7 +264,7 @@ impl RequestProgress {
     }
 
     /// Resolves once the body is complete or has failed, with which.
-    pub async fn settled(&self) -> Sending {
+    pub(crate) async fn settled(&self) -> Sending {
         loop {
             let notified = self.notify.notified();
             let state = self.state();
@@ -277,11 +278,11 @@ impl RequestProgress {
 
 /// The origin stopped taking the request body.
 #[derive(Debug)]
-pub struct OriginStalled;
+pub(crate) struct OriginStalled;
 
 /// A body streaming from the client.
 #[derive(Debug)]
-pub struct Streamed {
+pub(crate) struct Streamed {
     /// Bytes already read before a connection was taken.
     prefix: Option<Bytes>,
     inner: Incoming,
@@ -293,7 +294,7 @@ pub struct Streamed {
 
 /// A request body on its way upstream.
 #[derive(Debug)]
-pub enum ReqBody {
+pub(crate) enum ReqBody {
     Empty,
     /// A body read in full before sending (it can be replayed).
     Full(Option<Bytes>),
@@ -304,7 +305,7 @@ impl ReqBody {
     /// Wraps a client body that was not read ahead; `None` for the
     /// progress when there is no body at all (the common GET), so nothing
     /// is allocated for it.
-    pub fn from_incoming(
+    pub(crate) fn from_incoming(
         inner: Incoming,
         rule: PaceRule,
     ) -> (ReqBody, Option<Arc<RequestProgress>>) {
@@ -317,7 +318,7 @@ impl ReqBody {
 
     /// A streamed body whose first bytes (`prefix`) were already read, at
     /// the pace measured while reading them.
-    pub fn stream(
+    pub(crate) fn stream(
         prefix: Option<Bytes>,
         inner: Incoming,
         pace: Pace,
@@ -411,7 +412,7 @@ impl Drop for Streamed {
 }
 
 /// Errors a request body can end with.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for ReqBody {
     type Data = Bytes;

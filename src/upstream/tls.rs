@@ -20,7 +20,7 @@ use rustls::{ClientConfig, RootCertStore};
 use crate::error::chain;
 
 /// TLS settings for connections to one or more origins.
-pub struct TlsProfile {
+pub(crate) struct TlsProfile {
     /// Distinguishes profiles in the pool key.
     pub(crate) id: u64,
     pub(crate) config: Arc<ClientConfig>,
@@ -43,12 +43,12 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl TlsProfile {
     /// The default profile: webpki roots, the origin's host as SNI.
-    pub fn default_roots() -> Result<TlsProfile, String> {
+    pub(crate) fn default_roots() -> Result<TlsProfile, String> {
         TlsProfile::build(None, None, None)
     }
 
     /// A profile from `[[upstream]]` settings; errors name the file.
-    pub fn build(
+    pub(crate) fn build(
         ca_file: Option<&Path>,
         client_auth: Option<(&Path, &Path)>,
         sni: Option<&str>,

@@ -41,16 +41,9 @@ impl Tunnels {
 }
 
 /// One open tunnel, counted while this lives.
-pub struct OpenTunnel {
+pub(crate) struct OpenTunnel {
     map: Arc<Mutex<HashMap<Arc<str>, usize>>>,
     destination: Arc<str>,
-}
-
-impl OpenTunnel {
-    /// `tcp://host:port`.
-    pub fn destination(&self) -> &Arc<str> {
-        &self.destination
-    }
 }
 
 impl Drop for OpenTunnel {

@@ -28,7 +28,7 @@ use super::CloseReason;
 
 /// What a response body reports about itself. Dropped when the response
 /// is over (or its drain is): the place to write what it learned.
-pub trait Outcome: Send + Unpin + 'static {
+pub(crate) trait Outcome: Send + Unpin + 'static {
     /// `n` more body bytes went to the client.
     fn sent(&mut self, n: u64);
     /// The body failed mid-stream (the origin's connection broke).
@@ -51,13 +51,13 @@ impl Outcome for () {
 /// How much of an abandoned response body eddy reads to save its
 /// connection (`[drain]`).
 #[derive(Clone, Copy, Debug)]
-pub struct DrainLimits {
+pub(crate) struct DrainLimits {
     pub max_bytes: u64,
     pub timeout: Duration,
 }
 
 /// A response body streaming from the origin, owning the connection's lease.
-pub struct UpstreamBody<O: Outcome = ()> {
+pub(crate) struct UpstreamBody<O: Outcome = ()> {
     /// `None` only once handed to a drain task.
     inner: Option<Incoming>,
     lease: Option<Lease>,
@@ -80,7 +80,7 @@ impl<O: Outcome> UpstreamBody<O> {
     }
 
     /// Who is told what becomes of the response.
-    pub fn set_record(&mut self, record: O) {
+    pub(crate) fn set_record(&mut self, record: O) {
         self.record = Some(record);
     }
 

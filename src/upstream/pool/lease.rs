@@ -96,7 +96,7 @@ impl Drop for ConnectPermit {
 
 /// A connection checked out to one request. Its only way forward is
 /// [`Pooled::send`]; dropping it closes the connection.
-pub struct Pooled {
+pub(crate) struct Pooled {
     pub(super) pool: Pool,
     pub(super) origin: Origin,
     /// `Some` until the connection is returned or closed.
@@ -118,23 +118,23 @@ impl Pooled {
     /// How long the checkout took: queue time, and for a pooled connection
     /// the lookup and probe (opening a new one is
     /// `eddy_upstream_connect_duration_seconds`).
-    pub fn waited(&self) -> Duration {
+    pub(crate) fn waited(&self) -> Duration {
         self.waited
     }
 
     /// Whether this connection had served an earlier request.
-    pub fn is_reused(&self) -> bool {
+    pub(crate) fn is_reused(&self) -> bool {
         self.reused
     }
 
     /// The address the connection is connected to.
-    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+    pub(crate) fn peer(&self) -> Option<std::net::SocketAddr> {
         let ip = self.conn.as_ref()?.peer?;
         Some(std::net::SocketAddr::new(ip, self.origin.port()))
     }
 
     /// How long opening the connection took, for a new one.
-    pub fn connect_time(&self) -> Option<Duration> {
+    pub(crate) fn connect_time(&self) -> Option<Duration> {
         let conn = self.conn.as_ref()?;
         (!self.reused).then_some(conn.connect_took)
     }
@@ -193,7 +193,7 @@ impl Pooled {
     ///
     /// If the client goes away while the head is awaited (this future is
     /// dropped), the exchange is adopted: see `Adopt`.
-    pub async fn send(
+    pub(crate) async fn send(
         mut self,
         req: Request<ReqBody>,
         progress: Option<Arc<RequestProgress>>,
@@ -310,7 +310,7 @@ impl Pooled {
     }
 
     /// The origin's counters.
-    pub fn metrics(&self) -> Option<Arc<OriginMetrics>> {
+    pub(crate) fn metrics(&self) -> Option<Arc<OriginMetrics>> {
         self.conn.as_ref().map(|c| c.metrics.clone())
     }
 
@@ -428,7 +428,7 @@ impl Drop for Adopt {
 }
 
 /// A request that did not get a response head.
-pub struct SendFailure {
+pub(crate) struct SendFailure {
     /// The answer for the client if the request is not sent again.
     pub error: ProxyError,
     /// The request itself when it was never written (hyper hands it back).
@@ -491,7 +491,7 @@ impl Drop for Pooled {
 
 /// A connection whose response is streaming to the client. Held by
 /// [`crate::upstream::UpstreamBody`], the only code that ends it.
-pub struct Lease {
+pub(crate) struct Lease {
     pub(super) pooled: Pooled,
     /// The streamed request body's record; `None` when the body was read
     /// ahead in full (or there was none): complete once sent with the head.

@@ -48,7 +48,7 @@ impl Pool {
     ///
     /// Each call replaces the routes of the one before (a reload calls it
     /// with the new configuration's routes, possibly none).
-    pub fn prewarm(&self, routes: Vec<Route>) {
+    pub(crate) fn prewarm(&self, routes: Vec<Route>) {
         let generation = self
             .shared
             .prewarm_generation
@@ -143,14 +143,14 @@ impl Pool {
 
     /// Closes every idle connection and makes connections that come back
     /// close instead of idling.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.with_core(|core, _, fx| core.shutdown(fx));
     }
 
     /// Pool gauges summed by `upstream` label (for `/metrics`): the HTTP/1
     /// pool's connections, HTTP/2 connections (in use while they carry a
     /// stream) and open CONNECT tunnels (always in use).
-    pub fn gauges(&self) -> Vec<GaugeRow> {
+    pub(crate) fn gauges(&self) -> Vec<GaugeRow> {
         let mut rows: Vec<GaugeRow> = Vec::new();
         fn row<'a>(rows: &'a mut Vec<GaugeRow>, label: &str) -> &'a mut GaugeRow {
             match rows.iter().position(|r| r.label == label) {
@@ -193,7 +193,7 @@ impl Pool {
 
     /// A point-in-time view of every origin's pool (for `/pools`), with
     /// HTTP/2 origins and open tunnels.
-    pub fn snapshot(&self) -> Vec<OriginStats> {
+    pub(crate) fn snapshot(&self) -> Vec<OriginStats> {
         let now = Instant::now();
         let last_error = |failure: Option<(Instant, &'static str)>| {
             failure.map(|(at, error)| LastError {
@@ -255,7 +255,7 @@ impl Pool {
 }
 /// One origin's figures, as `/pools` reports them.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct OriginStats {
+pub(crate) struct OriginStats {
     #[serde(skip)]
     pub origin: String,
     /// `http/1.1` (the pool), `h2` (one multiplexed connection) or
@@ -289,7 +289,7 @@ pub struct OriginStats {
 
 /// A failed connect, as `/pools` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct LastError {
+pub(crate) struct LastError {
     /// Its Proxy-Status type.
     pub error: &'static str,
     pub seconds_ago: f64,
@@ -297,7 +297,7 @@ pub struct LastError {
 
 /// One `upstream` label's pool gauges.
 #[derive(Debug, Default)]
-pub struct GaugeRow {
+pub(crate) struct GaugeRow {
     pub label: String,
     pub idle: usize,
     pub in_use: usize,

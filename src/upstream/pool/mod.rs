@@ -67,17 +67,17 @@ use self::core::{Checkout, Core, Deliver, Delivery, Effects, Family};
 use conn::{jitter, Conn};
 use lease::{ConnectPermit, Grant, WaiterGuard};
 
-pub use lease::{Lease, Pooled, SendFailure};
-pub use maintenance::{GaugeRow, OriginStats};
+pub(crate) use lease::{Lease, Pooled};
+pub(crate) use maintenance::OriginStats;
 
 /// How many origins with no connections the pool keeps figures for.
-pub const MAX_REMEMBERED_ORIGINS: usize = 1024;
+pub(crate) const MAX_REMEMBERED_ORIGINS: usize = 1024;
 
-pub use crate::metrics::CloseReason;
+pub(crate) use crate::metrics::CloseReason;
 
 /// Which idle connections a request may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reuse {
+pub(crate) enum Reuse {
     /// Any live idle connection.
     Any,
     /// Only one idle for less than this (`retry.unsafe_max_idle_age`, for
@@ -99,7 +99,7 @@ impl Reuse {
 
 /// Where a request goes and under which pool settings.
 #[derive(Clone, Debug)]
-pub struct Route {
+pub(crate) struct Route {
     pub origin: Origin,
     pub settings: Arc<PoolConfig>,
     /// `[[upstream]] http2 = true`: served by a multiplexed connection,
@@ -149,17 +149,17 @@ impl Drop for Shared {
 /// A handle that does not keep the pool alive (for the metrics collector,
 /// which the pool's own metrics registry owns).
 #[derive(Clone)]
-pub struct WeakPool(std::sync::Weak<Shared>);
+pub(crate) struct WeakPool(std::sync::Weak<Shared>);
 
 impl WeakPool {
-    pub fn upgrade(&self) -> Option<Pool> {
+    pub(crate) fn upgrade(&self) -> Option<Pool> {
         self.0.upgrade().map(|shared| Pool { shared })
     }
 }
 
 /// The pool of upstream connections for all origins. Cheap to clone.
 #[derive(Clone)]
-pub struct Pool {
+pub(crate) struct Pool {
     shared: Arc<Shared>,
 }
 
@@ -281,7 +281,7 @@ impl Pool {
     /// A connection of its own for an `Upgrade` request (WebSocket): the
     /// same connect path as pooled ones (DNS, TCP, TLS, loop checks), but
     /// it belongs to the caller and never enters the pool.
-    pub async fn open_dedicated(
+    pub(crate) async fn open_dedicated(
         &self,
         origin: &Origin,
         timeout: std::time::Duration,
@@ -349,13 +349,13 @@ impl Pool {
 
     /// Counts a request in flight on `origin`'s HTTP/2 connection for as
     /// long as the result is held.
-    pub fn h2_in_flight(&self, origin: &Origin) -> crate::upstream::h2::InFlight {
+    pub(crate) fn h2_in_flight(&self, origin: &Origin) -> crate::upstream::h2::InFlight {
         crate::upstream::h2::InFlight::new(self.shared.h2.slot(origin))
     }
 
     /// Drops HTTP/2 connection `id` of `origin` so the next request opens
     /// a new one (it failed, or the origin sent GOAWAY).
-    pub async fn h2_forget(&self, origin: &Origin, id: u64) {
+    pub(crate) async fn h2_forget(&self, origin: &Origin, id: u64) {
         self.shared.h2.forget(origin, id).await;
     }
 
@@ -364,7 +364,7 @@ impl Pool {
     ///
     /// The tunnel counts in `/pools` and the gauges, under its destination
     /// `tcp://host:port`, for as long as the returned [`OpenTunnel`] lives.
-    pub async fn open_tunnel(
+    pub(crate) async fn open_tunnel(
         &self,
         origin: &Origin,
         timeout: std::time::Duration,
@@ -380,14 +380,14 @@ impl Pool {
 
     /// Registers the pool's gauges with the metrics registry, read from
     /// the pool at every scrape.
-    pub fn register_gauges(&self, metrics: &Metrics) {
+    pub(crate) fn register_gauges(&self, metrics: &Metrics) {
         let collector = gauges::PoolCollector::new(self.downgrade());
         if let Err(e) = metrics.register(Box::new(collector)) {
             tracing::warn!(error = %e, "pool gauges unavailable");
         }
     }
 
-    pub fn downgrade(&self) -> WeakPool {
+    pub(crate) fn downgrade(&self) -> WeakPool {
         WeakPool(Arc::downgrade(&self.shared))
     }
 
@@ -397,7 +397,7 @@ impl Pool {
 
     /// Gets a connection for `route`: a live idle one (as `reuse` allows),
     /// a new one, or one freed by another request after waiting in line.
-    pub async fn checkout(&self, route: &Route, reuse: Reuse) -> Result<Pooled, ProxyError> {
+    pub(crate) async fn checkout(&self, route: &Route, reuse: Reuse) -> Result<Pooled, ProxyError> {
         let settings = &route.settings;
         let started = Instant::now();
         let pending_deadline = started + settings.pending_timeout.get();

@@ -23,7 +23,7 @@ impl Pool {
     /// connection to it is dropped once its streams end. Idle connections
     /// to an address `deny` now forbids close now; busy ones are checked
     /// when they come back (release).
-    pub fn reconfigure(
+    pub(crate) fn reconfigure(
         &self,
         generation: u64,
         max_idle_total: usize,
