@@ -459,7 +459,8 @@ impl Pool {
 
     /// Asks the core for a connection and turns its answer into a handle.
     fn next_step(&self, route: &Route, reuse: Reuse) -> Step {
-        let (tx, rx) = oneshot::channel();
+        // The channel is made only for a request that will wait.
+        let mut receiver = None;
         let (checkout, metrics) = self.with_core(|core, _, fx| {
             let checkout = core.checkout(
                 &route.origin,
@@ -468,23 +469,39 @@ impl Pool {
                 reuse,
                 Instant::now(),
                 || self.shared.metrics.origin(route.origin.as_str()),
-                move || tx,
+                || {
+                    let (tx, rx) = oneshot::channel();
+                    receiver = Some(rx);
+                    tx
+                },
                 fx,
             );
-            // The origin's handles, resolved when it was first seen.
-            let metrics = core.origin(&route.origin).map(|o| o.meta.clone());
+            // A new connection or a refusal needs the origin's handles,
+            // resolved when it was first seen; a reuse has them already.
+            let metrics = match checkout {
+                Checkout::Connect | Checkout::Full(_) => {
+                    core.origin(&route.origin).map(|o| o.meta.clone())
+                }
+                _ => None,
+            };
             (checkout, metrics)
         });
-        let metrics = metrics.unwrap_or_else(|| self.shared.metrics.origin(route.origin.as_str()));
-        match checkout {
-            Checkout::Reuse { conn, idle_for } => {
+        let metrics =
+            || metrics.unwrap_or_else(|| self.shared.metrics.origin(route.origin.as_str()));
+        match (checkout, receiver) {
+            (Checkout::Reuse { conn, idle_for }, _) => {
                 Step::Reuse(self.pooled(route.origin.clone(), conn, true, idle_for))
             }
-            Checkout::Connect => {
-                Step::Connect(ConnectPermit::new(self.clone(), route.clone()).with_metrics(metrics))
+            (Checkout::Connect, _) => Step::Connect(
+                ConnectPermit::new(self.clone(), route.clone()).with_metrics(metrics()),
+            ),
+            (Checkout::Full(pending), _) => Step::Full(pending, metrics()),
+            (Checkout::Wait(id), Some(rx)) => Step::Wait(id, rx),
+            // The core queued a waiter it made: there is a receiver.
+            (Checkout::Wait(id), None) => {
+                self.with_core(|core, _, _| core.stop_waiting(&route.origin, id));
+                Step::Full(0, metrics())
             }
-            Checkout::Full(pending) => Step::Full(pending, metrics),
-            Checkout::Wait(id) => Step::Wait(id, rx),
         }
     }
 
