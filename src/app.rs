@@ -138,6 +138,9 @@ impl Eddy {
                 addr: config.admin.listen.to_string(),
                 source,
             })?;
+        for w in config.warnings() {
+            tracing::warn!("{w}");
+        }
         if !admin_addr.ip().is_loopback() {
             tracing::warn!(%admin_addr, "the admin port is reachable from other hosts");
         }
@@ -149,6 +152,10 @@ impl Eddy {
                 Bound::Unix(..) => None,
             })
             .collect();
+        // The admin port too: the configuration and the metrics are not for
+        // whoever may use the proxy.
+        let mut own = own;
+        own.push(admin_addr);
         let loop_guard = Arc::new(LoopGuard::new(own));
         let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
         let metrics = Arc::new(Metrics::new(config.metrics.max_upstream_labels, &names));

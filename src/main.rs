@@ -51,6 +51,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check) => {
+            for w in config.warnings() {
+                eprintln!("warning: {w}");
+            }
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }

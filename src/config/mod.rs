@@ -230,6 +230,27 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// Settings that are valid but probably not what the operator wants,
+    /// one sentence each: written at start (warn) and by `eddy check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            let ListenAddr::Tcp(addr) = l.listen else {
+                continue;
+            };
+            if l.mode == ListenerMode::Forward
+                && !addr.ip().is_loopback()
+                && self.security.allow_hosts.is_empty()
+            {
+                out.push(format!(
+                    "listener {:?} on {addr} is an open forward proxy: it is reachable from other hosts and security.allow_hosts is empty, so anyone who reaches it may use eddy to reach any host; bind it to loopback or list the hosts it may reach",
+                    l.name
+                ));
+            }
+        }
+        out
+    }
+
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
@@ -497,6 +518,21 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_forward_proxy_is_warned_about() {
+        let open = "[[listener]]\nlisten = \"0.0.0.0:3128\"\n";
+        let c = Config::from_toml(open, "f.toml").expect("valid");
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("open forward proxy"), "{w:?}");
+        let allowed = format!("{open}[security]\nallow_hosts = [\"api.example.com\"]\n");
+        let c = Config::from_toml(&allowed, "f.toml").expect("valid");
+        assert!(c.warnings().is_empty());
+        let local = "[[listener]]\nlisten = \"127.0.0.1:3128\"\n";
+        let c = Config::from_toml(local, "f.toml").expect("valid");
+        assert!(c.warnings().is_empty());
+    }
 
     #[test]
     fn embedded_default_matches_the_built_in_defaults() {

@@ -142,7 +142,9 @@ impl Cidr {
             (IpAddr::V4(_), IpAddr::V6(v6)) => v6
                 .to_ipv4_mapped()
                 .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
-            (IpAddr::V6(_), IpAddr::V4(_)) => false,
+            // `::ffff:a.b.c.d/len` written for an IPv4 destination: the
+            // same address, mapped.
+            (IpAddr::V6(_), IpAddr::V4(v4)) => self.contains(IpAddr::V6(v4.to_ipv6_mapped())),
         }
     }
 }
@@ -163,5 +165,21 @@ impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Cidr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v4_mapped_block_matches_the_ipv4_address_and_back() {
+        let mapped = Cidr::parse("::ffff:127.0.0.2/128").expect("cidr");
+        assert!(mapped.contains("127.0.0.2".parse().expect("ip")));
+        assert!(!mapped.contains("127.0.0.3".parse().expect("ip")));
+        let block = Cidr::parse("::ffff:10.0.0.0/104").expect("cidr");
+        assert!(block.contains("10.9.8.7".parse().expect("ip")));
+        let v4 = Cidr::parse("127.0.0.0/8").expect("cidr");
+        assert!(v4.contains("::ffff:127.0.0.9".parse().expect("ip")));
     }
 }

@@ -45,6 +45,40 @@ fn check_rejects_a_bad_duration() {
     assert!(err.contains("30 sec"), "{err}");
 }
 
+/// A forward listener reachable from other hosts with no `allow_hosts` is
+/// an open proxy: `eddy check` says so (and eddy warns at start), without
+/// refusing a configuration that may be what the operator means. Checked
+/// without binding anything.
+#[test]
+fn check_warns_about_an_open_forward_proxy() {
+    let path = write_temp(
+        "open-proxy",
+        "[[listener]]\nname = \"wide\"\nlisten = \"0.0.0.0:3128\"\n",
+    );
+    let out = eddy()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run eddy");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("open forward proxy") && err.contains("\"wide\""),
+        "{err}"
+    );
+    // The shipped example binds loopback: no warning.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/eddy.toml");
+    let out = eddy()
+        .args(["check", "--config", example])
+        .output()
+        .expect("run eddy");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn check_accepts_the_example_config_and_prints_toml() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/eddy.toml");

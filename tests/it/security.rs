@@ -202,3 +202,80 @@ async fn two_thousand_slowloris_connections_do_not_starve_a_good_client() {
     );
     drop(loris);
 }
+
+/// eddy's own sockets, however the address is spelt, are never dialled:
+/// not a proxy listener (a loop), not the admin port (the configuration
+/// and the metrics are not for whoever may use the proxy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eddys_own_addresses_are_refused_however_spelt() {
+    let proxy = eddy::start("", "").await;
+    let (port, admin) = (proxy.addr.port(), proxy.admin.port());
+    // The admin port through the proxy.
+    let r = get(proxy.addr, &format!("http://127.0.0.1:{admin}/config")).await;
+    assert_eq!(r.status, 508, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("proxy_loop_detected"));
+    assert!(!r.text().contains("[pool]"), "{}", r.text());
+    for target in [admin, port] {
+        for host in [
+            "0.0.0.0",
+            "0",
+            "127.1",
+            "2130706433",
+            "0x7f000001",
+            "[::ffff:127.0.0.1]",
+            "localhost",
+        ] {
+            let url = format!("http://{host}:{target}/metrics");
+            let r = get(proxy.addr, &url).await;
+            assert_eq!(r.status, 508, "{url}: {}", r.text());
+            assert_eq!(r.proxy_error().as_deref(), Some("proxy_loop_detected"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_eddy_itself_is_refused_however_spelt() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The proxy's own port is allowed for CONNECT: only the loop guard
+    // stands in the way.
+    let proxy = eddy::start("", "").await;
+    let port = proxy.addr.port();
+    proxy.reload(
+        "connect-self",
+        &format!("[security]\nconnect_ports = [{port}]\n"),
+    );
+    for host in ["0.0.0.0", "[::ffff:127.0.0.1]", "127.1", "localhost"] {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        let target = format!("{host}:{port}");
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut head = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut head))
+            .await
+            .expect("an answer")
+            .expect("read");
+        let head = String::from_utf8_lossy(&head[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 508"), "{target}: {head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("proxy-status: eddy; error=proxy_loop_detected"),
+            "{target}: {head}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v4_mapped_deny_cidr_covers_the_ipv4_destination() {
+    let origin = Origin::start_on("127.0.0.2:0", Behavior::default()).await;
+    let proxy = eddy::start("", "[security]\ndeny_cidrs = [\"::ffff:127.0.0.2/128\"]\n").await;
+    let r = get(proxy.addr, &origin.url()).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(
+        r.proxy_error().as_deref(),
+        Some("destination_ip_prohibited")
+    );
+    assert_eq!(origin.stats.accepted(), 0);
+}
