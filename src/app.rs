@@ -77,6 +77,7 @@ impl CtxParts {
                 min_rate: lc.client_body_min_rate.bytes(),
             },
             body_buffer: lc.client_body_buffer.as_usize(),
+            preserve_header_case: lc.preserve_header_case,
             retry: config.retry.clone(),
             connect_ports: config.security.connect_ports.clone(),
             allow_hosts: config.security.allow_hosts.clone(),

@@ -103,6 +103,8 @@ pub(crate) struct ListenerConfig {
     /// Bytes per second a request body must keep up after
     /// `client_body_timeout`; 0: no rate rule.
     pub(crate) client_body_min_rate: Size,
+    /// Header names keep the case they arrived in, both ways (HTTP/1).
+    pub(crate) preserve_header_case: bool,
 }
 
 impl Default for ListenerConfig {
@@ -119,6 +121,7 @@ impl Default for ListenerConfig {
             client_body_buffer: DEFAULT_CLIENT_BODY_BUFFER,
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
             client_body_min_rate: DEFAULT_CLIENT_BODY_MIN_RATE,
+            preserve_header_case: true,
         }
     }
 }
@@ -138,6 +141,7 @@ struct RawListener {
     client_body_buffer: Option<Size>,
     client_body_timeout: Option<Dur>,
     client_body_min_rate: Option<Size>,
+    preserve_header_case: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for ListenerConfig {
@@ -160,6 +164,7 @@ impl<'de> Deserialize<'de> for ListenerConfig {
             client_body_buffer: raw.client_body_buffer.unwrap_or(def.client_body_buffer),
             client_body_timeout: raw.client_body_timeout.unwrap_or(def.client_body_timeout),
             client_body_min_rate: raw.client_body_min_rate.unwrap_or(def.client_body_min_rate),
+            preserve_header_case: raw.preserve_header_case.unwrap_or(def.preserve_header_case),
         };
         l.validate().map_err(serde::de::Error::custom)?;
         Ok(l)

@@ -38,7 +38,10 @@ pub(crate) async fn serve(
         idle_timeout: config.client_idle_timeout.get(),
         max_header_bytes: config.max_header_bytes.as_usize(),
     });
-    let builder = Arc::new(http1_builder(config.max_header_bytes.as_usize()));
+    let builder = Arc::new(http1_builder(
+        config.max_header_bytes.as_usize(),
+        config.preserve_header_case,
+    ));
     let ctx = slot.current();
     let accepted_total = ctx
         .metrics

@@ -41,8 +41,13 @@ pub(super) struct ClientLimits {
     pub(super) max_header_bytes: usize,
 }
 
-pub(super) fn http1_builder(max_header_bytes: usize) -> http1::Builder {
+pub(super) fn http1_builder(max_header_bytes: usize, preserve_case: bool) -> http1::Builder {
     let mut b = http1::Builder::new();
+    // Legacy apps and servers sometimes match header names case-sensitively:
+    // hyper keeps the case each name arrived in (in the request's
+    // extensions, which go upstream with it), and writes the response's
+    // names as the origin spelt them.
+    b.preserve_header_case(preserve_case);
     // The head scanner enforces the exact limit on every head it sees; this
     // is hyper's backstop for heads it does not see (pipelined requests).
     let hard_cap = max_header_bytes.saturating_mul(2).saturating_add(8192);

@@ -50,6 +50,8 @@ struct Template {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
+    /// What hyper keeps with the head: the case of the client's names.
+    extensions: http::Extensions,
     body: Option<Bytes>,
 }
 
@@ -65,6 +67,7 @@ impl Template {
             uri: req.uri().clone(),
             version: req.version(),
             headers: req.headers().clone(),
+            extensions: req.extensions().clone(),
             body,
         })
     }
@@ -80,6 +83,7 @@ impl Template {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
+        *req.extensions_mut() = self.extensions.clone();
         req
     }
 
@@ -92,6 +96,7 @@ impl Template {
         *req.uri_mut() = self.uri;
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers;
+        *req.extensions_mut() = self.extensions;
         req
     }
 }

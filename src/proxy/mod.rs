@@ -56,6 +56,9 @@ pub(crate) struct ListenerCtx {
     /// Request bodies up to this size are read before a connection is taken
     /// (`client_body_buffer`).
     pub body_buffer: usize,
+    /// `preserve_header_case`: off, the origin's header case is dropped
+    /// too (the upstream side always records it).
+    pub preserve_header_case: bool,
     pub retry: RetryConfig,
     pub drain: DrainLimits,
     /// Ports CONNECT may tunnel to (`security.connect_ports`).
@@ -392,6 +395,10 @@ async fn proxy(
         }
     };
     let (mut parts, incoming) = response.into_parts();
+    if !ctx.preserve_header_case {
+        // The case hyper recorded for the origin's names lives here.
+        parts.extensions.clear();
+    }
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
     let body = UpstreamBody::new(incoming, lease, ctx.drain);

@@ -58,7 +58,12 @@ impl Connector {
         // hyper's defaults bound a response head: 100 headers, ~400 KiB of
         // buffer. Raising the header count would cost every response a heap
         // array filled before parsing; 100 parse on the stack.
-        let h1 = http1::Builder::new();
+        let mut h1 = http1::Builder::new();
+        // Header names go out as the client spelt them (the case map hyper
+        // keeps in the request's extensions, when the listener preserves
+        // case), and the response's names come back as the origin spelt
+        // them.
+        h1.preserve_header_case(true);
         Connector {
             loop_guard,
             h1,

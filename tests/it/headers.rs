@@ -187,3 +187,35 @@ async fn expect_100_continue_uploads_work() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), body);
 }
+
+/// Header names keep their case both ways by default: legacy apps and
+/// servers sometimes match names case-sensitively. With
+/// `preserve_header_case = false` they are lower-case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_keep_their_case_end_to_end() {
+    let origin = Origin::start(Behavior {
+        extra_headers: vec!["Server: Legacy".into(), "X-Powered-By: Old".into()],
+        ..Behavior::default()
+    })
+    .await;
+    let req = format!(
+        "GET {}/case HTTP/1.1\r\nHost: ignored\r\nX-Custom-Header: A\r\nAccept-ENCODING: identity\r\n\
+         Connection: close\r\n\r\n",
+        origin.url()
+    );
+    let proxy = eddy::start("", "").await;
+    let r = send_raw(proxy.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = &origin.stats.recorded()[0].head;
+    assert!(sent.contains("\r\nX-Custom-Header: A\r\n"), "{sent}");
+    assert!(sent.contains("\r\nAccept-ENCODING: identity\r\n"), "{sent}");
+    assert!(r.head.contains("\r\nServer: Legacy\r\n"), "{}", r.head);
+    assert!(r.head.contains("\r\nX-Powered-By: Old\r\n"), "{}", r.head);
+
+    let lower = eddy::start("preserve_header_case = false\n", "").await;
+    let r = send_raw(lower.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = &origin.stats.recorded()[1].head;
+    assert!(sent.contains("\r\nx-custom-header: A\r\n"), "{sent}");
+    assert!(r.head.contains("\r\nserver: Legacy\r\n"), "{}", r.head);
+}
