@@ -18,6 +18,9 @@ pub enum ProxyError {
     /// Request head larger than `max_header_bytes` (431).
     #[error("request head exceeds max_header_bytes ({limit} bytes)")]
     HeadTooLarge { limit: usize },
+    /// More header fields than `max_headers` (431).
+    #[error("request head has more than max_headers ({limit}) header fields")]
+    TooManyHeaders { limit: usize },
     /// The origin's name did not resolve (502).
     #[error("DNS lookup for {host} failed: {reason}")]
     Dns { host: String, reason: String },
@@ -71,7 +74,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::HeadTooLarge { .. } | ProxyError::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             ProxyError::Dns { .. }
             | ProxyError::ConnectionRefused { .. }
             | ProxyError::ConnectionTerminated { .. }
@@ -92,7 +97,9 @@ impl ProxyError {
     /// The RFC 9209 error type, also the `error` metric label.
     pub fn proxy_status(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::HeadTooLarge { .. } => "http_request_error",
+            ProxyError::BadRequest(_)
+            | ProxyError::HeadTooLarge { .. }
+            | ProxyError::TooManyHeaders { .. } => "http_request_error",
             ProxyError::Dns { .. } => "dns_error",
             ProxyError::ConnectionRefused { .. } => "connection_refused",
             ProxyError::ConnectionTerminated { .. } => "connection_terminated",
@@ -115,7 +122,9 @@ impl ProxyError {
     pub fn closes_client(&self) -> bool {
         matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::HeadTooLarge { .. }
+            ProxyError::BadRequest(_)
+                | ProxyError::HeadTooLarge { .. }
+                | ProxyError::TooManyHeaders { .. }
         )
     }
 

@@ -10,8 +10,13 @@
 //! size against `max_header_bytes` and rejects what RFC 9112 says a server must
 //! reject: a malformed request line, control or non-ASCII bytes in the target,
 //! obsolete line folding, whitespace or invalid bytes in a header name, control
-//! bytes in a value, and conflicting framing. When it rejects, the listener
-//! answers itself and hyper never sees the head.
+//! bytes in a value, a CR not followed by LF, conflicting framing, and what
+//! hyper would refuse with a bare answer of its own: an HTTP version other
+//! than 1.0 and 1.1 (the HTTP/2 preface among them), a `Transfer-Encoding`
+//! other than one `chunked` (or on an HTTP/1.0 request), a `Content-Length`
+//! that is not one number, and more header fields than `max_headers`. When
+//! it rejects, the listener answers itself, with `Proxy-Status`, and hyper
+//! never sees the head.
 //!
 //! Pipelined requests are checked too: after a head, the scanner follows the
 //! body's framing (Content-Length, or chunked sizes) to the next head. A
@@ -30,6 +35,8 @@ const NAME_CAP: usize = 17; // "transfer-encoding"
 pub enum Reject {
     /// Larger than `max_header_bytes` (431).
     TooLarge,
+    /// More header fields than `max_headers` (431).
+    TooManyHeaders,
     /// Not an acceptable HTTP/1 request head (400).
     Malformed(&'static str),
 }
@@ -109,7 +116,27 @@ pub struct HeadScan {
     /// The request method's first bytes (to notice CONNECT).
     method: [u8; 7],
     method_len: usize,
+    /// The last byte of the head was a CR: the next must be LF.
+    cr: bool,
+    /// The request line's version (`HTTP/1.1`), and whether it is 1.0.
+    version: [u8; 8],
+    version_len: usize,
+    http10: bool,
+    /// Header fields so far, and how many are allowed.
+    fields: usize,
+    max_fields: usize,
+    /// Reading a Transfer-Encoding value: the bytes of its one coding
+    /// (lower-case), and whether whitespace followed them.
+    in_te: bool,
+    te: [u8; 7],
+    te_len: usize,
+    te_gap: bool,
+    /// Whitespace followed a Content-Length's digits.
+    length_gap: bool,
 }
+
+/// hyper's own default, kept unless `max_headers` says otherwise.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
 
 impl HeadScan {
     /// A scanner for one head of at most `limit` bytes.
@@ -132,7 +159,24 @@ impl HeadScan {
             heads: 0,
             method: [0; 7],
             method_len: 0,
+            cr: false,
+            version: [0; 8],
+            version_len: 0,
+            http10: false,
+            fields: 0,
+            max_fields: DEFAULT_MAX_HEADERS,
+            in_te: false,
+            te: [0; 7],
+            te_len: 0,
+            te_gap: false,
+            length_gap: false,
         }
+    }
+
+    /// The same, allowing at most `max` header fields per head.
+    pub fn with_max_headers(mut self, max: usize) -> HeadScan {
+        self.max_fields = max;
+        self
     }
 
     /// Whether the stream is between requests (not inside a head or a
@@ -143,8 +187,8 @@ impl HeadScan {
 
     /// Starts over at the next head of a pipelined stream.
     fn next_head(&mut self) {
-        let heads = self.heads;
-        *self = HeadScan::new(self.limit);
+        let (heads, max_fields) = (self.heads, self.max_fields);
+        *self = HeadScan::new(self.limit).with_max_headers(max_fields);
         self.heads = heads;
     }
 
@@ -250,7 +294,7 @@ impl HeadScan {
     fn plain_run(&mut self, bytes: &[u8]) -> usize {
         let table = match self.state {
             State::Target => &TARGET_BYTE,
-            State::Value if !self.in_length => &VALUE_BYTE,
+            State::Value if !self.in_length && !self.in_te => &VALUE_BYTE,
             _ => return 0,
         };
         if self.verdict != Verdict::Incomplete {
@@ -346,12 +390,20 @@ impl HeadScan {
         if self.seen > self.limit {
             self.verdict = Verdict::Reject(Reject::TooLarge);
         } else if let Err(why) = self.step(b) {
-            self.verdict = Verdict::Reject(Reject::Malformed(why));
+            self.verdict = Verdict::Reject(if why == TOO_MANY_FIELDS {
+                Reject::TooManyHeaders
+            } else {
+                Reject::Malformed(why)
+            });
         }
         self.verdict
     }
 
     fn step(&mut self, b: u8) -> Result<(), &'static str> {
+        if self.cr && b != b'\n' {
+            return Err("a CR not followed by LF");
+        }
+        self.cr = b == b'\r';
         match self.state {
             State::Start => match b {
                 b'\r' | b'\n' => {}
@@ -371,16 +423,42 @@ impl HeadScan {
                 0x21..=0x7e => self.target_len += 1,
                 _ => return Err("invalid byte in the request target"),
             },
-            State::Version => match b {
-                b'\n' => self.state = State::LineStart,
-                b'\r' | 0x21..=0x7e => {}
-                _ => return Err("malformed request line"),
-            },
+            State::Version => {
+                match b {
+                    b'\n' => {
+                        match &self.version[..self.version_len.min(8)] {
+                            b"HTTP/1.1" if self.version_len == 8 => {}
+                            b"HTTP/1.0" if self.version_len == 8 => self.http10 = true,
+                            b"HTTP/2.0" => return Err(
+                                "HTTP/2 without TLS (prior knowledge) is not served: use HTTP/1.1",
+                            ),
+                            _ => {
+                                return Err(
+                                    "unsupported HTTP version (HTTP/1.0 and HTTP/1.1 are served)",
+                                )
+                            }
+                        }
+                        self.state = State::LineStart;
+                    }
+                    b'\r' => {}
+                    0x21..=0x7e => {
+                        if self.version_len < 8 {
+                            self.version[self.version_len] = b;
+                        }
+                        self.version_len += 1;
+                    }
+                    _ => return Err("malformed request line"),
+                }
+            }
             State::LineStart => match b {
                 b'\r' => {}
                 b'\n' => return self.finish(),
                 b' ' | b'\t' => return Err("obsolete line folding"),
                 _ if is_tchar(b) => {
+                    self.fields += 1;
+                    if self.fields > self.max_fields {
+                        return Err(TOO_MANY_FIELDS);
+                    }
                     self.state = State::Name;
                     self.name_len = 0;
                     self.push_name(b);
@@ -397,8 +475,17 @@ impl HeadScan {
                             self.in_length = true;
                             self.chunk = 0;
                             self.length_digits = 0;
+                            self.length_gap = false;
                         }
-                        self.transfer_encoding |= name == b"transfer-encoding";
+                        if name == b"transfer-encoding" {
+                            if self.transfer_encoding {
+                                return Err("more than one Transfer-Encoding header");
+                            }
+                            self.transfer_encoding = true;
+                            self.in_te = true;
+                            self.te_len = 0;
+                            self.te_gap = false;
+                        }
                         self.upgrade |= name == b"upgrade";
                     }
                     self.state = State::Value;
@@ -412,7 +499,27 @@ impl HeadScan {
                     if self.in_length {
                         self.end_length()?;
                     }
+                    if self.in_te {
+                        self.in_te = false;
+                        if &self.te[..self.te_len.min(7)] != b"chunked" || self.te_len != 7 {
+                            return Err("unsupported Transfer-Encoding (only chunked is accepted)");
+                        }
+                    }
                     self.state = State::LineStart;
+                }
+                b' ' | b'\t' | b'\r' if self.in_te => self.te_gap |= self.te_len > 0,
+                0x21..=0x7e if self.in_te => {
+                    if self.te_gap {
+                        return Err("unsupported Transfer-Encoding (only chunked is accepted)");
+                    }
+                    if self.te_len < 7 {
+                        self.te[self.te_len] = b.to_ascii_lowercase();
+                    }
+                    self.te_len += 1;
+                }
+                _ if self.in_te => return Err("invalid Transfer-Encoding"),
+                b'0'..=b'9' if self.in_length && self.length_gap => {
+                    return Err("invalid Content-Length")
                 }
                 b'0'..=b'9' if self.in_length => {
                     self.length_digits += 1;
@@ -422,7 +529,7 @@ impl HeadScan {
                         .and_then(|v| v.checked_add(u64::from(b - b'0')))
                         .ok_or("Content-Length too large")?;
                 }
-                b'\r' | b' ' | b'\t' if self.in_length => {}
+                b'\r' | b' ' | b'\t' if self.in_length => self.length_gap |= self.length_digits > 0,
                 _ if self.in_length => return Err("invalid Content-Length"),
                 b'\r' | b'\t' | 0x20..=0x7e | 0x80..=0xff => {}
                 _ => return Err("control character in a header value"),
@@ -471,6 +578,9 @@ impl HeadScan {
         if self.content_length && self.transfer_encoding {
             return Err("conflicting Content-Length and Transfer-Encoding");
         }
+        if self.http10 && self.transfer_encoding {
+            return Err("Transfer-Encoding in an HTTP/1.0 request");
+        }
         self.verdict = Verdict::Complete;
         Ok(())
     }
@@ -517,15 +627,18 @@ const TARGET_BYTE: [bool; 256] = {
     t
 };
 
+/// The step error that stands for [`Reject::TooManyHeaders`].
+const TOO_MANY_FIELDS: &str = "too many header fields";
+
 /// Bytes that continue a header value without ending it (`step`'s
 /// `State::Value` arm: anything but the line feed and control bytes other
-/// than CR and HTAB).
+/// than HTAB; a CR goes through `step`, which checks that LF follows).
 const VALUE_BYTE: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        t[i] = matches!(b, b'\r' | b'\t' | 0x20..=0x7e | 0x80..=0xff);
+        t[i] = matches!(b, b'\t' | 0x20..=0x7e | 0x80..=0xff);
         i += 1;
     }
     t
@@ -689,5 +802,63 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn what_hyper_would_refuse_bare_is_refused_here() {
+        for bad in [
+            &b"POST http://h/ HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n"[..],
+            b"POST http://h/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST http://h/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST http://h/ HTTP/1.1\r\nTransfer-Encoding: chun ked\r\n\r\n",
+            b"POST http://h/ HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n",
+            b"POST http://h/ HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n",
+            b"GET http://h/ HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            b"GET http://h/ HTTP/1.1\rHost: h\r\n\r\n",
+            b"POST http://h/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET http://h/ HTTP/1.2\r\n\r\n",
+            b"GET http://h/ HTTP/1.10\r\n\r\n",
+        ] {
+            assert!(
+                malformed(scan(1024, &[bad])),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // What stays accepted.
+        for good in [
+            &b"POST http://h/ HTTP/1.1\r\nTransfer-Encoding:  Chunked \r\n\r\n"[..],
+            b"POST http://h/ HTTP/1.1\r\nContent-Length:  12 \r\n\r\n",
+            b"GET http://h/ HTTP/1.0\r\nHost: h\r\n\r\n",
+        ] {
+            assert_eq!(
+                scan(1024, &[good]),
+                Verdict::Complete,
+                "{:?}",
+                String::from_utf8_lossy(good)
+            );
+        }
+    }
+
+    #[test]
+    fn the_header_count_is_bounded() {
+        let head = |n: usize| {
+            let mut h = b"GET http://h/ HTTP/1.1\r\n".to_vec();
+            for i in 0..n {
+                h.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+            }
+            h.extend_from_slice(b"\r\n");
+            h
+        };
+        let mut ok = HeadScan::new(1 << 20).with_max_headers(100);
+        assert_eq!(ok.feed(&head(100)), Verdict::Complete);
+        let mut over = HeadScan::new(1 << 20).with_max_headers(100);
+        assert_eq!(
+            over.feed(&head(101)),
+            Verdict::Reject(Reject::TooManyHeaders)
+        );
+        let mut raised = HeadScan::new(1 << 20).with_max_headers(200);
+        assert_eq!(raised.feed(&head(150)), Verdict::Complete);
     }
 }

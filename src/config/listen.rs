@@ -83,6 +83,11 @@ pub(crate) enum ListenerMode {
     Route,
 }
 
+/// The most header fields a listener may allow per request head: hyper
+/// keeps one index entry per field while parsing, so the bound is a memory
+/// bound too.
+const MAX_HEADERS_CEILING: usize = 1000;
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub(crate) struct ListenerConfig {
     pub(crate) name: String,
@@ -105,6 +110,8 @@ pub(crate) struct ListenerConfig {
     pub(crate) client_body_min_rate: Size,
     /// Header names keep the case they arrived in, both ways (HTTP/1).
     pub(crate) preserve_header_case: bool,
+    /// Header fields a request head may carry (431 beyond).
+    pub(crate) max_headers: usize,
 }
 
 impl Default for ListenerConfig {
@@ -122,6 +129,7 @@ impl Default for ListenerConfig {
             client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
             client_body_min_rate: DEFAULT_CLIENT_BODY_MIN_RATE,
             preserve_header_case: true,
+            max_headers: crate::head_scan::DEFAULT_MAX_HEADERS,
         }
     }
 }
@@ -142,6 +150,7 @@ struct RawListener {
     client_body_timeout: Option<Dur>,
     client_body_min_rate: Option<Size>,
     preserve_header_case: Option<bool>,
+    max_headers: Option<usize>,
 }
 
 impl<'de> Deserialize<'de> for ListenerConfig {
@@ -165,6 +174,7 @@ impl<'de> Deserialize<'de> for ListenerConfig {
             client_body_timeout: raw.client_body_timeout.unwrap_or(def.client_body_timeout),
             client_body_min_rate: raw.client_body_min_rate.unwrap_or(def.client_body_min_rate),
             preserve_header_case: raw.preserve_header_case.unwrap_or(def.preserve_header_case),
+            max_headers: raw.max_headers.unwrap_or(def.max_headers),
         };
         l.validate().map_err(serde::de::Error::custom)?;
         Ok(l)
@@ -199,6 +209,11 @@ impl ListenerConfig {
         if self.client_header_timeout.is_zero() || self.client_idle_timeout.is_zero() {
             return Err(format!(
                 "listener {name:?}: client_header_timeout and client_idle_timeout must be above 0s"
+            ));
+        }
+        if self.max_headers == 0 || self.max_headers > MAX_HEADERS_CEILING {
+            return Err(format!(
+                "listener {name:?}: max_headers must be between 1 and {MAX_HEADERS_CEILING}"
             ));
         }
         if self.max_header_bytes.bytes() < 1024 || self.max_header_bytes.bytes() > 16 << 20 {

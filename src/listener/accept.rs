@@ -37,9 +37,11 @@ pub(crate) async fn serve(
         header_timeout: config.client_header_timeout.get(),
         idle_timeout: config.client_idle_timeout.get(),
         max_header_bytes: config.max_header_bytes.as_usize(),
+        max_headers: config.max_headers,
     });
     let builder = Arc::new(http1_builder(
         config.max_header_bytes.as_usize(),
+        config.max_headers,
         config.preserve_header_case,
     ));
     let ctx = slot.current();

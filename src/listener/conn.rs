@@ -39,10 +39,18 @@ pub(super) struct ClientLimits {
     pub(super) header_timeout: Duration,
     pub(super) idle_timeout: Duration,
     pub(super) max_header_bytes: usize,
+    pub(super) max_headers: usize,
 }
 
-pub(super) fn http1_builder(max_header_bytes: usize, preserve_case: bool) -> http1::Builder {
+pub(super) fn http1_builder(
+    max_header_bytes: usize,
+    max_headers: usize,
+    preserve_case: bool,
+) -> http1::Builder {
     let mut b = http1::Builder::new();
+    // The head scanner refuses heads with more fields (with Proxy-Status);
+    // hyper must accept as many.
+    b.max_headers(max_headers);
     // Legacy apps and servers sometimes match header names case-sensitively:
     // hyper keeps the case each name arrived in (in the request's
     // extensions, which go upstream with it), and writes the response's
@@ -94,6 +102,7 @@ impl ClientConn {
             stream,
             activity.clone(),
             self.limits.max_header_bytes,
+            self.limits.max_headers,
             peer,
             self.slot.clone(),
         ));

@@ -37,6 +37,7 @@ pub(super) struct WatchedIo {
     activity: Arc<Activity>,
     scan: HeadScan,
     max_header_bytes: usize,
+    max_headers: usize,
     /// A refused head was answered; the connection is finished.
     answered: bool,
     /// A refused pipelined head: hyper sees end of stream before it.
@@ -51,14 +52,16 @@ impl WatchedIo {
         inner: ClientStream,
         activity: Arc<Activity>,
         max_header_bytes: usize,
+        max_headers: usize,
         peer: SocketAddr,
         slot: Arc<ListenerSlot>,
     ) -> WatchedIo {
         WatchedIo {
             inner,
             activity,
-            scan: HeadScan::new(max_header_bytes),
+            scan: HeadScan::new(max_header_bytes).with_max_headers(max_headers),
             max_header_bytes,
+            max_headers,
             answered: false,
             cut: false,
             peer,
@@ -78,6 +81,9 @@ impl WatchedIo {
         match reject {
             Reject::TooLarge => ProxyError::HeadTooLarge {
                 limit: self.max_header_bytes,
+            },
+            Reject::TooManyHeaders => ProxyError::TooManyHeaders {
+                limit: self.max_headers,
             },
             Reject::Malformed(why) => ProxyError::BadRequest(why),
         }

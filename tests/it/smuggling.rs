@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::support::client::get;
+use crate::support::client::{get, send_raw};
 use crate::support::eddy;
 use crate::support::origin::{Behavior, Origin};
 
@@ -172,5 +172,57 @@ async fn malformed_requests_are_400_and_never_reach_the_origin() {
         origin.stats.requests(),
         vectors.len(),
         "only the honest ones"
+    );
+}
+
+/// What hyper would answer with a bare 400 or 431 of its own, eddy
+/// answers itself: with `Proxy-Status`, counted under `upstream="none"`
+/// (the request's record), and the connection closed. The header-count
+/// limit is `max_headers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refused_head_gets_proxy_status_and_is_counted() {
+    let origin = Origin::start(Behavior::default()).await;
+    let proxy = eddy::start("max_headers = 20\n", "").await;
+    let url = origin.url();
+    let many: String = (0..21).map(|i| format!("X-{i}: v\r\n")).collect();
+    let vectors: Vec<(&str, String, u16)> = vec![
+        ("xchunked", format!("POST {url}/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n"), 400),
+        ("two TE", format!("POST {url}/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
+        ("TE list", format!("POST {url}/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), 400),
+        ("CL 1 2", format!("POST {url}/ HTTP/1.1\r\nHost: h\r\nContent-Length: 1 2\r\n\r\n"), 400),
+        ("bare CR", format!("GET {url}/ HTTP/1.1\r\nHost: h\r\nX-A: a\rb\r\n\r\n"), 400),
+        ("chunked 1.0", format!("POST {url}/ HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 400),
+        ("h2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_string(), 400),
+        ("too many headers", format!("GET {url}/ HTTP/1.1\r\nHost: h\r\n{many}\r\n"), 431),
+    ];
+    for (i, (name, raw, status)) in vectors.iter().enumerate() {
+        let r = send_raw(proxy.addr, raw.as_bytes()).await;
+        assert_eq!(r.status, *status, "{name}: {}", r.head);
+        assert_eq!(
+            r.proxy_error().as_deref(),
+            Some("http_request_error"),
+            "{name}: {}",
+            r.head
+        );
+        let counted = proxy
+            .metric(
+                "eddy_errors_total",
+                &[("upstream", "none"), ("error", "http_request_error")],
+            )
+            .await;
+        assert_eq!(counted, (i + 1) as f64, "{name}");
+    }
+    // 20 fields are within the limit.
+    let few: String = (0..18).map(|i| format!("X-{i}: v\r\n")).collect();
+    let r = send_raw(
+        proxy.addr,
+        format!("GET {url}/ HTTP/1.1\r\nHost: h\r\n{few}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(
+        origin.stats.requests(),
+        1,
+        "no refused head reached the origin"
     );
 }
