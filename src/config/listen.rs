@@ -83,6 +83,17 @@ pub(crate) enum ListenerMode {
     Route,
 }
 
+/// Whether the file wrote a key (rather than taking its default). Equal
+/// to any other: a configuration's meaning does not depend on it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Written(pub(crate) bool);
+
+impl PartialEq for Written {
+    fn eq(&self, _: &Written) -> bool {
+        true
+    }
+}
+
 /// The most header fields a listener may allow per request head: hyper
 /// keeps one index entry per field while parsing, so the bound is a memory
 /// bound too.
@@ -91,6 +102,10 @@ const MAX_HEADERS_CEILING: usize = 1000;
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub(crate) struct ListenerConfig {
     pub(crate) name: String,
+    /// The table wrote its `name` (rather than taking the default): for
+    /// messages only, so not part of what makes two configurations equal.
+    #[serde(skip)]
+    pub(crate) named: Written,
     pub(crate) listen: ListenAddr,
     pub(crate) mode: ListenerMode,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,6 +133,7 @@ impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
             name: "proxy".into(),
+            named: Written(false),
             listen: ListenAddr::parse(DEFAULT_PROXY_LISTEN).expect("default proxy address"),
             mode: ListenerMode::Forward,
             upstream: None,
@@ -158,6 +174,7 @@ impl<'de> Deserialize<'de> for ListenerConfig {
         let raw = RawListener::deserialize(d)?;
         let def = ListenerConfig::default();
         let l = ListenerConfig {
+            named: Written(raw.name.is_some()),
             name: raw.name.unwrap_or(def.name),
             listen: raw.listen.unwrap_or(def.listen),
             mode: raw.mode.unwrap_or(def.mode),

@@ -220,13 +220,69 @@ impl UpstreamConfig {
 }
 
 /// A configuration file that could not be used; `Display` gives
-/// `FILE:LINE:COL: message` (or `FILE: message` where no position applies).
+/// `FILE:LINE:COL: message` (or `FILE: message` where no position applies),
+/// one line per mistake found.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}{}: {message}", position.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+#[error("{file}{}: {message}{}", position.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default(), more.iter().map(|(p, m)| format!("\n{file}{}: {m}", p.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())).collect::<String>())]
 pub struct ConfigError {
     pub(crate) file: String,
     pub(crate) position: Option<(usize, usize)>,
     pub(crate) message: String,
+    /// Further mistakes in the same file.
+    pub(crate) more: Vec<(Option<(usize, usize)>, String)>,
+}
+
+/// The largest configuration file eddy reads: real ones are a few KiB, and
+/// parsing holds the whole document in memory several times over.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The candidate closest to `word`, if it is close enough to be a typo.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    candidates
+        .map(|c| (distance(word, c), c))
+        .filter(|(d, c)| *d <= (c.len() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// serde's wording made the user's: no Rust type names, and a suggestion
+/// for a misspelt key.
+fn humane(message: &str) -> String {
+    let mut m = message.to_string();
+    for (rust, words) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        m = m.replace(rust, words);
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let word = rest.split('`').next().unwrap_or("");
+        let expected = rest.split_once("expected").map_or("", |(_, e)| e);
+        let candidates = expected.split('`').skip(1).step_by(2);
+        if let Some(near) = closest(word, candidates) {
+            m = format!("unknown key `{word}`; did you mean `{near}`? ({})", m);
+        }
+    }
+    m
 }
 
 impl Config {
@@ -248,17 +304,49 @@ impl Config {
                 ));
             }
         }
+        let idle_above_bound = |what: &str, p: &PoolConfig| {
+            (p.max_idle_per_host > p.max_connections_per_host).then(|| {
+                format!(
+                    "{what}: max_idle_per_host ({}) is above max_connections_per_host ({}); at most {} connections can be idle",
+                    p.max_idle_per_host, p.max_connections_per_host, p.max_connections_per_host
+                )
+            })
+        };
+        out.extend(idle_above_bound("[pool]", &self.pool));
+        for u in &self.upstreams {
+            let what = format!("[[upstream]] {:?}", u.match_);
+            if u.pool.max_idle_total.is_some() {
+                out.push(format!(
+                    "{what}: max_idle_total has no effect under [upstream.pool]; it bounds idle connections over all origins and belongs under [pool]"
+                ));
+            }
+            // Only where the entry itself sets it: a smaller bound of its
+            // own under the global idle default is no mistake.
+            if u.pool.max_idle_per_host.is_some() {
+                out.extend(idle_above_bound(&what, &u.pool.apply(&self.pool)));
+            }
+        }
         out
     }
 
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let error = |message: String| ConfigError {
             file: file.clone(),
             position: None,
-            message: format!("cannot read: {e}"),
-        })?;
+            message,
+            more: Vec::new(),
+        };
+        let size = std::fs::metadata(path)
+            .map_err(|e| error(format!("cannot read: {e}")))?
+            .len();
+        if size > MAX_CONFIG_BYTES {
+            return Err(error(format!(
+                "the file is {size} bytes; a configuration may be at most {MAX_CONFIG_BYTES} (1 MiB)"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
         Config::from_toml(&text, &file)
     }
 
@@ -267,31 +355,67 @@ impl Config {
         Config::from_toml(DEFAULT_CONFIG_TOML, "<default>").unwrap_or_default()
     }
 
-    /// Parses and validates TOML text; `file` names it in errors.
+    /// Parses and validates TOML text; `file` names it in errors. Every
+    /// mistake is reported, not only the first: after each, the line it is
+    /// on is set aside (blanked, so positions stay true) and the rest is
+    /// read again.
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut work = text.to_string();
+        let mut found: Vec<(Option<(usize, usize)>, String)> = Vec::new();
+        let parsed = loop {
+            let e = match toml::from_str::<Config>(&work) {
+                Ok(config) => break Some(config),
+                Err(e) => e,
+            };
             let message = e.message().trim();
             let offset = e.span().map(|span| span.start);
             // serde's message names the bad value, not always its key:
             // prefix the key read from the text at the error's position.
             let message = match offset.and_then(|o| key_path_at(text, o)) {
                 Some(key) if !message.contains(&format!("`{}`", last_key(&key))) => {
-                    format!("{key}: {message}")
+                    format!("{key}: {}", humane(message))
                 }
-                _ => message.to_string(),
+                _ => humane(message),
             };
-            ConfigError {
-                file: file.to_string(),
-                position: Some(line_col(text, offset.unwrap_or(0))),
-                message,
+            let position = Some(line_col(text, offset.unwrap_or(0)));
+            if found.iter().any(|(p, _)| *p == position) {
+                break None;
             }
-        })?;
-        config.validate().map_err(|invalid| ConfigError {
-            file: file.to_string(),
-            position: Some(invalid.anchor.locate(text)),
-            message: invalid.message,
-        })?;
-        Ok(config)
+            found.push((position, message));
+            // Set the line aside and read on, unless that would change the
+            // document's shape (a table header, a value over several
+            // lines), or enough has been said.
+            let Some(offset) = offset else { break None };
+            let start = work[..offset].rfind('\n').map_or(0, |i| i + 1);
+            let end = work[offset..].find('\n').map_or(work.len(), |i| offset + i);
+            let line = work[start..end].trim();
+            let opens = line.matches('[').count() + line.matches('{').count();
+            let closes = line.matches(']').count() + line.matches('}').count();
+            if line.starts_with('[') || opens != closes || found.len() >= 20 {
+                break None;
+            }
+            work.replace_range(start..end, &" ".repeat(end - start));
+        };
+        if let Some(config) = &parsed {
+            if let Err(invalid) = config.validate() {
+                found.push((Some(invalid.anchor.locate(text)), invalid.message));
+            }
+        }
+        match (parsed, found.is_empty()) {
+            (Some(config), true) => Ok(config),
+            _ => {
+                let mut found = found.into_iter();
+                let (position, message) = found
+                    .next()
+                    .unwrap_or((None, "invalid configuration".to_string()));
+                Err(ConfigError {
+                    file: file.to_string(),
+                    position,
+                    message,
+                    more: found.collect(),
+                })
+            }
+        }
     }
 
     /// Rules that span tables. Each error carries an [`Anchor`] so that it,
@@ -307,10 +431,15 @@ impl Config {
         let mut addrs = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             if !names.insert(&l.name) {
-                return Err(Invalid::new(
-                    format!("listener name {:?} is used twice", l.name),
-                    Anchor::Header("[[listener]]", i + 1),
-                ));
+                let message = if l.named.0 {
+                    format!("listener name {:?} is used twice", l.name)
+                } else {
+                    format!(
+                        "more than one [[listener]] has no `name`, and each would be called {:?}: give every listener a name of its own",
+                        l.name
+                    )
+                };
+                return Err(Invalid::new(message, Anchor::Header("[[listener]]", i + 1)));
             }
             if !l.listen.is_ephemeral() && !addrs.insert(&l.listen) {
                 return Err(Invalid::new(

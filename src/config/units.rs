@@ -31,47 +31,80 @@ impl Dur {
     }
 }
 
-/// Parses `"250ms"`, `"30s"`, `"10m"`, `"1h"`, `"1m30s"`.
+/// Parses `"250ms"`, `"30s"`, `"1.5s"`, `"10m"`, `"1h"`, `"1m30s"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const FORMS: &str =
+        "a number and a unit: ms, s, m or h, e.g. \"250ms\", \"1.5s\", \"30s\", \"1m30s\"";
     let text = s.trim();
     if text.is_empty() {
-        return Err("empty duration; expected e.g. \"30s\"".into());
+        return Err(format!("empty duration; expected {FORMS}"));
     }
     let mut total: u128 = 0;
     let mut rest = text;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!(
-                "invalid duration {s:?}: expected a number followed by ms, s, m or h (e.g. \"250ms\", \"30s\")"
-            ));
+            return Err(format!("invalid duration {s:?}: expected {FORMS}"));
         }
-        let n: u128 = rest[..digits]
+        let whole: u128 = rest[..digits]
             .parse()
             .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit_ms: u128 = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
+        // A fraction, to the microsecond: "1.5s".
+        let mut fraction = (0u128, 1u128);
+        if let Some(after) = rest.strip_prefix('.') {
+            let frac = after.bytes().take_while(u8::is_ascii_digit).count();
+            if frac == 0 || frac > 6 {
+                return Err(format!("invalid duration {s:?}: expected {FORMS}"));
+            }
+            fraction = (after[..frac].parse().unwrap_or(0), 10u128.pow(frac as u32));
+            rest = &after[frac..];
+        }
+        let spaced = rest.trim_start();
+        let unit_len = spaced.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &spaced[..unit_len];
+        let unit_us: u128 = match unit {
+            "ms" => 1_000,
+            "s" => 1_000_000,
+            "m" => 60_000_000,
+            "h" => 3_600_000_000,
             "" => {
                 return Err(format!(
-                    "invalid duration {s:?}: missing unit (ms, s, m or h)"
+                    "invalid duration {s:?}: the number needs a unit (ms, s, m or h), e.g. \"{whole}s\""
                 ))
             }
             other => {
-                return Err(format!(
-                    "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
-                ))
+                let short = match other.to_ascii_lowercase().as_str() {
+                    "msec" | "msecs" | "millisecond" | "milliseconds" => Some("ms"),
+                    "sec" | "secs" | "second" | "seconds" => Some("s"),
+                    "min" | "mins" | "minute" | "minutes" => Some("m"),
+                    "hr" | "hrs" | "hour" | "hours" => Some("h"),
+                    _ => None,
+                };
+                return Err(match short {
+                    Some(u) => format!(
+                        "invalid duration {s:?}: write the unit short and without a space, \"{whole}{u}\""
+                    ),
+                    None => format!(
+                        "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
+                    ),
+                });
             }
         };
-        rest = &rest[unit_len..];
+        if unit_len > 0 && spaced.len() != rest.len() {
+            return Err(format!(
+                "invalid duration {s:?}: no space between the number and its unit, e.g. \"{whole}{unit}\""
+            ));
+        }
+        rest = &spaced[unit_len..];
+        let us = whole
+            .saturating_mul(unit_us)
+            .saturating_add(fraction.0.saturating_mul(unit_us) / fraction.1);
         total = total
-            .checked_add(n.saturating_mul(unit_ms))
+            .checked_add(us)
             .ok_or_else(|| format!("invalid duration {s:?}: too large"))?;
     }
+    let total = total / 1_000;
     // A century is more than any timeout needs; refusing larger values keeps
     // `Instant + Duration` arithmetic from overflowing anywhere downstream.
     if total > 100 * 365 * 24 * 3_600_000 {
@@ -225,6 +258,9 @@ mod tests {
             ("1h", 3_600_000),
             ("1m30s", 90_000),
             ("0s", 0),
+            ("1.5s", 1_500),
+            ("0.25s", 250),
+            ("1.5m", 90_000),
         ] {
             let d = parse_duration(text).expect(text);
             assert_eq!(d, Duration::from_millis(ms), "{text}");
@@ -236,10 +272,19 @@ mod tests {
 
     #[test]
     fn bad_durations_are_rejected_with_a_reason() {
-        for bad in ["", "30", "s", "10 parsecs", "5d", "-1s", "1.5s"] {
+        for bad in ["", "30", "s", "10 parsecs", "5d", "-1s", "1.s", "30 s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should fail");
         }
         assert!(parse_duration("30x").unwrap_err().contains("unknown unit"));
+        // The message says what to write instead, in the user's terms.
+        let seconds = parse_duration("30 seconds").unwrap_err();
+        assert!(seconds.contains("\"30s\""), "{seconds}");
+        let bare = parse_duration("30").unwrap_err();
+        assert!(
+            bare.contains("needs a unit") && bare.contains("\"30s\""),
+            "{bare}"
+        );
+        assert!(parse_duration("30 s").unwrap_err().contains("no space"));
     }
 
     #[test]

@@ -79,6 +79,86 @@ fn check_warns_about_an_open_forward_proxy() {
     );
 }
 
+/// Every mistake in a file, in one run, each at its key's position and in
+/// the user's terms (no Rust type names), with a suggestion for a misspelt
+/// key.
+#[test]
+fn check_reports_every_mistake_in_one_run() {
+    let path = write_temp(
+        "five-mistakes",
+        "[pool]\nmax_idle_totl = 10\nidle_timeout = \"30 seconds\"\nmax_connections_per_host = \"lots\"\n\n\
+         [retry]\nstale_retries = -1\n\n[drain]\nmax_bytes = \"12 furlongs\"\n\n\
+         [[listener]]\nlisten = \"127.0.0.1:3128\"\n",
+    );
+    let out = eddy()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run eddy");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 5, "{err}");
+    for (line, (at, says)) in lines.iter().zip([
+        (":2:1:", "did you mean `max_idle_total`?"),
+        (":3:16:", "\"30s\""),
+        (":4:28:", "expected a whole number"),
+        (":7:17:", "expected a whole number"),
+        (":10:13:", "unknown unit \"furlongs\""),
+    ]) {
+        assert!(line.contains(at) && line.contains(says), "{line}");
+    }
+    for rust in ["usize", "u64", "u16", "i64"] {
+        assert!(!err.contains(rust), "{err}");
+    }
+}
+
+#[test]
+fn check_names_unnamed_listeners_and_settings_that_do_nothing() {
+    let two = write_temp(
+        "two-unnamed",
+        "[[listener]]\nlisten = \"127.0.0.1:3128\"\n[[listener]]\nlisten = \"127.0.0.1:3129\"\n",
+    );
+    let out = eddy()
+        .args(["check", "--config"])
+        .arg(&two)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("has no `name`"), "{err}");
+    let noop = write_temp(
+        "noop",
+        "[pool]\nmax_idle_per_host = 50\nmax_connections_per_host = 8\n\
+         [[upstream]]\nmatch = \"a.test\"\n[upstream.pool]\nmax_idle_total = 5\n",
+    );
+    let out = eddy()
+        .args(["check", "--config"])
+        .arg(&noop)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("max_idle_total has no effect under [upstream.pool]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("max_idle_per_host (50) is above max_connections_per_host (8)"),
+        "{err}"
+    );
+    // A file far larger than any configuration is refused before parsing.
+    let big = write_temp("big", &"# padding\n".repeat(200_000));
+    let out = eddy()
+        .args(["check", "--config"])
+        .arg(&big)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("at most"), "{err}");
+}
+
 #[test]
 fn check_accepts_the_example_config_and_prints_toml() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/eddy.toml");
