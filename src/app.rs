@@ -110,6 +110,14 @@ pub enum StartError {
 }
 
 impl Eddy {
+    /// Reads and parses the files a configuration names (`ca_file`,
+    /// `client_cert`, `client_key`), as a start would, without binding
+    /// anything: what `eddy check` adds to the file's own checks.
+    pub fn check_files(config: &Config) -> Result<(), String> {
+        TlsProfile::default_roots()?;
+        Router::new(config).map(|_| ())
+    }
+
     /// Binds all sockets and starts serving.
     pub async fn start(config: Config) -> Result<Eddy, StartError> {
         let config = Arc::new(config);

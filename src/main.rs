@@ -38,10 +38,16 @@ struct Cli {
 enum Command {
     /// Validate the configuration and print it, with every default filled in, as TOML.
     Check,
+    /// Print the configuration file's JSON Schema (for editors and CI).
+    Schema,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Schema) = cli.command {
+        print!("{}", Config::json_schema());
+        return ExitCode::SUCCESS;
+    }
     let config = match load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -51,12 +57,21 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check) => {
+            if let Err(e) = Eddy::check_files(&config) {
+                let file = cli
+                    .config
+                    .as_deref()
+                    .map_or("<default>".into(), |p| p.display().to_string());
+                eprintln!("{file}: {e}");
+                return ExitCode::FAILURE;
+            }
             for w in config.warnings() {
                 eprintln!("warning: {w}");
             }
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
+        Some(Command::Schema) => ExitCode::SUCCESS,
         None => run(config, cli.config),
     }
 }

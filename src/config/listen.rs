@@ -74,7 +74,7 @@ impl<'de> Deserialize<'de> for ListenAddr {
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum ListenerMode {
     /// `HTTP_PROXY` semantics: absolute-form targets (and later CONNECT).
@@ -151,8 +151,9 @@ impl Default for ListenerConfig {
 }
 
 /// The listener table as written; validated into [`ListenerConfig`].
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Listener")]
 struct RawListener {
     name: Option<String>,
     listen: Option<ListenAddr>,
@@ -342,6 +343,39 @@ pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
         return None;
     }
     Some((host.to_ascii_lowercase(), port))
+}
+
+impl schemars::JsonSchema for ListenerConfig {
+    fn schema_name() -> String {
+        "Listener".into()
+    }
+    fn json_schema(gen: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        RawListener::json_schema(gen)
+    }
+}
+
+impl schemars::JsonSchema for ListenAddr {
+    fn schema_name() -> String {
+        "ListenAddress".into()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        super::units::string_schema(
+            None,
+            "Where to listen: \"IP:PORT\" (e.g. \"127.0.0.1:3128\") or \"unix:/absolute/path\".",
+        )
+    }
+}
+
+impl schemars::JsonSchema for OriginUrl {
+    fn schema_name() -> String {
+        "OriginUrl".into()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        super::units::string_schema(
+            Some(r"^https?://[^/]+/?$"),
+            "An origin: \"http://host[:port]\" or \"https://host[:port]\", no path.",
+        )
+    }
 }
 
 #[cfg(test)]

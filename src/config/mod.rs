@@ -64,7 +64,7 @@ const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
 /// be in flight at once.
 const MAX_BODY_BUFFER: u64 = 16 << 20;
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 /// eddy's whole configuration: the TOML file, defaults filled in, checked.
 pub struct Config {
@@ -100,7 +100,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct AdminConfig {
     pub(crate) listen: ListenAddr,
@@ -114,7 +114,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 /// `[log]`.
 pub struct LogConfig {
@@ -136,7 +136,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 /// `log.level`.
 pub enum LogLevel {
@@ -165,7 +165,7 @@ impl LogLevel {
     }
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 /// `log.format`.
 pub enum LogFormat {
@@ -175,7 +175,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct MetricsConfig {
     pub(crate) max_upstream_labels: usize,
@@ -190,7 +190,7 @@ impl Default for MetricsConfig {
 }
 
 /// A per-origin override table (`[[upstream]]`).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpstreamConfig {
     /// The host (or `host:port`) the application asks for.
@@ -353,6 +353,13 @@ impl Config {
     /// The embedded default configuration.
     pub fn embedded_default() -> Config {
         Config::from_toml(DEFAULT_CONFIG_TOML, "<default>").unwrap_or_default()
+    }
+
+    /// The configuration file's JSON Schema, generated from the types that
+    /// read it (`eddy schema`; committed as `config/eddy.schema.json`).
+    pub fn json_schema() -> String {
+        let schema = schemars::schema_for!(Config);
+        serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
     }
 
     /// Parses and validates TOML text; `file` names it in errors. Every

@@ -49,8 +49,9 @@ impl Default for PoolConfig {
 
 /// Any `[pool]` key, all optional: the `[pool]` table itself and the
 /// `[upstream.pool]` overrides are both written in this shape.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Pool")]
 pub(crate) struct PoolOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) max_connections_per_host: Option<usize>,
@@ -156,7 +157,7 @@ impl PoolConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RetryConfig {
     pub(crate) stale_retries: u32,
@@ -174,7 +175,7 @@ impl Default for RetryConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct DrainConfig {
     pub(crate) max_bytes: Size,
@@ -187,5 +188,14 @@ impl Default for DrainConfig {
             max_bytes: DEFAULT_DRAIN_MAX_BYTES,
             timeout: DEFAULT_DRAIN_TIMEOUT,
         }
+    }
+}
+
+impl schemars::JsonSchema for PoolConfig {
+    fn schema_name() -> String {
+        "Pool".into()
+    }
+    fn json_schema(gen: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        PoolOverrides::json_schema(gen)
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{DEFAULT_CONNECT_PORTS, DEFAULT_DENY_CIDRS};
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct SecurityConfig {
     pub(crate) allow_hosts: Vec<HostPattern>,
@@ -165,6 +165,30 @@ impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Cidr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for HostPattern {
+    fn schema_name() -> String {
+        "HostPattern".into()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        super::units::string_schema(
+            None,
+            "A host name, or \"*.suffix\" for every name under it.",
+        )
+    }
+}
+
+impl schemars::JsonSchema for Cidr {
+    fn schema_name() -> String {
+        "Cidr".into()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        super::units::string_schema(
+            None,
+            "An address block, \"addr/len\" (IPv4 or IPv6), or one address.",
+        )
     }
 }
 

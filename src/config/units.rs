@@ -245,6 +245,71 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
+/// A string schema with a pattern and a description (the configuration's
+/// JSON Schema).
+pub(crate) fn string_schema(pattern: Option<&str>, description: &str) -> schemars::schema::Schema {
+    use schemars::schema::{InstanceType, Metadata, SchemaObject, StringValidation};
+    SchemaObject {
+        instance_type: Some(InstanceType::String.into()),
+        string: pattern.map(|p| {
+            Box::new(StringValidation {
+                pattern: Some(p.to_string()),
+                ..StringValidation::default()
+            })
+        }),
+        metadata: Some(Box::new(Metadata {
+            description: Some(description.to_string()),
+            ..Metadata::default()
+        })),
+        ..SchemaObject::default()
+    }
+    .into()
+}
+
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> String {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        string_schema(
+            Some(r"^\s*([0-9]+(\.[0-9]{1,6})?(ms|s|m|h))+\s*$"),
+            "A duration: a number and a unit (ms, s, m or h), no space, e.g. \"250ms\", \"1.5s\", \"30s\", \"1m30s\".",
+        )
+    }
+}
+
+impl schemars::JsonSchema for Size {
+    fn schema_name() -> String {
+        "Size".into()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        use schemars::schema::{InstanceType, NumberValidation, SchemaObject, SubschemaValidation};
+        let bytes: schemars::schema::Schema = SchemaObject {
+            instance_type: Some(InstanceType::Integer.into()),
+            number: Some(Box::new(NumberValidation {
+                minimum: Some(0.0),
+                ..NumberValidation::default()
+            })),
+            ..SchemaObject::default()
+        }
+        .into();
+        SchemaObject {
+            subschemas: Some(Box::new(SubschemaValidation {
+                any_of: Some(vec![
+                    string_schema(
+                        Some(r"^\s*[0-9]+\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$"),
+                        "A size: bytes, or a number with B, KiB, MiB, GiB, KB, MB or GB, e.g. \"64KiB\".",
+                    ),
+                    bytes,
+                ]),
+                ..SubschemaValidation::default()
+            })),
+            ..SchemaObject::default()
+        }
+        .into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

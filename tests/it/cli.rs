@@ -159,6 +159,49 @@ fn check_names_unnamed_listeners_and_settings_that_do_nothing() {
     assert!(err.contains("at most"), "{err}");
 }
 
+/// The committed JSON Schema is the one the configuration types generate
+/// (regenerate it with `eddy schema > config/eddy.schema.json`), and the
+/// example configuration points editors at it.
+#[test]
+fn the_committed_schema_is_the_generated_one() {
+    let out = eddy().arg("schema").output().expect("run eddy");
+    assert_eq!(out.status.code(), Some(0));
+    let generated = String::from_utf8(out.stdout).expect("utf-8");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/eddy.schema.json"
+    ))
+    .expect("config/eddy.schema.json");
+    assert!(
+        generated == committed,
+        "config/eddy.schema.json is out of date: run `cargo run -- schema > config/eddy.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&committed).expect("JSON");
+    assert_eq!(schema["additionalProperties"], false);
+    assert!(schema["definitions"]["Pool"]["properties"]["max_idle_total"].is_object());
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/eddy.toml"))
+        .expect("example");
+    assert!(example.starts_with("#:schema ./eddy.schema.json\n"));
+}
+
+/// `eddy check` reads the TLS files a configuration names, as a start
+/// would: a missing `ca_file` is an error before deployment, not at start.
+#[test]
+fn check_reads_the_tls_files() {
+    let path = write_temp(
+        "missing-ca",
+        "[[upstream]]\nmatch = \"a.test\"\nconnect = \"https://a.test\"\nca_file = \"/nonexistent/ca.pem\"\n",
+    );
+    let out = eddy()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run eddy");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+}
+
 #[test]
 fn check_accepts_the_example_config_and_prints_toml() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/eddy.toml");
