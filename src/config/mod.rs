@@ -384,6 +384,17 @@ impl Config {
                 }
                 _ => humane(message),
             };
+            // A check made while reading a table (a range) is reported at
+            // the table; show the key it names instead.
+            let at_table = |o: usize| {
+                let start = text[..o.min(text.len())].rfind('\n').map_or(0, |n| n + 1);
+                o == 0 || text[start..].trim_start().starts_with('[')
+            };
+            let offset = match offset {
+                Some(o) if at_table(o) => Some(key_offset(text, &message, o).unwrap_or(o)),
+                Some(o) => Some(o),
+                None => key_offset(text, &message, 0),
+            };
             let position = Some(line_col(text, offset.unwrap_or(0)));
             if found.iter().any(|(p, _)| *p == position) {
                 break None;
@@ -405,7 +416,17 @@ impl Config {
         };
         if let Some(config) = &parsed {
             if let Err(invalid) = config.validate() {
-                found.push((Some(invalid.anchor.locate(text)), invalid.message));
+                let (line, _) = invalid.anchor.locate(text);
+                let table = text
+                    .split_inclusive('\n')
+                    .take(line.saturating_sub(1))
+                    .map(str::len)
+                    .sum::<usize>();
+                let position = match key_offset(text, &invalid.message, table) {
+                    Some(o) => line_col(text, o),
+                    None => invalid.anchor.locate(text),
+                };
+                found.push((Some(position), invalid.message));
             }
         }
         match (parsed, found.is_empty()) {
@@ -636,6 +657,29 @@ fn last_key(path: &str) -> &str {
 }
 
 /// 1-based line and column of a byte offset.
+/// Where the key a message is about is written, at or after `from`: a
+/// range check speaks of `max_connections_per_host`, and the line to show
+/// is that key's, not its table's.
+fn key_offset(text: &str, message: &str, from: usize) -> Option<usize> {
+    let words = message
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .filter(|w| w.contains('_'))
+        .map(|w| w.rsplit('.').next().unwrap_or(w));
+    for word in words {
+        let mut at = from.min(text.len());
+        while let Some(i) = text[at..].find(word) {
+            let pos = at + i;
+            let line_start = text[..pos].rfind('\n').map_or(0, |n| n + 1);
+            let after = text[pos + word.len()..].trim_start_matches([' ', '\t']);
+            if text[line_start..pos].trim().is_empty() && after.starts_with('=') {
+                return Some(pos);
+            }
+            at = pos + word.len();
+        }
+    }
+    None
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
@@ -716,8 +760,9 @@ mod tests {
         );
         let upstream = "[[upstream]]\nmatch = \"api\"\nclient_cert = \"c.pem\"\n";
         let err = Config::from_toml(upstream, "f.toml").expect_err("cert without key");
+        // At the key the rule names, in the table it is about.
         assert!(
-            err.to_string().starts_with("f.toml:1:1: [[upstream]]"),
+            err.to_string().starts_with("f.toml:3:1: [[upstream]]"),
             "{err}"
         );
         // Two listeners without a name both default to "proxy": the error
@@ -779,7 +824,8 @@ mod tests {
             let err =
                 Config::from_toml(&format!("[[listener]]\n{bad}\n"), "f.toml").expect_err(bad);
             assert!(err.to_string().contains(why), "{err}");
-            assert!(err.to_string().starts_with("f.toml:1:1"), "{err}");
+            // The key's line, not the table's.
+            assert!(err.to_string().starts_with("f.toml:2:1"), "{err}");
         }
     }
 

@@ -113,6 +113,39 @@ fn check_reports_every_mistake_in_one_run() {
     }
 }
 
+/// A value out of range is shown at its key's line, not at its table's
+/// or at 1:1.
+#[test]
+fn range_errors_point_at_their_key() {
+    for (name, text, at) in [
+        (
+            "range-pool",
+            "[pool]\nidle_timeout = \"30s\"\nmax_connections_per_host = 0\n",
+            ":3:1:",
+        ),
+        (
+            "range-listener",
+            "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:3128\"\nmax_client_connections = 0\n",
+            ":4:1:",
+        ),
+        (
+            "range-retry",
+            "shutdown_grace = \"5s\"\n[retry]\nstale_retries = 1\nretry_body_buffer = \"1GiB\"\n",
+            ":4:1:",
+        ),
+    ] {
+        let path = write_temp(name, text);
+        let out = eddy()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run eddy");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(at), "{name}: {err}");
+    }
+}
+
 #[test]
 fn check_names_unnamed_listeners_and_settings_that_do_nothing() {
     let two = write_temp(
