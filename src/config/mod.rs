@@ -664,7 +664,8 @@ fn key_offset(text: &str, message: &str, from: usize) -> Option<usize> {
     let words = message
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
         .filter(|w| w.contains('_'))
-        .map(|w| w.rsplit('.').next().unwrap_or(w));
+        .map(|w| w.rsplit('.').next().unwrap_or(w))
+        .filter(|w| w.contains('_'));
     for word in words {
         let mut at = from.min(text.len());
         while let Some(i) = text[at..].find(word) {
@@ -674,7 +675,7 @@ fn key_offset(text: &str, message: &str, from: usize) -> Option<usize> {
             if text[line_start..pos].trim().is_empty() && after.starts_with('=') {
                 return Some(pos);
             }
-            at = pos + word.len();
+            at = pos + word.len().max(1);
         }
     }
     None
@@ -698,6 +699,17 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finding_a_key_named_in_a_message_always_ends() {
+        // A word that ends in a dot leaves nothing to search for after it.
+        assert_eq!(key_offset("a_ = 1\n", "bad a_. value", 0), None);
+        assert_eq!(
+            key_offset("x = 1\nmax_b = 2\n", "max_b too big", 0),
+            Some(6)
+        );
+        assert_eq!(key_offset("max_b_c = 2\n", "max_b too big", 0), None);
+    }
 
     #[test]
     fn an_open_forward_proxy_is_warned_about() {
