@@ -8,6 +8,15 @@ pub(crate) fn eddy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_eddy"))
 }
 
+/// `eddy check --config PATH`, run to the end.
+fn check(path: &std::path::Path) -> std::process::Output {
+    eddy()
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("run eddy check")
+}
+
 pub(crate) fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("eddy-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -19,11 +28,7 @@ pub(crate) fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
 #[test]
 fn check_names_an_unknown_key_with_its_position() {
     let path = write_temp("unknown", "[pool]\nmax_idle_per_hots = 3\n");
-    let out = eddy()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run eddy");
+    let out = check(&path);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:2:1:", path.display())), "{err}");
@@ -33,11 +38,7 @@ fn check_names_an_unknown_key_with_its_position() {
 #[test]
 fn check_rejects_a_bad_duration() {
     let path = write_temp("duration", "[pool]\nidle_timeout = \"30 sec\"\n");
-    let out = eddy()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run eddy");
+    let out = check(&path);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":2:16:"), "{err}");
@@ -55,11 +56,7 @@ fn check_warns_about_an_open_forward_proxy() {
         "open-proxy",
         "[[listener]]\nname = \"wide\"\nlisten = \"0.0.0.0:3128\"\n",
     );
-    let out = eddy()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run eddy");
+    let out = check(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
@@ -90,11 +87,7 @@ fn check_reports_every_mistake_in_one_run() {
          [retry]\nstale_retries = -1\n\n[drain]\nmax_bytes = \"12 furlongs\"\n\n\
          [[listener]]\nlisten = \"127.0.0.1:3128\"\n",
     );
-    let out = eddy()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run eddy");
+    let out = check(&path);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().collect();
@@ -135,11 +128,7 @@ fn range_errors_point_at_their_key() {
         ),
     ] {
         let path = write_temp(name, text);
-        let out = eddy()
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .expect("run eddy");
+        let out = check(&path);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains(at), "{name}: {err}");
@@ -152,11 +141,7 @@ fn check_names_unnamed_listeners_and_settings_that_do_nothing() {
         "two-unnamed",
         "[[listener]]\nlisten = \"127.0.0.1:3128\"\n[[listener]]\nlisten = \"127.0.0.1:3129\"\n",
     );
-    let out = eddy()
-        .args(["check", "--config"])
-        .arg(&two)
-        .output()
-        .expect("run");
+    let out = check(&two);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("has no `name`"), "{err}");
@@ -165,11 +150,7 @@ fn check_names_unnamed_listeners_and_settings_that_do_nothing() {
         "[pool]\nmax_idle_per_host = 50\nmax_connections_per_host = 8\n\
          [[upstream]]\nmatch = \"a.test\"\n[upstream.pool]\nmax_idle_total = 5\n",
     );
-    let out = eddy()
-        .args(["check", "--config"])
-        .arg(&noop)
-        .output()
-        .expect("run");
+    let out = check(&noop);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
@@ -182,11 +163,7 @@ fn check_names_unnamed_listeners_and_settings_that_do_nothing() {
     );
     // A file far larger than any configuration is refused before parsing.
     let big = write_temp("big", &"# padding\n".repeat(200_000));
-    let out = eddy()
-        .args(["check", "--config"])
-        .arg(&big)
-        .output()
-        .expect("run");
+    let out = check(&big);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("at most"), "{err}");
@@ -225,11 +202,7 @@ fn check_reads_the_tls_files() {
         "missing-ca",
         "[[upstream]]\nmatch = \"a.test\"\nconnect = \"https://a.test\"\nca_file = \"/nonexistent/ca.pem\"\n",
     );
-    let out = eddy()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run eddy");
+    let out = check(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
