@@ -36,18 +36,17 @@ pub(crate) const CLIENT_CLOSED: u16 = 499;
 /// in `...`.
 pub(crate) const MAX_LOGGED_PATH: usize = 1024;
 
-/// The path and query of `uri` as the log shows it.
-pub(crate) fn logged_path(uri: &http::Uri) -> String {
-    let full = uri.path_and_query().map_or("/", |p| p.as_str());
+/// A path and query as the log shows it: cut at [`MAX_LOGGED_PATH`].
+fn logged_path(full: &str) -> std::borrow::Cow<'_, str> {
     if full.len() <= MAX_LOGGED_PATH {
-        return full.to_string();
+        return full.into();
     }
     // A URI is ASCII, but cut at a character boundary all the same.
     let mut end = MAX_LOGGED_PATH - 3;
     while !full.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}...", &full[..end])
+    format!("{}...", &full[..end]).into()
 }
 
 /// Where a request went.
@@ -102,8 +101,9 @@ pub(crate) struct AccessRecord {
     pub method: Option<Method>,
     /// The target as the client asked for it (`host:port`), if known.
     pub host: Option<String>,
-    /// The request's path and query, at most [`MAX_LOGGED_PATH`] bytes.
-    pub path: Option<String>,
+    /// The request's path and query (a reference into the request's own
+    /// bytes, not a copy); cut at [`MAX_LOGGED_PATH`] when written.
+    pub path: Option<http::uri::PathAndQuery>,
     /// Where the request went: an origin, or a tunnel's destination.
     pub upstream: Option<Upstream>,
     /// The address eddy's upstream connection is connected to.
@@ -244,7 +244,7 @@ impl Drop for AccessRecord {
             client = %self.client,
             method = self.method.as_ref().map(Method::as_str),
             host = self.host.as_deref(),
-            path = self.path.as_deref(),
+            path = self.path.as_ref().map(|p| logged_path(p.as_str())).as_deref(),
             status = self.status,
             upstream = self.upstream.as_ref().map(tracing::field::display),
             peer = self.peer.map(tracing::field::display),
@@ -285,7 +285,7 @@ impl AccessRecord {
             listener = %self.listener_name,
             client = %self.client,
             method = self.method.as_ref().map(Method::as_str),
-            path = self.path.as_deref(),
+            path = self.path.as_ref().map(|p| logged_path(p.as_str())).as_deref(),
             peer = self.peer.map(tracing::field::display),
             detail,
             suppressed,

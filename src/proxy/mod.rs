@@ -31,7 +31,7 @@ pub(crate) use router::Router;
 pub use target::{forward_target, origin_form, Target};
 pub(crate) use tunnel::ConnHold;
 
-use crate::access::{self, AccessRecord, BytesIn, Upstream};
+use crate::access::{AccessRecord, BytesIn, Upstream};
 use crate::config::{HostPattern, ListenerMode, RetryConfig};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -259,7 +259,13 @@ pub(crate) async fn handle(
         ctx.access_log,
     );
     if req.method() != Method::CONNECT {
-        record.path = Some(access::logged_path(req.uri()));
+        // A clone of the URI's own bytes (a reference count), not a copy.
+        record.path = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
     }
     let result = if req.method() == Method::CONNECT && ctx.mode == ListenerMode::Forward {
         // Rare paths are boxed so the common request future stays small:

@@ -235,7 +235,6 @@ async fn eddys_own_addresses_are_refused_however_spelt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_to_eddy_itself_is_refused_however_spelt() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The proxy's own port is allowed for CONNECT: only the loop guard
     // stands in the way.
     let proxy = eddy::start("", "").await;
@@ -245,19 +244,8 @@ async fn connect_to_eddy_itself_is_refused_however_spelt() {
         &format!("[security]\nconnect_ports = [{port}]\n"),
     );
     for host in ["0.0.0.0", "[::ffff:127.0.0.1]", "127.1", "localhost"] {
-        let mut s = tokio::net::TcpStream::connect(proxy.addr)
-            .await
-            .expect("connect");
         let target = format!("{host}:{port}");
-        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-            .await
-            .expect("write");
-        let mut head = vec![0u8; 512];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut head))
-            .await
-            .expect("an answer")
-            .expect("read");
-        let head = String::from_utf8_lossy(&head[..n]).to_string();
+        let (_s, head) = crate::tunnel::connect(proxy.addr, &target).await;
         assert!(head.starts_with("HTTP/1.1 508"), "{target}: {head}");
         assert!(
             head.to_ascii_lowercase()

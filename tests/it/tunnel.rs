@@ -36,7 +36,7 @@ async fn shouting_server() -> std::net::SocketAddr {
 }
 
 /// Sends `CONNECT target` and returns the stream and the response head.
-async fn connect(proxy: std::net::SocketAddr, target: &str) -> (TcpStream, String) {
+pub(crate) async fn connect(proxy: std::net::SocketAddr, target: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(proxy).await.expect("connect");
     s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
         .await
