@@ -32,8 +32,12 @@ use crate::proxy::ListenerSlot;
 /// checks each request head with a [`HeadScan`]. A head the scanner refuses
 /// is answered here, with eddy's own error response; hyper then sees end of
 /// stream and whatever it writes is discarded.
+///
+/// It also tells the connection's [`Activity`] whether hyper's last read
+/// found nothing at a request boundary, one of the conditions for letting
+/// hyper go between requests (see `conn`).
 pub(super) struct WatchedIo {
-    inner: ClientStream,
+    inner: Arc<ClientStream>,
     activity: Arc<Activity>,
     scan: HeadScan,
     max_header_bytes: usize,
@@ -49,7 +53,7 @@ pub(super) struct WatchedIo {
 
 impl WatchedIo {
     pub(super) fn new(
-        inner: ClientStream,
+        inner: Arc<ClientStream>,
         activity: Arc<Activity>,
         max_header_bytes: usize,
         max_headers: usize,
@@ -113,10 +117,7 @@ impl WatchedIo {
         let bytes = self.refusal_error(reject).to_wire();
         // A fresh socket's send buffer takes a few hundred bytes; if it
         // cannot, the client is not reading and gets the close alone.
-        let _ = match &self.inner {
-            ClientStream::Tcp(s) => s.try_write(&bytes),
-            ClientStream::Unix(s) => s.try_write(&bytes),
-        };
+        let _ = self.inner.try_write(&bytes);
         self.answered = true;
     }
 }
@@ -137,13 +138,13 @@ impl AsyncRead for WatchedIo {
             // requests are answered (hyper would drop them on an early EOF).
             return Poll::Pending;
         }
-        let res = match &mut this.inner {
-            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        };
+        let res = this.inner.poll_read(cx, buf);
+        // Never in a tunnel or upgraded stream (the scan is lost there).
+        this.activity
+            .on_read_attempt(res.is_pending() && this.scan.at_head_boundary());
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             if this.activity.on_read() && this.scan.at_head_boundary() {
-                this.scan = HeadScan::new(this.max_header_bytes);
+                this.scan = HeadScan::new(this.max_header_bytes).with_max_headers(this.max_headers);
             }
             if let Some(refusal) = this.scan.scan(&buf.filled()[before..]) {
                 if refusal.pipelined {
@@ -169,52 +170,41 @@ impl AsyncRead for WatchedIo {
 
 impl AsyncWrite for WatchedIo {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if self.answered {
             return Poll::Ready(Ok(buf.len()));
         }
-        let res = match &mut self.inner {
-            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        };
+        let res = self.inner.poll_write(cx, buf);
         self.note_write(&res);
         res
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.answered {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        let res = match &mut self.inner {
-            ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        };
+        let res = self.inner.poll_write_vectored(cx, bufs);
         self.note_write(&res);
         res
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.inner {
-            ClientStream::Tcp(s) => s.is_write_vectored(),
-            ClientStream::Unix(s) => s.is_write_vectored(),
-        }
+        true
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.inner {
-            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Sockets have no user-space buffer to flush.
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.scan.at_head_boundary() {
             // hyper ends an HTTP connection whose requests were all read to
             // the end: the socket closes right after and close sends the
@@ -225,9 +215,6 @@ impl AsyncWrite for WatchedIo {
             // resets the connection over the unread bytes.
             return Poll::Ready(Ok(()));
         }
-        match &mut self.inner {
-            ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        Poll::Ready(self.inner.shutdown_write())
     }
 }

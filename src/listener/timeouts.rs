@@ -44,6 +44,9 @@ pub(super) struct Activity {
     write_blocked_since: AtomicU64,
     /// Finish the requests in flight, then close.
     pub(super) close_requested: AtomicBool,
+    /// hyper's last read found no bytes, at a request boundary: hyper holds
+    /// no unread byte (it reads only once its buffer has no whole request).
+    reads_drained: AtomicBool,
 }
 
 impl Activity {
@@ -58,6 +61,7 @@ impl Activity {
             idle_ms: idle_timeout.as_millis() as u64,
             write_blocked_since: AtomicU64::new(NO_DEADLINE),
             close_requested: AtomicBool::new(false),
+            reads_drained: AtomicBool::new(false),
         }
     }
 
@@ -94,6 +98,32 @@ impl Activity {
 }
 
 impl Activity {
+    /// The socket's last read for hyper: `drained` when it found no bytes
+    /// at a request boundary, not when it returned some (or is inside a
+    /// request, a tunnel or a refused stream).
+    pub(super) fn on_read_attempt(&self, drained: bool) {
+        self.reads_drained.store(drained, Ordering::Relaxed);
+    }
+
+    /// Whether the connection may let hyper go until its next request:
+    /// no request in flight, every byte read belongs to requests already
+    /// answered, no response byte waiting for the client to read it, and
+    /// nobody asked to close. Dropping hyper then loses nothing, and its
+    /// buffers (16 KiB or more) are freed while the client is idle, or
+    /// before its first request has sent a byte (the phase is then *head*,
+    /// and `client_header_timeout` still runs from accept).
+    pub(super) fn may_park(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) != PHASE_BUSY
+            && self.reads_drained.load(Ordering::Relaxed)
+            && self.write_blocked_since.load(Ordering::Relaxed) == NO_DEADLINE
+            && !self.close_requested.load(Ordering::Relaxed)
+    }
+
+    /// A fresh hyper connection takes over the socket.
+    pub(super) fn unpark(&self) {
+        self.reads_drained.store(false, Ordering::Relaxed);
+    }
+
     /// The client is not taking response bytes: during a request, that
     /// starts the clock on `client_idle_timeout`.
     pub(super) fn on_write_blocked(&self) {
@@ -147,5 +177,80 @@ impl Drop for BusyGuard {
             a.deadline
                 .store(a.now_ms().saturating_add(a.idle_ms), Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity() -> Arc<Activity> {
+        Arc::new(Activity::new(
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        ))
+    }
+
+    #[test]
+    fn a_new_connection_parks_once_a_read_finds_nothing() {
+        let a = activity();
+        assert!(!a.may_park(), "nothing read yet: hyper may hold bytes");
+        a.on_read_attempt(true);
+        assert!(a.may_park(), "no byte of the first head yet");
+        a.on_read_attempt(false);
+        assert!(!a.may_park(), "bytes arrived");
+    }
+
+    #[test]
+    fn a_request_in_flight_is_never_parked() {
+        let a = activity();
+        let busy = BusyGuard::begin(a.clone());
+        a.on_read_attempt(true);
+        assert!(!a.may_park());
+        drop(busy);
+        assert!(a.may_park(), "answered, and the last read found nothing");
+    }
+
+    #[test]
+    fn a_response_still_waiting_for_the_client_is_never_dropped() {
+        let a = activity();
+        let busy = BusyGuard::begin(a.clone());
+        a.on_read_attempt(true);
+        a.on_write_blocked();
+        drop(busy);
+        assert!(!a.may_park(), "the response's last bytes are unwritten");
+        a.on_write_progress();
+        assert!(a.may_park());
+    }
+
+    #[test]
+    fn a_connection_asked_to_close_is_not_parked() {
+        let a = activity();
+        a.on_read_attempt(true);
+        a.close_requested.store(true, Ordering::Relaxed);
+        assert!(!a.may_park());
+    }
+
+    #[test]
+    fn unparking_forgets_the_last_read() {
+        let a = activity();
+        a.on_read_attempt(true);
+        a.unpark();
+        assert!(!a.may_park(), "a fresh hyper connection has not read yet");
+    }
+
+    #[test]
+    fn the_idle_clock_starts_when_the_response_ends() {
+        let a = activity();
+        assert_eq!(a.deadline_ms(), 10_000, "header timeout from accept");
+        let busy = BusyGuard::begin(a.clone());
+        assert_eq!(a.deadline_ms(), NO_DEADLINE, "the origin takes its time");
+        drop(busy);
+        assert!(
+            a.deadline_ms() >= 60_000,
+            "idle timeout from the response's end"
+        );
+        assert!(a.on_read(), "the next head starts");
+        assert!(a.deadline_ms() < 60_000, "header timeout again");
     }
 }

@@ -125,6 +125,60 @@ async fn an_http10_client_asking_for_keep_alive_keeps_its_connection() {
     assert!(rest.is_empty());
 }
 
+/// Between requests (and before the first byte) eddy lets go of the
+/// connection's HTTP state and waits with the socket alone. Heads and
+/// bodies that arrive in pieces around those pauses, and pipelined
+/// requests after one, must lose no byte. The pauses give eddy time to
+/// settle into the waiting state; the test passes or fails on the bytes,
+/// whichever way a pause falls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_waiting_between_requests_keeps_every_byte() {
+    let origin = Origin::start(Behavior {
+        echo: true,
+        ..Behavior::default()
+    })
+    .await;
+    let proxy = eddy::start("", "").await;
+    let pause = || tokio::time::sleep(Duration::from_millis(150));
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    pause().await;
+    let head = format!(
+        "POST {}/one HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+        origin.url()
+    );
+    let (first, second) = head.split_at(20);
+    for piece in [first.as_bytes(), second.as_bytes(), b"01234", b"56789"] {
+        s.write_all(piece).await.expect("write");
+        pause().await;
+    }
+    let r = read_one(&mut s).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"0123456789");
+    pause().await;
+    let two = format!("GET {}/two HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
+    let three = format!("GET {}/three HTTP/1.1\r\nHost: x\r\n\r\n", origin.url());
+    s.write_all(format!("{two}{three}").as_bytes())
+        .await
+        .expect("pipelined");
+    assert_eq!(read_one(&mut s).await.status, 200);
+    assert_eq!(read_one(&mut s).await.status, 200);
+    let targets: Vec<String> = origin
+        .stats
+        .recorded()
+        .iter()
+        .map(|r| r.head.lines().next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "POST /one HTTP/1.1",
+            "GET /two HTTP/1.1",
+            "GET /three HTTP/1.1"
+        ]
+    );
+    assert_eq!(origin.stats.accepted(), 1, "one upstream connection");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_client_is_closed_after_client_idle_timeout() {
     let origin = Origin::start(Behavior::default()).await;
