@@ -88,7 +88,7 @@ pub(super) struct ClientConn {
 
 impl ClientConn {
     pub(super) async fn serve(self, stream: ClientStream, peer: SocketAddr) {
-        let stream = Arc::new(stream);
+        let mut stream = stream;
         let activity = Arc::new(Activity::new(
             self.limits.header_timeout,
             self.limits.idle_timeout,
@@ -119,10 +119,10 @@ impl ClientConn {
             }
             activity.unpark();
             match self
-                .exchange(&stream, &activity, peer, stop.as_mut(), &mut timer)
+                .exchange(stream, &activity, peer, stop.as_mut(), &mut timer)
                 .await
             {
-                End::Parked => continue,
+                End::Parked(s) => stream = s,
                 end => break end,
             }
         };
@@ -137,7 +137,7 @@ impl ClientConn {
     /// them.
     async fn exchange<F: Future<Output = ()>>(
         &self,
-        stream: &Arc<ClientStream>,
+        stream: ClientStream,
         activity: &Arc<Activity>,
         peer: SocketAddr,
         mut stop: Pin<&mut F>,
@@ -162,23 +162,25 @@ impl ClientConn {
                 }
             });
             let io = TokioIo::new(WatchedIo::new(
-                stream.clone(),
+                stream,
                 activity.clone(),
                 self.limits.max_header_bytes,
                 self.limits.max_headers,
                 peer,
                 self.slot.clone(),
             ));
-            Box::pin(self.builder.serve_connection(io, svc).with_upgrades())
+            // Not pinned: hyper's connection is `Unpin`, and `into_parts`
+            // needs it by value to give the socket back.
+            Box::new(self.builder.serve_connection(io, svc).with_upgrades())
         };
         let mut stopping = false;
-        poll_fn(|cx| {
+        let end = poll_fn(|cx| {
             loop {
-                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                if let Poll::Ready(result) = Pin::new(&mut *conn).poll(cx) {
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "client connection ended with an error");
                     }
-                    return Poll::Ready(End::Closed);
+                    return Poll::Ready(Some(End::Closed));
                 }
                 if stopping {
                     break;
@@ -194,26 +196,39 @@ impl ClientConn {
                         && stop.as_mut().poll(cx).is_ready());
                 if stop_now || activity.close_requested.load(Ordering::Relaxed) {
                     stopping = true;
-                    conn.as_mut().graceful_shutdown();
+                    Pin::new(&mut *conn).graceful_shutdown();
                     continue;
                 }
                 if activity.may_park() {
                     // hyper waits for the next request with nothing to
-                    // lose: drop it, and wait with the socket alone.
-                    return Poll::Ready(End::Parked);
+                    // lose: take the socket back and drop the rest.
+                    return Poll::Ready(None);
                 }
                 break;
             }
-            timer.poll(cx, activity).map(|()| End::TimedOut)
+            timer.poll(cx, activity).map(|()| Some(End::TimedOut))
         })
-        .await
+        .await;
+        if let Some(end) = end {
+            return end;
+        }
+        match (*conn).into_parts() {
+            // hyper reads only when it holds no whole request, and the
+            // last read, at a request boundary, found nothing: its buffer
+            // is empty. Were it not, closing is safer than guessing.
+            Some(parts) if parts.read_buf.is_empty() => {
+                End::Parked(parts.io.into_inner().into_stream())
+            }
+            _ => End::Closed,
+        }
     }
 }
 
 /// How a stretch of a client connection ended.
 enum End {
-    /// hyper was let go between two requests; the connection goes on.
-    Parked,
+    /// hyper was let go between two requests; the connection goes on with
+    /// its socket.
+    Parked(ClientStream),
     /// The client left, an error, shutdown, or a refused head.
     Closed,
     /// The phase's timeout fired.

@@ -35,9 +35,10 @@ use crate::proxy::ListenerSlot;
 ///
 /// It also tells the connection's [`Activity`] whether hyper's last read
 /// found nothing at a request boundary, one of the conditions for letting
-/// hyper go between requests (see `conn`).
+/// hyper go between requests (see `conn`), which takes the socket back
+/// with [`WatchedIo::into_stream`].
 pub(super) struct WatchedIo {
-    inner: Arc<ClientStream>,
+    inner: ClientStream,
     activity: Arc<Activity>,
     scan: HeadScan,
     max_header_bytes: usize,
@@ -53,7 +54,7 @@ pub(super) struct WatchedIo {
 
 impl WatchedIo {
     pub(super) fn new(
-        inner: Arc<ClientStream>,
+        inner: ClientStream,
         activity: Arc<Activity>,
         max_header_bytes: usize,
         max_headers: usize,
@@ -93,6 +94,11 @@ impl WatchedIo {
         }
     }
 
+    /// The socket, for a connection that let hyper go between requests.
+    pub(super) fn into_stream(self) -> ClientStream {
+        self.inner
+    }
+
     /// Counts and logs a refused head like any request eddy answered.
     fn record_refusal(&self, reject: Reject, note: &'static str) {
         let error = self.refusal_error(reject);
@@ -117,7 +123,10 @@ impl WatchedIo {
         let bytes = self.refusal_error(reject).to_wire();
         // A fresh socket's send buffer takes a few hundred bytes; if it
         // cannot, the client is not reading and gets the close alone.
-        let _ = self.inner.try_write(&bytes);
+        let _ = match &self.inner {
+            ClientStream::Tcp(s) => s.try_write(&bytes),
+            ClientStream::Unix(s) => s.try_write(&bytes),
+        };
         self.answered = true;
     }
 }
@@ -138,7 +147,10 @@ impl AsyncRead for WatchedIo {
             // requests are answered (hyper would drop them on an early EOF).
             return Poll::Pending;
         }
-        let res = this.inner.poll_read(cx, buf);
+        let res = match &mut this.inner {
+            ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        };
         // Never in a tunnel or upgraded stream (the scan is lost there).
         this.activity
             .on_read_attempt(res.is_pending() && this.scan.at_head_boundary());
@@ -170,41 +182,52 @@ impl AsyncRead for WatchedIo {
 
 impl AsyncWrite for WatchedIo {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if self.answered {
             return Poll::Ready(Ok(buf.len()));
         }
-        let res = self.inner.poll_write(cx, buf);
+        let res = match &mut self.inner {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        };
         self.note_write(&res);
         res
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.answered {
             return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        let res = self.inner.poll_write_vectored(cx, bufs);
+        let res = match &mut self.inner {
+            ClientStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        };
         self.note_write(&res);
         res
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        match &self.inner {
+            ClientStream::Tcp(s) => s.is_write_vectored(),
+            ClientStream::Unix(s) => s.is_write_vectored(),
+        }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Sockets have no user-space buffer to flush.
-        Poll::Ready(Ok(()))
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.scan.at_head_boundary() {
             // hyper ends an HTTP connection whose requests were all read to
             // the end: the socket closes right after and close sends the
@@ -215,6 +238,9 @@ impl AsyncWrite for WatchedIo {
             // resets the connection over the unread bytes.
             return Poll::Ready(Ok(()));
         }
-        Poll::Ready(self.inner.shutdown_write())
+        match &mut self.inner {
+            ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
     }
 }

@@ -7,12 +7,11 @@
 //! it accepts; elsewhere after each accept. Everything above works on a
 //! [`ClientStream`] and never sets an option itself.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
-use tokio::io::ReadBuf;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 /// A bound listening socket.
@@ -68,82 +67,19 @@ fn client_socket_options(s: &socket2::SockRef<'_>) {
 const CLIENT_SEND_BUFFER: usize = 256 * 1024;
 
 /// A client socket of either kind.
-///
-/// Used through `&self` only: the connection task keeps it (in an `Arc`)
-/// while it waits for a request with no HTTP state at all, and lends it to
-/// a hyper connection for each run of requests (see `conn`).
 pub(super) enum ClientStream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
 
-/// One body for both socket kinds: they share every method used here.
-macro_rules! either {
-    ($self:expr, $s:ident => $e:expr) => {
-        match $self {
-            ClientStream::Tcp($s) => $e,
-            ClientStream::Unix($s) => $e,
-        }
-    };
-}
-
 impl ClientStream {
     /// Ready when a read would not block: bytes, end of stream or an error.
+    /// What a connection waiting for its next request waits on.
     pub(super) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        either!(self, s => s.poll_read_ready(cx))
-    }
-
-    /// What `AsyncRead::poll_read` does for an owned stream, through `&self`.
-    pub(super) fn poll_read(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.poll_read_ready(cx))?;
-            // `try_read_buf` clears the readiness it found stale.
-            match either!(self, s => s.try_read_buf(buf)) {
-                Ok(_) => return Poll::Ready(Ok(())),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        match self {
+            ClientStream::Tcp(s) => s.poll_read_ready(cx),
+            ClientStream::Unix(s) => s.poll_read_ready(cx),
         }
-    }
-
-    /// What `AsyncWrite::poll_write` does, through `&self`.
-    pub(super) fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(either!(self, s => s.poll_write_ready(cx)))?;
-            match self.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                res => return Poll::Ready(res),
-            }
-        }
-    }
-
-    /// What `AsyncWrite::poll_write_vectored` does, through `&self`.
-    pub(super) fn poll_write_vectored(
-        &self,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(either!(self, s => s.poll_write_ready(cx)))?;
-            match either!(self, s => s.try_write_vectored(bufs)) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                res => return Poll::Ready(res),
-            }
-        }
-    }
-
-    /// A write that never waits (eddy's own small error answers).
-    pub(super) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
-        either!(self, s => s.try_write(bytes))
-    }
-
-    /// Sends the FIN (half-close), as `AsyncWrite::poll_shutdown` does.
-    pub(super) fn shutdown_write(&self) -> io::Result<()> {
-        either!(self, s => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write))
     }
 }
 
