@@ -49,14 +49,10 @@ impl AdminState {
     }
 }
 
-pub(crate) async fn serve(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    mut shutdown: ShutdownSignal,
-) {
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: ShutdownSignal) {
     let sampler = {
         let state = state.clone();
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
         async move {
             // The first sample was taken at start (Eddy::start).
             let first = tokio::time::Instant::now() + status::SAMPLE_EVERY;
@@ -85,7 +81,7 @@ pub(crate) async fn serve(
             _ = shutdown.wait() => return,
         };
         let state = state.clone();
-        let mut conn_shutdown = shutdown.clone();
+        let conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();

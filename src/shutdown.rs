@@ -4,56 +4,58 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
-/// Fires once; every clone sees it.
+/// Fires once; every clone sees it. One pointer: every client connection
+/// keeps a clone, and a wait on it, for as long as it lives.
 #[derive(Clone)]
-pub(crate) struct ShutdownSignal {
-    rx: watch::Receiver<bool>,
-    /// Set before the watch fires: a check without the watch's lock.
-    fired: Arc<AtomicBool>,
+pub(crate) struct ShutdownSignal(Arc<Signal>);
+
+struct Signal {
+    fired: AtomicBool,
+    notify: Notify,
 }
 
-pub(crate) struct ShutdownTrigger {
-    tx: watch::Sender<bool>,
-    fired: Arc<AtomicBool>,
-}
+pub(crate) struct ShutdownTrigger(Arc<Signal>);
 
 pub(crate) fn channel() -> (ShutdownTrigger, ShutdownSignal) {
-    let (tx, rx) = watch::channel(false);
-    let fired = Arc::new(AtomicBool::new(false));
-    (
-        ShutdownTrigger {
-            tx,
-            fired: fired.clone(),
-        },
-        ShutdownSignal { rx, fired },
-    )
+    let signal = Arc::new(Signal {
+        fired: AtomicBool::new(false),
+        notify: Notify::new(),
+    });
+    (ShutdownTrigger(signal.clone()), ShutdownSignal(signal))
 }
 
 impl ShutdownTrigger {
     pub(crate) fn fire(&self) {
-        self.fired.store(true, Ordering::Release);
-        self.tx.send_replace(true);
+        self.0.fired.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
     }
 }
 
 impl Drop for ShutdownTrigger {
-    /// A dropped trigger counts as fired, as [`ShutdownSignal::wait`] says.
+    /// A dropped trigger counts as fired.
     fn drop(&mut self) {
-        self.fired.store(true, Ordering::Release);
+        self.fire();
     }
 }
 
 impl ShutdownSignal {
     /// Resolves once shutdown has started (or the trigger is gone).
-    pub(crate) async fn wait(&mut self) {
-        // An error means the trigger was dropped: treat it as shutdown.
-        let _ = self.rx.wait_for(|fired| *fired).await;
+    pub(crate) async fn wait(&self) {
+        let notified = self.0.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the flag is read, so a fire in between is not
+        // missed.
+        notified.as_mut().enable();
+        if self.is_fired() {
+            return;
+        }
+        notified.await;
     }
 
     pub(crate) fn is_fired(&self) -> bool {
-        self.fired.load(Ordering::Acquire)
+        self.0.fired.load(Ordering::Acquire)
     }
 }
 

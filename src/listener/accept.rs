@@ -55,8 +55,7 @@ pub(crate) async fn serve(
         .with_label_values(&[&ctx.name]);
     // One wait on the shutdown signal for the whole loop: each new wait
     // would register with the signal again.
-    let mut stop_signal = shutdown.clone();
-    let mut stop = pin!(stop_signal.wait());
+    let mut stop = pin!(shutdown.wait());
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = match permits.clone().try_acquire_owned() {

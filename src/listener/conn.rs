@@ -7,10 +7,11 @@
 //! time. So the connection task alternates between two states. *Waiting*:
 //! the socket, the timer and the shutdown signal, nothing else (about
 //! 1.5 KiB in all). *Exchanging*: a hyper connection, boxed, built when
-//! bytes arrive and dropped as soon as [`Activity::may_park`] says it can
-//! lose nothing (no request in flight, every byte read answered, the
-//! response written). Legacy clients, one request per connection, never
-//! park: hyper closes first.
+//! bytes arrive and dropped once [`Activity::park_at`] says it can lose
+//! nothing (no request in flight, every byte read answered, the response
+//! written), 10 ms after a response (a kept-alive client under load keeps
+//! it). Legacy clients, one request per connection, never park: hyper
+//! closes first.
 //!
 //! Why the connection task polls hyper by hand instead of just awaiting it:
 //! three things end a connection besides hyper itself, and they must be
@@ -93,8 +94,7 @@ impl ClientConn {
             self.limits.header_timeout,
             self.limits.idle_timeout,
         ));
-        let mut shutdown = self.shutdown.clone();
-        let mut stop = pin!(shutdown.wait());
+        let mut stop = pin!(self.shutdown.wait());
         let sleep = pin!(tokio::time::sleep_until(
             activity.instant(activity.deadline_ms())
         ));
@@ -111,16 +111,18 @@ impl ClientConn {
                 if self.shutdown.is_fired() || stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(End::Closed));
                 }
-                timer.poll(cx, &activity).map(|()| Some(End::TimedOut))
+                timer
+                    .poll_until(cx, &activity, None)
+                    .map(|()| Some(End::TimedOut))
             })
             .await;
             if let Some(end) = waited {
                 break end;
             }
             activity.unpark();
-            match self
-                .exchange(stream, &activity, peer, stop.as_mut(), &mut timer)
-                .await
+            // Boxed: a parked connection's task should not keep room for
+            // the exchange's state.
+            match Box::pin(self.exchange(stream, &activity, peer, stop.as_mut(), &mut timer)).await
             {
                 End::Parked(s) => stream = s,
                 end => break end,
@@ -199,14 +201,21 @@ impl ClientConn {
                     Pin::new(&mut *conn).graceful_shutdown();
                     continue;
                 }
-                if activity.may_park() {
-                    // hyper waits for the next request with nothing to
-                    // lose: take the socket back and drop the rest.
-                    return Poll::Ready(None);
-                }
                 break;
             }
-            timer.poll(cx, activity).map(|()| Some(End::TimedOut))
+            // hyper waits for the next request with nothing to lose: when
+            // its moment comes, take the socket back and drop the rest.
+            let park_at = activity.park_at();
+            if park_at.is_some_and(|at| activity.now_ms() >= at) {
+                return Poll::Ready(None);
+            }
+            timer.poll_until(cx, activity, park_at).map(|()| {
+                if park_at.is_some_and(|at| at <= activity.deadline_ms()) {
+                    None
+                } else {
+                    Some(End::TimedOut)
+                }
+            })
         })
         .await;
         if let Some(end) = end {
@@ -242,11 +251,16 @@ struct Timer<'a> {
 }
 
 impl Timer<'_> {
-    /// Re-arms at the current deadline if it moved, then polls. The phase
-    /// can only change while the connection is polled, so re-arming here
-    /// keeps the timer exact.
-    fn poll(&mut self, cx: &mut Context<'_>, activity: &Activity) -> Poll<()> {
-        let deadline = activity.deadline_ms();
+    /// Re-arms at the current deadline (or `park_at`, if sooner) if it
+    /// moved, then polls. The phase can only change while the connection is
+    /// polled, so re-arming here keeps the timer exact.
+    fn poll_until(
+        &mut self,
+        cx: &mut Context<'_>,
+        activity: &Activity,
+        park_at: Option<u64>,
+    ) -> Poll<()> {
+        let deadline = activity.deadline_ms().min(park_at.unwrap_or(u64::MAX));
         if deadline != self.armed {
             self.armed = deadline;
             self.sleep.as_mut().reset(activity.instant(deadline));
