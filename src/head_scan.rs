@@ -315,6 +315,16 @@ impl HeadScan {
 
     /// One byte of chunked framing; true when the body (and trailers) ended.
     fn step_body(&mut self, b: u8) -> bool {
+        // hyper takes chunked framing only with CRLF line ends, and reads a
+        // bare LF where the trailers end as the start of a trailer line.
+        // Where the two parsers would part ways, the scanner stops
+        // following: the stream is never again at a request boundary, so
+        // the connection is never parked mid-body.
+        if b == b'\n' && !self.cr {
+            self.state = State::Lost;
+            return false;
+        }
+        self.cr = b == b'\r';
         match self.state {
             State::ChunkSize => match b {
                 b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
@@ -341,8 +351,12 @@ impl HeadScan {
                 _ => self.state = State::Lost,
             },
             State::ChunkExt if b == b'\n' => {
-                self.state = State::ChunkSize;
-                self.step_body(b'\n');
+                self.state = if self.chunk == 0 {
+                    State::Trailer
+                } else {
+                    State::ChunkData(self.chunk)
+                };
+                self.chunk = 0;
             }
             State::ChunkDataEnd => match b {
                 b'\r' => {}
@@ -781,6 +795,37 @@ mod tests {
         assert_eq!(
             r.reject,
             Reject::Malformed("conflicting Content-Length values")
+        );
+    }
+
+    /// Chunked framing with a bare LF is where hyper (CRLF only) and a
+    /// lenient reading would part ways: the scanner stops following, so
+    /// the stream is never taken for a request boundary mid-body.
+    #[test]
+    fn a_bare_lf_in_chunked_framing_is_not_followed() {
+        let head = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for body in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5;x\nhello\r\n0\r\n\r\n",
+            b"0\r\nT: v\n\r\n",
+            b"0\r\n\n",
+        ] {
+            let mut scan = HeadScan::new(1024);
+            assert_eq!(scan.scan(head), None);
+            assert_eq!(scan.scan(body), None);
+            assert!(
+                !scan.at_head_boundary(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let mut scan = HeadScan::new(1024);
+        assert_eq!(scan.scan(head), None);
+        assert_eq!(scan.scan(b"5;x\r\nhello\r\n0\r\nT: v\r\n\r\n"), None);
+        assert!(
+            scan.at_head_boundary(),
+            "CRLF framing is followed to its end"
         );
     }
 

@@ -6,7 +6,7 @@
 //! idle, and hyper's connection keeps 16 KiB or more of buffers the whole
 //! time. So the connection task alternates between two states. *Waiting*:
 //! the socket, the timer and the shutdown signal, nothing else (about
-//! 1.5 KiB in all). *Exchanging*: a hyper connection, boxed, built when
+//! 1.3 KiB in all). *Exchanging*: a hyper connection, boxed, built when
 //! bytes arrive and dropped once [`Activity::park_at`] says it can lose
 //! nothing (no request in flight, every byte read answered, the response
 //! written), 10 ms after a response (a kept-alive client under load keeps
@@ -16,13 +16,16 @@
 //! Why the connection task polls hyper by hand instead of just awaiting it:
 //! three things end a connection besides hyper itself, and they must be
 //! checked between hyper's polls without costing anything per connection
-//! in the common case. The timeout is one timer re-armed from the
-//! connection's [`Activity`] whenever its deadline moved. Shutdown (and a
-//! refused pipelined head, which asks to close after the earlier requests)
-//! turns into hyper's graceful shutdown, so requests in flight are
-//! answered before the close. And only a connection idle between requests
-//! waits on the shutdown signal, since each wait registers with a list
-//! every connection shares; a busy one looks at the signal's flag.
+//! in the common case. The timeout is one timer, re-armed from the
+//! connection's [`Activity`] at its deadline or at the moment to park,
+//! whichever comes first. Shutdown (and a refused pipelined head, which
+//! asks to close after the earlier requests) turns into hyper's graceful
+//! shutdown, so requests in flight are answered before the close. And only
+//! a connection that waits for its next request registers with the
+//! shutdown signal (a list every connection shares, behind one lock): the
+//! registration stays for the connection's life and wakes its task, so
+//! while exchanging it only looks at the signal's flag, and a connection
+//! whose request was already there when it started never registers.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -41,7 +44,7 @@ use hyper_util::rt::TokioIo;
 
 use super::io::WatchedIo;
 use super::socket::ClientStream;
-use super::timeouts::{Activity, BusyGuard, PHASE_IDLE};
+use super::timeouts::{Activity, BusyGuard};
 use crate::proxy::{self, ConnHold, ListenerSlot, ProxyBody};
 use crate::shutdown::ShutdownSignal;
 
@@ -108,6 +111,8 @@ impl ClientConn {
                 if let Poll::Ready(r) = stream.poll_read_ready(cx) {
                     return Poll::Ready(r.map_or(Some(End::Closed), |()| None));
                 }
+                // `stop` is polled only after `is_fired` said no: a wait that
+                // has completed is never polled again.
                 if self.shutdown.is_fired() || stop.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(End::Closed));
                 }
@@ -122,8 +127,7 @@ impl ClientConn {
             activity.unpark();
             // Boxed: a parked connection's task should not keep room for
             // the exchange's state.
-            match Box::pin(self.exchange(stream, &activity, peer, stop.as_mut(), &mut timer)).await
-            {
+            match Box::pin(self.exchange(stream, &activity, peer, &mut timer)).await {
                 End::Parked(s) => stream = s,
                 end => break end,
             }
@@ -137,12 +141,11 @@ impl ClientConn {
     /// them, ends, or times out. hyper and its buffers live (boxed) only
     /// here, so a connection waiting for its next request holds none of
     /// them.
-    async fn exchange<F: Future<Output = ()>>(
+    async fn exchange(
         &self,
         stream: ClientStream,
         activity: &Arc<Activity>,
         peer: SocketAddr,
-        mut stop: Pin<&mut F>,
         timer: &mut Timer<'_>,
     ) -> End {
         // Built in a block, so that the service and the socket wrapper,
@@ -187,15 +190,11 @@ impl ClientConn {
                 if stopping {
                     break;
                 }
-                // Waiting on the shutdown signal registers with a list all
-                // connections share, so only a connection idle between
-                // requests waits on it. A busy one is polled again when its
-                // exchange ends (it is idle then), and a new one either
-                // gets its head within `client_header_timeout` or is cut
-                // off; meanwhile a glance at the fired flag is a plain load.
-                let stop_now = self.shutdown.is_fired()
-                    || (activity.phase.load(Ordering::Relaxed) == PHASE_IDLE
-                        && stop.as_mut().poll(cx).is_ready());
+                // A plain load. A connection that waited before registered
+                // its task with the signal; one that never waited parks
+                // within `LINGER_MS` of its response (and then sees it), or
+                // gets its head within `client_header_timeout`.
+                let stop_now = self.shutdown.is_fired();
                 if stop_now || activity.close_requested.load(Ordering::Relaxed) {
                     stopping = true;
                     Pin::new(&mut *conn).graceful_shutdown();
@@ -228,7 +227,11 @@ impl ClientConn {
             Some(parts) if parts.read_buf.is_empty() => {
                 End::Parked(parts.io.into_inner().into_stream())
             }
-            _ => End::Closed,
+            Some(parts) => {
+                tracing::debug!(%peer, unread = parts.read_buf.len(), "client bytes left in hyper's buffer at a boundary; closing");
+                End::Closed
+            }
+            None => End::Closed,
         }
     }
 }
@@ -244,7 +247,8 @@ enum End {
     TimedOut,
 }
 
-/// The connection's one timer, at its [`Activity`]'s deadline.
+/// The connection's one timer, at its [`Activity`]'s deadline or at the
+/// moment to park, whichever comes first.
 struct Timer<'a> {
     armed: u64,
     sleep: Pin<&'a mut tokio::time::Sleep>,

@@ -20,10 +20,12 @@
 //!    moment, so a reload applies to the next request on a kept-alive
 //!    connection. A CONNECT tunnel or upgrade keeps the connection's hold
 //!    (its permit, its place in graceful shutdown) after hyper lets go.
-//! 4. **Park** (`conn`, `timeouts`). Once no request is in flight and
-//!    hyper has read every byte the client sent, hyper is dropped and the
+//! 4. **Park** (`conn`, `timeouts`). Once no request is in flight, hyper
+//!    has read every byte the client sent and written every byte of the
+//!    response, and 10 ms have passed since that response (at once for a
+//!    connection that has sent nothing), hyper is dropped and the
 //!    connection waits for its next request with the socket alone: about
-//!    1.5 KiB instead of hyper's 16 KiB or more of buffers. The next byte
+//!    1.3 KiB instead of hyper's 16 KiB or more of buffers. The next byte
 //!    starts a fresh hyper connection on the same socket.
 //! 5. **Time out** (`timeouts`). `client_header_timeout` bounds a head
 //!    arriving, `client_idle_timeout` the gap between requests and, while a

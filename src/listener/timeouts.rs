@@ -18,6 +18,11 @@
 //! deadline. The deadline is milliseconds since the connection began, moved
 //! with a plain store; the connection task re-arms its timer when it next
 //! polls, which is exact because the phase only changes while it polls.
+//!
+//! The same facts decide when a connection may let hyper go until its next
+//! request ([`Activity::park_at`]): nothing in flight, nothing unread,
+//! nothing unwritten, and [`LINGER_MS`] past the last response. The timer
+//! is then armed at whichever comes first, that moment or the deadline.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -33,7 +38,7 @@ const NO_DEADLINE: u64 = u64::MAX;
 /// client that pauses longer gives its buffers back. Short, because every
 /// connection inside this window holds its buffers.
 const LINGER_MS: u64 = 10;
-pub(super) const PHASE_IDLE: u8 = 0;
+const PHASE_IDLE: u8 = 0;
 const PHASE_HEAD: u8 = 1;
 const PHASE_BUSY: u8 = 2;
 
@@ -41,7 +46,7 @@ const PHASE_BUSY: u8 = 2;
 /// from the connection's own task; atomics make it `Sync` for hyper.
 pub(super) struct Activity {
     epoch: Instant,
-    pub(super) phase: AtomicU8,
+    phase: AtomicU8,
     in_flight: AtomicU32,
     /// Milliseconds since `epoch`, or [`NO_DEADLINE`].
     deadline: AtomicU64,
