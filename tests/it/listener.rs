@@ -176,12 +176,7 @@ async fn a_connection_waiting_between_requests_keeps_every_byte() {
     for r in read_responses(&mut s, 2).await {
         assert_eq!(r.status, 200);
     }
-    let targets: Vec<String> = origin
-        .stats
-        .recorded()
-        .iter()
-        .map(|r| r.head.lines().next().unwrap_or_default().to_string())
-        .collect();
+    let targets = origin.stats.request_lines();
     assert_eq!(
         targets,
         [

@@ -156,6 +156,14 @@ impl Stats {
     pub fn recorded(&self) -> Vec<Recorded> {
         self.recorded.lock().expect("stats").clone()
     }
+
+    /// The request line of every request recorded, in arrival order.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.recorded()
+            .iter()
+            .map(|r| r.head.lines().next().unwrap_or_default().to_string())
+            .collect()
+    }
 }
 
 pub struct Origin {
