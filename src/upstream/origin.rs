@@ -6,8 +6,8 @@
 //! form `/pools` and the `upstream` label use.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
 use super::tls::TlsProfile;
 use crate::config::OriginUrl;
@@ -24,6 +24,11 @@ struct Inner {
     name: Box<str>,
     /// Where the host is in `name` (one allocation serves both).
     host: std::ops::Range<usize>,
+    /// The fields above hashed once, with this process's random key: the
+    /// pool's maps look an origin up several times a request, and then
+    /// hash these 8 bytes instead of the name. Keyed, because a forward
+    /// proxy's clients choose the names (no engineered collisions).
+    hash: u64,
 }
 
 impl Inner {
@@ -45,11 +50,14 @@ impl Eq for Inner {}
 
 impl Hash for Inner {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.tls.hash(state);
-        self.host().hash(state);
-        self.port.hash(state);
-        self.profile.as_ref().map(|p| p.id).hash(state);
+        state.write_u64(self.hash);
     }
+}
+
+/// The key [`Inner::hash`] is computed with, chosen once a process.
+fn hash_key() -> &'static RandomState {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    KEY.get_or_init(RandomState::new)
 }
 
 impl PartialEq for Origin {
@@ -82,7 +90,11 @@ impl Origin {
     fn build(tls: bool, host: &str, port: u16, profile: Option<Arc<TlsProfile>>) -> Origin {
         let scheme = if tls { "https://" } else { "http://" };
         let v6 = host.contains(':');
-        let mut name = String::with_capacity(scheme.len() + host.len() + 8);
+        let digits = port.checked_ilog10().unwrap_or(0) as usize + 1;
+        // Exactly the name's length: `into_boxed_str` then keeps the
+        // allocation instead of shrinking it into a new one.
+        let len = scheme.len() + host.len() + if v6 { 2 } else { 0 } + 1 + digits;
+        let mut name = String::with_capacity(len);
         name.push_str(scheme);
         if v6 {
             name.push('[');
@@ -95,12 +107,19 @@ impl Origin {
         }
         name.push(':');
         push_decimal(&mut name, port);
+        debug_assert_eq!(name.len(), len);
+        let mut h = hash_key().build_hasher();
+        tls.hash(&mut h);
+        host.hash(&mut h);
+        port.hash(&mut h);
+        profile.as_ref().map(|p| p.id).hash(&mut h);
         Origin(Arc::new(Inner {
             tls,
             port,
             profile,
             name: name.into_boxed_str(),
             host: start..end,
+            hash: h.finish(),
         }))
     }
 
