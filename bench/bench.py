@@ -34,14 +34,14 @@ import random
 import re
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from procs import Procs, cpu_ticks, family
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = bool(os.environ.get("BENCH_QUICK"))
@@ -84,7 +84,7 @@ LOADS = [("ab legacy", 1), ("ab legacy", 16), ("ab legacy", 64),
 SHORT = {"ab legacy": "ab", "wrk legacy": "wrk", "wrk keep-alive": "wrk ka"}  # chart labels
 
 WORK = tempfile.mkdtemp(prefix="eddy-bench-")
-PROCS = []
+PROCS = Procs(WORK)
 
 
 def log(*a):
@@ -94,65 +94,10 @@ def log(*a):
 # ---------------------------------------------------------------- processes
 
 
-def write(name, text):
-    path = os.path.join(WORK, name)
-    with open(path, "w") as f:
-        f.write(text)
-    return path
-
-
-def start(name, argv, port):
-    out = open(os.path.join(WORK, name + ".log"), "w")
-    p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=WORK)
-    PROCS.append(p)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        if p.poll() is not None:
-            sys.exit(f"{name} exited: see {out.name}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return p
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{name} did not listen on {port}")
-
-
-def stop_all():
-    for p in PROCS:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in PROCS:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def family(pid):
-    """The process and its children (nginx workers)."""
-    pids = [pid]
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    pids.append(int(d))
-            except OSError:
-                pass
-    return pids
-
-
-def cpu_ticks(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-        except OSError:
-            pass
-    return total
+# One set of started processes, stopped together at the end (procs.py).
+write = PROCS.write
+start = PROCS.start
+stop_all = PROCS.stop_all
 
 
 def status_kib(pids, key):

@@ -21,44 +21,16 @@ import sys
 import tempfile
 import time
 
+from procs import Procs, cpu_ticks, family
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = tempfile.mkdtemp(prefix="eddy-profile-")
 ORIGIN, EDDY, EDDY_ADMIN, NGINX = 18401, 18402, 18403, 18404
 BODY = "x" * 1023 + "\n"
-PROCS = []
 
 
-def write(name, text):
-    path = os.path.join(WORK, name)
-    with open(path, "w") as f:
-        f.write(text)
-    return path
-
-
-def start(argv, port):
-    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=WORK)
-    PROCS.append(p)
-    import socket
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return p
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{argv[0]} did not listen on {port}")
-
-
-def children(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(d))
-            except OSError:
-                pass
-    return out
+PROCS = Procs(WORK)
+write = PROCS.write
 
 
 def nginx_conf(name, workers, body):
@@ -138,16 +110,9 @@ def samples(port, pids):
 
 
 def cpu_per_request(port, pids, conns):
-    def ticks():
-        t = 0
-        for pid in pids:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            t += int(fields[11]) + int(fields[12])
-        return t
-    t0 = ticks()
+    t0 = cpu_ticks(pids)
     n = wrk(port, conns, 4)
-    return (ticks() - t0) / os.sysconf("SC_CLK_TCK") / max(n, 1) * 1e6
+    return (cpu_ticks(pids) - t0) / os.sysconf("SC_CLK_TCK") / max(n, 1) * 1e6
 
 
 def main():
@@ -155,9 +120,9 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"bench/profile needs {tool}")
     try:
-        start(["nginx", "-p", WORK, "-c", write("origin.conf", nginx_conf("origin", 1, f"""
+        PROCS.start("origin", ["nginx", "-p", WORK, "-c", write("origin.conf", nginx_conf("origin", 1, f"""
     server {{ listen 127.0.0.1:{ORIGIN}; location / {{ return 200 "{BODY}"; }} }}"""))], ORIGIN)
-        eddy = start([os.path.join(ROOT, "target", "release", "eddy"), "--config", write("eddy.toml", f"""
+        eddy = PROCS.start("eddy", [os.path.join(ROOT, "target", "release", "eddy"), "--config", write("eddy.toml", f"""
 [admin]
 listen = "127.0.0.1:{EDDY_ADMIN}"
 [log]
@@ -171,11 +136,11 @@ mode = "forward"
 max_connections_per_host = 64
 max_idle_per_host = 64
 """)], EDDY)
-        ngx = start(["nginx", "-p", WORK, "-c", write("proxy.conf", nginx_conf("proxy", os.cpu_count() or 1, f"""
+        ngx = PROCS.start("nginx", ["nginx", "-p", WORK, "-c", write("proxy.conf", nginx_conf("proxy", os.cpu_count() or 1, f"""
     upstream origin {{ server 127.0.0.1:{ORIGIN}; keepalive 64; keepalive_requests 100000000; }}
     server {{ listen 127.0.0.1:{NGINX}; location / {{ proxy_pass http://origin;
         proxy_http_version 1.1; proxy_set_header Connection ""; }} }}"""))], NGINX)
-        proxies = {"eddy": (EDDY, [eddy.pid]), "nginx": (NGINX, children(ngx.pid))}
+        proxies = {"eddy": (EDDY, [eddy.pid]), "nginx": (NGINX, family(ngx.pid))}
         wrk(EDDY, 16, 1)
         wrk(NGINX, 16, 1)
         report = {}
@@ -187,14 +152,7 @@ max_idle_per_host = 64
                 "samples": samples(port, pids),
             }
     finally:
-        for p in PROCS:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in PROCS:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        PROCS.stop_all()
         shutil.rmtree(WORK, ignore_errors=True)
 
     print("## System calls per proxied legacy request (strace -c -f)\n")

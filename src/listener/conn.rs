@@ -96,8 +96,7 @@ pub(super) struct ClientConn {
 }
 
 impl ClientConn {
-    pub(super) async fn serve(self, stream: ClientStream, peer: SocketAddr) {
-        let mut stream = stream;
+    pub(super) async fn serve(self, mut stream: ClientStream, peer: SocketAddr) {
         let activity = Arc::new(Activity::new(
             self.limits.header_timeout,
             self.limits.idle_timeout,
