@@ -116,7 +116,8 @@ pub struct HeadScan {
     /// The request method's first bytes (to notice CONNECT).
     method: [u8; 7],
     method_len: usize,
-    /// The last byte of the head was a CR: the next must be LF.
+    /// The last byte of the head, or of chunked framing, was a CR: the
+    /// next must be LF.
     cr: bool,
     /// The request line's version (`HTTP/1.1`), and whether it is 1.0.
     version: [u8; 8],
