@@ -45,6 +45,10 @@ pub enum ProxyError {
     /// No connection became free within `pending_timeout` (503).
     #[error("no connection to {origin} became free within pending_timeout")]
     PendingTimeout { origin: String },
+    /// No local port was free toward the origin (`EADDRNOTAVAIL`), and no
+    /// pooled connection became free within `pending_timeout` (503).
+    #[error("no local port free toward {origin} (EADDRNOTAVAIL: ephemeral ports exhausted), and no pooled connection became free within pending_timeout")]
+    NoLocalPort { origin: String },
     /// TCP connect did not finish within `connect_timeout` (504).
     #[error("connecting to {origin} timed out")]
     ConnectTimeout { origin: String },
@@ -83,9 +87,9 @@ impl ProxyError {
             | ProxyError::TlsCertificate { .. }
             | ProxyError::TlsProtocol { .. }
             | ProxyError::HttpProtocol { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::QueueFull { .. } | ProxyError::PendingTimeout { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::QueueFull { .. }
+            | ProxyError::PendingTimeout { .. }
+            | ProxyError::NoLocalPort { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -109,6 +113,9 @@ impl ProxyError {
             ProxyError::QueueFull { .. } | ProxyError::PendingTimeout { .. } => {
                 "connection_limit_reached"
             }
+            // RFC 9209: "an internal error unrelated to the origin". The
+            // origin is fine; eddy's host ran out of ports toward it.
+            ProxyError::NoLocalPort { .. } => "proxy_internal_error",
             ProxyError::ConnectTimeout { .. } => "connection_timeout",
             ProxyError::ResponseTimeout { .. } => "http_response_timeout",
             ProxyError::Loop(_) => "proxy_loop_detected",

@@ -333,11 +333,13 @@ pub(crate) enum CloseReason {
     Evicted,
     Error,
     Shutdown,
+    /// The connection's address left its origin's DNS answer.
+    AddressGone,
 }
 
 impl CloseReason {
     /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub(crate) const ALL: [CloseReason; 9] = [
+    pub(crate) const ALL: [CloseReason; 10] = [
         CloseReason::IdleTimeout,
         CloseReason::KeepaliveHint,
         CloseReason::MaxLifetime,
@@ -347,6 +349,7 @@ impl CloseReason {
         CloseReason::Evicted,
         CloseReason::Error,
         CloseReason::Shutdown,
+        CloseReason::AddressGone,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -360,6 +363,7 @@ impl CloseReason {
             CloseReason::Evicted => "evicted",
             CloseReason::Error => "error",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::AddressGone => "address_gone",
         }
     }
 }

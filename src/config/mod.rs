@@ -45,6 +45,7 @@ const DEFAULT_MAX_IDLE_PER_HOST: usize = 32;
 const DEFAULT_MAX_IDLE_TOTAL: usize = 4096;
 const DEFAULT_IDLE_TIMEOUT: Dur = Dur::secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Dur = Dur::secs(2);
+const DEFAULT_DNS_REFRESH: Dur = Dur::secs(30);
 const DEFAULT_MAX_PENDING_PER_HOST: usize = 4096;
 const DEFAULT_PENDING_TIMEOUT: Dur = Dur::secs(5);
 const DEFAULT_RESPONSE_HEADER_TIMEOUT: Dur = Dur::secs(30);
@@ -208,6 +209,10 @@ pub(crate) struct UpstreamConfig {
     pub(crate) client_key: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sni: Option<String>,
+    /// An egress forward proxy this origin is reached through
+    /// (`http://host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) via: Option<OriginUrl>,
     #[serde(default)]
     pub(crate) pool: PoolOverrides,
 }
@@ -524,6 +529,24 @@ impl Config {
             effective.validate().map_err(|e| {
                 Invalid::new(format!("[[upstream]] match = {:?}: {e}", u.match_), at())
             })?;
+            if u.via.as_ref().is_some_and(|v| v.tls) {
+                return Err(Invalid::new(
+                    format!(
+                        "[[upstream]] match = {:?}: via must be an http:// proxy (eddy speaks TLS to the origin through its CONNECT tunnel)",
+                        u.match_
+                    ),
+                    at(),
+                ));
+            }
+            if u.via.is_some() && u.http2 {
+                return Err(Invalid::new(
+                    format!(
+                        "[[upstream]] match = {:?}: via cannot be combined with http2 (an HTTP/2 origin is not reached through an egress proxy)",
+                        u.match_
+                    ),
+                    at(),
+                ));
+            }
             if u.client_cert.is_some() != u.client_key.is_some() {
                 return Err(Invalid::new(
                     format!(

@@ -5,11 +5,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Dur, Size, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_MAX_BYTES, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_HOST, DEFAULT_MAX_IDLE_PER_HOST,
-    DEFAULT_MAX_IDLE_TOTAL, DEFAULT_MAX_PENDING_PER_HOST, DEFAULT_PENDING_TIMEOUT,
-    DEFAULT_RESPONSE_HEADER_TIMEOUT, DEFAULT_RETRY_BODY_BUFFER, DEFAULT_STALE_RETRIES,
-    DEFAULT_UNSAFE_MAX_IDLE_AGE, MAX_CONNECTIONS_CEILING,
+    Dur, Size, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DNS_REFRESH, DEFAULT_DRAIN_MAX_BYTES,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_HOST,
+    DEFAULT_MAX_IDLE_PER_HOST, DEFAULT_MAX_IDLE_TOTAL, DEFAULT_MAX_PENDING_PER_HOST,
+    DEFAULT_PENDING_TIMEOUT, DEFAULT_RESPONSE_HEADER_TIMEOUT, DEFAULT_RETRY_BODY_BUFFER,
+    DEFAULT_STALE_RETRIES, DEFAULT_UNSAFE_MAX_IDLE_AGE, MAX_CONNECTIONS_CEILING,
 };
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -26,6 +26,13 @@ pub(crate) struct PoolConfig {
     pub(crate) max_pending_per_host: usize,
     pub(crate) pending_timeout: Dur,
     pub(crate) response_header_timeout: Dur,
+    /// The longest an origin name's addresses are used without resolving
+    /// it again (a shorter DNS TTL wins).
+    pub(crate) dns_refresh: Dur,
+    /// The local address upstream connections are made from (none: the
+    /// kernel chooses, as for any outgoing connection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) source_address: Option<std::net::IpAddr>,
 }
 
 impl Default for PoolConfig {
@@ -43,6 +50,8 @@ impl Default for PoolConfig {
             max_pending_per_host: DEFAULT_MAX_PENDING_PER_HOST,
             pending_timeout: DEFAULT_PENDING_TIMEOUT,
             response_header_timeout: DEFAULT_RESPONSE_HEADER_TIMEOUT,
+            dns_refresh: DEFAULT_DNS_REFRESH,
+            source_address: None,
         }
     }
 }
@@ -77,6 +86,10 @@ pub(crate) struct PoolOverrides {
     pub(crate) pending_timeout: Option<Dur>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) response_header_timeout: Option<Dur>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) dns_refresh: Option<Dur>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) source_address: Option<std::net::IpAddr>,
 }
 
 impl PoolOverrides {
@@ -103,6 +116,8 @@ impl PoolOverrides {
             response_header_timeout: self
                 .response_header_timeout
                 .unwrap_or(base.response_header_timeout),
+            dns_refresh: self.dns_refresh.unwrap_or(base.dns_refresh),
+            source_address: self.source_address.or(base.source_address),
         }
     }
 }
@@ -152,6 +167,15 @@ impl PoolConfig {
             if d.is_zero() {
                 return Err(format!("{key} must be above 0s"));
             }
+        }
+        if self.dns_refresh.get() < std::time::Duration::from_secs(1) {
+            return Err("dns_refresh must be at least 1s".into());
+        }
+        if self
+            .source_address
+            .is_some_and(|a| a.is_unspecified() || a.is_multicast())
+        {
+            return Err("source_address must be one of this host's unicast addresses".into());
         }
         Ok(())
     }

@@ -243,10 +243,7 @@ pub(super) async fn send_h2(
         .flatten();
     let timeout = route.settings.response_header_timeout.get();
     loop {
-        let (conn, reused) = match pool
-            .h2_sender(&route.origin, route.settings.connect_timeout.get())
-            .await
-        {
+        let (conn, reused) = match pool.h2_sender(&route.origin, &route.settings).await {
             Ok(opened) => opened,
             Err(error) => {
                 record.count_retry(false);

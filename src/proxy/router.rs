@@ -36,6 +36,18 @@ struct Entry {
     min_idle: usize,
     default_port: u16,
     http2: bool,
+    /// `via =`: the egress proxy's host and port.
+    via: Option<(String, u16)>,
+}
+
+impl Entry {
+    /// `origin`, through this entry's egress proxy if it names one.
+    fn through_via(&self, origin: Origin) -> Origin {
+        match &self.via {
+            Some((host, port)) => origin.via(host, *port),
+            None => origin,
+        }
+    }
 }
 
 /// The inputs of a TLS profile. Equal sources give equal profiles, so a
@@ -118,15 +130,17 @@ impl Router {
                 _ => Origin::from_url(url),
             });
             let settings = u.pool.apply(&config.pool);
-            let entry = Entry {
-                connect,
+            let mut entry = Entry {
+                connect: None,
                 tls,
                 tls_source,
                 min_idle: settings.min_idle_per_host,
                 settings: Arc::new(settings),
                 default_port: port.unwrap_or(80),
                 http2: u.http2,
+                via: u.via.as_ref().map(|v| (v.host.clone(), v.port)),
             };
+            entry.connect = connect.map(|c| entry.through_via(c));
             entries.insert((host, port), entry);
         }
         let by_origin = entries
@@ -134,7 +148,7 @@ impl Router {
             .filter_map(|((host, port), e)| {
                 let origin = match (&e.connect, port) {
                     (Some(c), _) => c.clone(),
-                    (None, Some(p)) => Origin::new(false, host, *p),
+                    (None, Some(p)) => e.through_via(Origin::new(false, host, *p)),
                     (None, None) => return None,
                 };
                 Some((origin, e.settings.clone()))
@@ -170,7 +184,7 @@ impl Router {
                 origin: e
                     .connect
                     .clone()
-                    .unwrap_or_else(|| Router::origin_of(target, e.tls.as_ref())),
+                    .unwrap_or_else(|| e.through_via(Router::origin_of(target, e.tls.as_ref()))),
                 settings: e.settings.clone(),
                 http2: e.http2,
                 generation: self.generation,
@@ -219,7 +233,8 @@ impl Router {
                 (None, Some(_)) => !origin.is_tls(),
                 (None, None) => true,
             };
-            return same_tls.then(|| e.settings.clone());
+            let same_via = origin.via_proxy() == e.via.as_ref().map(|(h, p)| (h.as_str(), *p));
+            return (same_tls && same_via).then(|| e.settings.clone());
         }
         if origin.tls_profile().is_some() {
             // Only a `connect =` origin of an entry with TLS settings.
@@ -244,10 +259,9 @@ impl Router {
             .iter()
             .filter(|(_, e)| e.min_idle > 0 && !e.http2)
             .map(|((host, port), e)| Route {
-                origin: e
-                    .connect
-                    .clone()
-                    .unwrap_or_else(|| Origin::new(false, host, port.unwrap_or(e.default_port))),
+                origin: e.connect.clone().unwrap_or_else(|| {
+                    e.through_via(Origin::new(false, host, port.unwrap_or(e.default_port)))
+                }),
                 settings: e.settings.clone(),
                 http2: false,
                 generation: self.generation,

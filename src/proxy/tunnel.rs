@@ -54,9 +54,9 @@ pub(super) async fn connect(
     // Counted under the destination (`tcp://host:port`), within the label cap.
     record.origin = Some(ctx.metrics.origin(&destination));
     record.upstream = Some(Upstream::Tunnel(destination));
-    let timeout = ctx.router.route(&target).settings.connect_timeout.get();
+    let settings = ctx.router.route(&target).settings;
     let started = std::time::Instant::now();
-    let (upstream, listed) = ctx.pool.open_tunnel(&origin, timeout).await?;
+    let (upstream, listed) = ctx.pool.open_tunnel(&origin, &settings).await?;
     record.connect = Some(started.elapsed());
     record.first_byte = Some(std::time::Instant::now());
     record.peer = upstream.peer_addr().ok();

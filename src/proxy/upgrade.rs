@@ -46,12 +46,12 @@ pub(super) async fn relay(
             .headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    if let Some(uri) = crate::upstream::via::absolute_form(&route.origin, &parts.uri) {
+        parts.uri = uri;
+    }
     let (body, _) = ReqBody::from_incoming(body, ctx.body_pace);
     let settings = &route.settings;
-    let mut sender = ctx
-        .pool
-        .open_dedicated(&route.origin, settings.connect_timeout.get())
-        .await?;
+    let mut sender = ctx.pool.open_dedicated(&route.origin, settings).await?;
     let origin = route.origin.to_string();
     let sent = tokio::time::timeout(
         settings.response_header_timeout.get(),

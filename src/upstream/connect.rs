@@ -1,10 +1,11 @@
-//! Opening an upstream connection: DNS, TCP connect, the HTTP/1 handshake.
+//! Opening an upstream connection: DNS (`dns`), TCP connect (`dial`), an
+//! egress proxy's tunnel (`via`), TLS, the HTTP handshake.
 //!
 //! The whole sequence runs under one deadline (`connect_timeout`) so a slow
-//! resolver and a slow SYN cannot add up. Names under `.invalid` fail at once
-//! as RFC 6761 asks, without a resolver round trip. Every resolved address is
+//! resolver and a slow SYN cannot add up. Every resolved address is
 //! checked against eddy's own listeners before it is dialled, so a name that
-//! resolves to eddy itself is a 508, not an infinite loop.
+//! resolves to eddy itself is a 508, not an infinite loop, and against
+//! `deny_cidrs`, so a name cannot smuggle a denied address past the policy.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,12 +18,14 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use super::dial::DialError;
+use super::dns::Resolver;
 use super::io::{CountingIo, ReadLog, Stream};
 use super::loop_guard::LoopGuard;
 use super::origin::Origin;
 use super::request_body::ReqBody;
 use super::tls::{TlsFailure, TlsProfile};
-use crate::config::Cidr;
+use crate::config::{Cidr, PoolConfig};
 use crate::error::ProxyError;
 
 /// What a successful connect hands to the pool.
@@ -47,6 +50,9 @@ pub(crate) struct Connector {
     /// Bumped by each [`Connector::set_deny`], so that a connection dialled
     /// under an older list is checked against the new one once.
     deny_epoch: std::sync::atomic::AtomicU64,
+    /// Names to addresses, shared with the pool, which keeps the names it
+    /// holds connections to fresh.
+    resolver: Arc<Resolver>,
 }
 
 impl Connector {
@@ -70,7 +76,12 @@ impl Connector {
             default_tls,
             deny: std::sync::RwLock::new(deny),
             deny_epoch: std::sync::atomic::AtomicU64::new(0),
+            resolver: Arc::new(Resolver::new()),
         }
+    }
+
+    pub(crate) fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
     }
 
     /// Replaces `security.deny_cidrs` (a reload).
@@ -94,9 +105,13 @@ impl Connector {
     pub(crate) async fn connect(
         &self,
         origin: &Origin,
+        settings: &PoolConfig,
         deadline: Instant,
     ) -> Result<Connected, ProxyError> {
-        let stream = self.tcp(origin, deadline).await?;
+        let mut stream = self.tcp(origin, settings, deadline).await?;
+        if origin.via_proxy().is_some() && origin.is_tls() {
+            super::via::open_tunnel(&mut stream, origin, deadline).await?;
+        }
         let socket = socket2::SockRef::from(&stream)
             .try_clone()
             .map_err(|e| refused(origin, &e))?;
@@ -118,14 +133,21 @@ impl Connector {
 }
 
 impl Connector {
-    /// DNS and TCP connect, refusing eddy's own addresses: the first half
-    /// of a pooled connection, and all of a CONNECT tunnel's upstream leg.
+    /// DNS and TCP connect (to the egress proxy, for an origin behind
+    /// one), refusing eddy's own addresses: the first half of a pooled
+    /// connection, and all of a CONNECT tunnel's upstream leg.
     pub(crate) async fn tcp(
         &self,
         origin: &Origin,
+        settings: &PoolConfig,
         deadline: Instant,
     ) -> Result<TcpStream, ProxyError> {
-        let mut addrs = resolve(origin, deadline).await?;
+        let (host, port) = origin.dial_host();
+        let ips = self
+            .resolver
+            .addresses(host, settings.dns_refresh.get(), deadline)
+            .await?;
+        let mut addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
         for addr in &addrs {
             if self.loop_guard.is_own_address(*addr) {
                 return Err(ProxyError::Loop(addr.to_string()));
@@ -140,7 +162,36 @@ impl Connector {
         if addrs.is_empty() {
             return Err(ProxyError::Prohibited(origin.to_string()));
         }
-        let stream = dial(origin, &addrs, deadline).await?;
+        let source = settings.source_address;
+        if let Some(source) = source {
+            addrs.retain(|a| a.is_ipv4() == source.is_ipv4());
+            if addrs.is_empty() {
+                return Err(ProxyError::ConnectionRefused {
+                    origin: origin.to_string(),
+                    reason: format!("no address of the family of source_address {source}"),
+                });
+            }
+        }
+        let stream = match super::dial::connect(&addrs, source, deadline).await {
+            Ok(stream) => stream,
+            Err(DialError::Timeout) => {
+                return Err(ProxyError::ConnectTimeout {
+                    origin: origin.to_string(),
+                })
+            }
+            Err(DialError::NoLocalPort(_)) => {
+                return Err(ProxyError::NoLocalPort {
+                    origin: origin.to_string(),
+                })
+            }
+            Err(DialError::Bind(e)) => {
+                return Err(ProxyError::ConnectionRefused {
+                    origin: origin.to_string(),
+                    reason: format!("cannot bind source_address: {e}"),
+                })
+            }
+            Err(DialError::Failed(e)) => return Err(refused(origin, &e)),
+        };
         let _ = stream.set_nodelay(true);
         keepalive(&stream);
         Ok(stream)
@@ -188,9 +239,10 @@ impl Connector {
     pub(crate) async fn connect_h2(
         &self,
         origin: &Origin,
+        settings: &PoolConfig,
         deadline: Instant,
     ) -> Result<(http2::SendRequest<ReqBody>, Option<SocketAddr>), ProxyError> {
-        let tcp = self.tcp(origin, deadline).await?;
+        let tcp = self.tcp(origin, settings, deadline).await?;
         let peer = tcp.peer_addr().ok();
         let stream = if origin.is_tls() {
             let tls = self.tls(origin, tcp, deadline, true).await?;
@@ -269,57 +321,6 @@ pub(crate) fn keepalive_params() -> socket2::TcpKeepalive {
     socket2::TcpKeepalive::new()
         .with_time(std::time::Duration::from_secs(60))
         .with_interval(std::time::Duration::from_secs(15))
-}
-
-async fn resolve(origin: &Origin, deadline: Instant) -> Result<Vec<SocketAddr>, ProxyError> {
-    let host = origin.host();
-    let dns_error = |reason: String| ProxyError::Dns {
-        host: host.to_string(),
-        reason,
-    };
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, origin.port())]);
-    }
-    let bare = host.trim_end_matches('.');
-    if bare == "invalid" || bare.ends_with(".invalid") {
-        return Err(dns_error(
-            "names under .invalid never resolve (RFC 6761)".into(),
-        ));
-    }
-    match timeout_at(deadline, tokio::net::lookup_host((host, origin.port()))).await {
-        Ok(Ok(addrs)) => {
-            let addrs: Vec<SocketAddr> = addrs.take(16).collect();
-            if addrs.is_empty() {
-                Err(dns_error("no addresses".into()))
-            } else {
-                Ok(addrs)
-            }
-        }
-        Ok(Err(e)) => Err(dns_error(e.to_string())),
-        Err(_) => Err(dns_error("lookup timed out".into())),
-    }
-}
-
-/// Tries each address in turn until one accepts; all share the deadline.
-async fn dial(
-    origin: &Origin,
-    addrs: &[SocketAddr],
-    deadline: Instant,
-) -> Result<TcpStream, ProxyError> {
-    let mut last_err = None;
-    for addr in addrs {
-        match timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(e)) => last_err = Some(e),
-            Err(_) => {
-                return Err(ProxyError::ConnectTimeout {
-                    origin: origin.to_string(),
-                })
-            }
-        }
-    }
-    let e = last_err.unwrap_or_else(|| io::Error::other("no address to connect to"));
-    Err(refused(origin, &e))
 }
 
 fn refused(origin: &Origin, e: &io::Error) -> ProxyError {

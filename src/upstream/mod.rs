@@ -6,6 +6,8 @@
 //! connection may be reused, and the response's (`pool::body`).
 
 pub(crate) mod connect;
+pub(crate) mod dial;
+pub(crate) mod dns;
 pub(crate) mod h2;
 pub(crate) mod io;
 pub(crate) mod learn;
@@ -15,6 +17,7 @@ pub(crate) mod pool;
 pub(crate) mod request_body;
 pub(crate) mod tls;
 pub(crate) mod tunnels;
+pub(crate) mod via;
 
 pub(crate) use loop_guard::LoopGuard;
 pub(crate) use origin::Origin;

@@ -20,6 +20,9 @@ struct Inner {
     port: u16,
     /// TLS settings other than the defaults (`[[upstream]]` ones).
     profile: Option<Arc<TlsProfile>>,
+    /// An egress proxy this origin is reached through (`[[upstream]] via`):
+    /// its host and port.
+    via: Option<(Box<str>, u16)>,
     /// `scheme://host:port`, derived from the fields above.
     name: Box<str>,
     /// Where the host is in `name` (one allocation serves both).
@@ -43,6 +46,7 @@ impl PartialEq for Inner {
             && self.port == other.port
             && self.host() == other.host()
             && self.profile.as_ref().map(|p| p.id) == other.profile.as_ref().map(|p| p.id)
+            && self.via == other.via
     }
 }
 
@@ -77,17 +81,36 @@ impl Hash for Origin {
 impl Origin {
     /// `host` must already be lower-case and without IPv6 brackets.
     pub(crate) fn new(tls: bool, host: &str, port: u16) -> Origin {
-        Origin::build(tls, host, port, None)
+        Origin::build(tls, host, port, None, None)
     }
 
     /// An `https://` origin reached with particular TLS settings.
     pub(crate) fn with_tls(host: &str, port: u16, profile: Arc<TlsProfile>) -> Origin {
-        Origin::build(true, host, port, Some(profile))
+        Origin::build(true, host, port, Some(profile), None)
+    }
+
+    /// The same origin, reached through the egress proxy at `host:port`:
+    /// a pool of its own (connections to the proxy, not the origin).
+    pub(crate) fn via(&self, host: &str, port: u16) -> Origin {
+        let o = &self.0;
+        Origin::build(
+            o.tls,
+            o.host(),
+            o.port,
+            o.profile.clone(),
+            Some((host.into(), port)),
+        )
     }
 
     /// Built for every forward request, so by hand: one allocation for
     /// the name, no formatting machinery. Renders like [`OriginUrl`].
-    fn build(tls: bool, host: &str, port: u16, profile: Option<Arc<TlsProfile>>) -> Origin {
+    fn build(
+        tls: bool,
+        host: &str,
+        port: u16,
+        profile: Option<Arc<TlsProfile>>,
+        via: Option<(Box<str>, u16)>,
+    ) -> Origin {
         let scheme = if tls { "https://" } else { "http://" };
         let v6 = host.contains(':');
         let digits = port.checked_ilog10().unwrap_or(0) as usize + 1;
@@ -113,10 +136,12 @@ impl Origin {
         host.hash(&mut h);
         port.hash(&mut h);
         profile.as_ref().map(|p| p.id).hash(&mut h);
+        via.hash(&mut h);
         Origin(Arc::new(Inner {
             tls,
             port,
             profile,
+            via,
             name: name.into_boxed_str(),
             host: start..end,
             hash: h.finish(),
@@ -139,6 +164,15 @@ impl Origin {
     /// The origin's own TLS settings, if not the defaults.
     pub(crate) fn tls_profile(&self) -> Option<&Arc<TlsProfile>> {
         self.0.profile.as_ref()
+    }
+    /// The egress proxy's host and port, for an origin reached through one.
+    pub(crate) fn via_proxy(&self) -> Option<(&str, u16)> {
+        self.0.via.as_ref().map(|(h, p)| (&**h, *p))
+    }
+    /// Where eddy's TCP connections for this origin go: the egress proxy,
+    /// or the origin itself.
+    pub(crate) fn dial_host(&self) -> (&str, u16) {
+        self.via_proxy().unwrap_or((self.host(), self.0.port))
     }
     /// `scheme://host:port`.
     pub(crate) fn as_str(&self) -> &str {

@@ -46,6 +46,11 @@ pub(crate) struct Conn {
     pub(super) connect_took: Duration,
     /// The connector's deny-list epoch `peer` was last checked under.
     pub(super) deny_epoch: u64,
+    /// The resolver's count of changed answers when `peer` was last
+    /// checked against its origin's addresses.
+    pub(super) dns_changes: u64,
+    /// Counts it toward its address in `/pools` while it lives.
+    pub(super) _peer_share: Option<super::follow::PeerShare>,
 }
 
 impl Conn {

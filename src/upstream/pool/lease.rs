@@ -201,6 +201,10 @@ impl Pooled {
         body_idle: Duration,
         drain: DrainLimits,
     ) -> Result<(Response<Incoming>, Lease), SendFailure> {
+        let mut req = req;
+        if let Some(uri) = crate::upstream::via::absolute_form(&self.origin, req.uri()) {
+            *req.uri_mut() = uri;
+        }
         let Some(conn) = self.conn.as_mut() else {
             return Err(SendFailure::new(terminated(
                 &self.origin,

@@ -201,32 +201,47 @@ impl Pool {
                 seconds_ago: now.saturating_duration_since(at).as_secs_f64(),
             })
         };
-        let mut out: Vec<OriginStats> = {
+        let (origins, mut out): (Vec<_>, Vec<OriginStats>) = {
             let st = self.lock();
             st.origins()
-                .map(|(origin, os)| OriginStats {
-                    origin: origin.to_string(),
-                    protocol: "http/1.1",
-                    idle: os.idle().len(),
-                    in_use: os.in_use(),
-                    connecting: os.connecting(),
-                    pending: os.pending(),
-                    opened_total: os.opened_total(),
-                    reused_total: os.reused_total(),
-                    oldest_idle_seconds: os.idle().first().map_or(0.0, |i| {
-                        now.saturating_duration_since(i.since).as_secs_f64()
-                    }),
-                    effective_idle_timeout_seconds: os.effective_idle_timeout().0.as_secs_f64(),
-                    streams: None,
-                    connect_failures: os.connect_failures(),
-                    last_error: last_error(os.last_failure()),
-                    max_connections_per_host: os.settings().max_connections_per_host,
-                    max_pending_per_host: os.settings().max_pending_per_host,
-                    idle_timeout_learned: os.effective_idle_timeout().1
-                        == CloseReason::KeepaliveHint,
+                .map(|(origin, os)| {
+                    (
+                        origin.clone(),
+                        OriginStats {
+                            origin: origin.to_string(),
+                            protocol: "http/1.1",
+                            idle: os.idle().len(),
+                            in_use: os.in_use(),
+                            connecting: os.connecting(),
+                            pending: os.pending(),
+                            opened_total: os.opened_total(),
+                            reused_total: os.reused_total(),
+                            oldest_idle_seconds: os.idle().first().map_or(0.0, |i| {
+                                now.saturating_duration_since(i.since).as_secs_f64()
+                            }),
+                            effective_idle_timeout_seconds: os
+                                .effective_idle_timeout()
+                                .0
+                                .as_secs_f64(),
+                            streams: None,
+                            connect_failures: os.connect_failures(),
+                            last_error: last_error(os.last_failure()),
+                            max_connections_per_host: os.settings().max_connections_per_host,
+                            max_pending_per_host: os.settings().max_pending_per_host,
+                            idle_timeout_learned: os.effective_idle_timeout().1
+                                == CloseReason::KeepaliveHint,
+                            ports_short: os.port_cap().is_some(),
+                            addresses: Vec::new(),
+                        },
+                    )
                 })
-                .collect()
+                .unzip()
         };
+        // Outside the pool's lock: the resolver and the address counts
+        // have locks of their own.
+        for (origin, stats) in origins.iter().zip(out.iter_mut()) {
+            stats.addresses = self.addresses_of(origin);
+        }
         for h2 in self.shared.h2.views() {
             let busy = h2.open && h2.streams > 0;
             out.push(OriginStats {
@@ -285,6 +300,12 @@ pub(crate) struct OriginStats {
     /// The effective idle timeout is one learned from the origin.
     #[serde(skip)]
     pub idle_timeout_learned: bool,
+    /// New connections are held back: local ports ran out toward it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ports_short: bool,
+    /// The addresses its name resolves to, and connections per address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<super::follow::AddressStats>,
 }
 
 /// A failed connect, as `/pools` shows it.

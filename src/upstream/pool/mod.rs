@@ -38,12 +38,15 @@
 //! - `completion`: what becomes of a connection when its response ends;
 //! - `conn`: one connection, its liveness probe and retirement rules;
 //! - `maintenance`: reaper, prewarming, shutdown, `/pools` snapshot;
+//! - `follow`: DNS answers kept fresh, connections to gone addresses
+//!   retired;
 //! - `reconfigure`: a reloaded configuration applied to the live pool.
 
 pub(crate) mod body;
 mod completion;
 mod conn;
 pub(crate) mod core;
+mod follow;
 mod gauges;
 mod lease;
 mod maintenance;
@@ -136,6 +139,8 @@ struct Shared {
     h2: crate::upstream::h2::H2Slots,
     tunnels: Tunnels,
     next_id: AtomicU64,
+    /// Open connections per origin and address (`/pools`).
+    peers: Arc<follow::Peers>,
 }
 
 impl Drop for Shared {
@@ -176,8 +181,10 @@ impl Pool {
                 h2: Default::default(),
                 tunnels: Tunnels::default(),
                 next_id: AtomicU64::new(1),
+                peers: Arc::default(),
             }),
         };
+        tokio::spawn(Pool::follow_dns(pool.downgrade()));
         tokio::spawn(Pool::reaper(
             pool.downgrade(),
             pool.shared.reaper_wake.clone(),
@@ -284,12 +291,13 @@ impl Pool {
     pub(crate) async fn open_dedicated(
         &self,
         origin: &Origin,
-        timeout: std::time::Duration,
+        settings: &PoolConfig,
     ) -> Result<hyper::client::conn::http1::SendRequest<crate::upstream::ReqBody>, ProxyError> {
+        let deadline = Instant::now() + settings.connect_timeout.get();
         let connected = self
             .shared
             .connector
-            .connect(origin, Instant::now() + timeout)
+            .connect(origin, settings, deadline)
             .await?;
         let metrics = self.shared.metrics.origin(origin.as_str());
         metrics.opened.inc();
@@ -311,10 +319,10 @@ impl Pool {
     pub(crate) async fn h2_sender(
         &self,
         origin: &Origin,
-        timeout: std::time::Duration,
+        settings: &PoolConfig,
     ) -> Result<(crate::upstream::h2::H2Conn, bool), ProxyError> {
         let started = Instant::now();
-        let deadline = started + timeout;
+        let deadline = started + settings.connect_timeout.get();
         let slot = self.shared.h2.slot(origin);
         // Waiting for another request's connect counts against this one's
         // connect_timeout: a slow origin cannot build an unbounded queue.
@@ -329,7 +337,11 @@ impl Pool {
             }
         }
         slot.connecting.store(true, Ordering::Relaxed);
-        let connected = self.shared.connector.connect_h2(origin, deadline).await;
+        let connected = self
+            .shared
+            .connector
+            .connect_h2(origin, settings, deadline)
+            .await;
         slot.connecting.store(false, Ordering::Relaxed);
         slot.note_connect(connected.as_ref().err().map(ProxyError::proxy_status));
         let (sender, peer) = connected?;
@@ -367,12 +379,13 @@ impl Pool {
     pub(crate) async fn open_tunnel(
         &self,
         origin: &Origin,
-        timeout: std::time::Duration,
+        settings: &PoolConfig,
     ) -> Result<(tokio::net::TcpStream, OpenTunnel), ProxyError> {
+        let deadline = Instant::now() + settings.connect_timeout.get();
         let stream = self
             .shared
             .connector
-            .tcp(origin, Instant::now() + timeout)
+            .tcp(origin, settings, deadline)
             .await?;
         let destination = tunnel_destination(origin);
         Ok((stream, self.shared.tunnels.open(destination)))
@@ -410,15 +423,21 @@ impl Pool {
             }
             p
         };
+        // A connect failed for lack of a local port: the request waited
+        // again, and if its time runs out that is what it is told.
+        let mut short_of_ports = false;
         loop {
-            let step = self.next_step(route, reuse);
-            let pooled = match step {
-                Step::Reuse(pooled) => pooled,
-                Step::Connect(permit) => {
-                    return Box::pin(self.connect(permit))
-                        .await
-                        .map(|p| stamp(p, waited))
+            let permit = match self.next_step(route, reuse) {
+                Step::Reuse(pooled) => {
+                    if let Some(ready) = self.ready(pooled, reuse, settings).await {
+                        // A pooled connection's wait is the whole checkout:
+                        // queue, lookup and probe.
+                        return Ok(stamp(ready, started.elapsed()));
+                    }
+                    // The connection was dead; its slot is free again.
+                    continue;
                 }
+                Step::Connect(permit) => permit,
                 Step::Full(pending, metrics) => {
                     metrics.rejected_queue_full.inc();
                     return Err(ProxyError::QueueFull {
@@ -430,30 +449,59 @@ impl Pool {
                     let queued = Instant::now();
                     let grant = Box::pin(self.wait(route, id, rx, pending_deadline)).await;
                     waited += queued.elapsed();
-                    match grant? {
-                        Grant::Conn(pooled) if reuse == Reuse::Fresh => {
-                            return Box::pin(self.connect(pooled.into_permit(route)))
-                                .await
-                                .map(|p| stamp(p, waited))
+                    match grant {
+                        Err(ProxyError::PendingTimeout { .. }) if short_of_ports => {
+                            return Err(ProxyError::NoLocalPort {
+                                origin: route.origin.to_string(),
+                            })
                         }
-                        Grant::Conn(pooled) => pooled,
-                        Grant::Permit(permit) => {
-                            return Box::pin(self.connect(permit))
-                                .await
-                                .map(|p| stamp(p, waited))
+                        Err(e) => return Err(e),
+                        Ok(Grant::Conn(pooled)) if reuse == Reuse::Fresh => {
+                            pooled.into_permit(route)
                         }
+                        Ok(Grant::Conn(pooled)) => {
+                            if let Some(ready) = self.ready(pooled, reuse, settings).await {
+                                return Ok(stamp(ready, started.elapsed()));
+                            }
+                            continue;
+                        }
+                        Ok(Grant::Permit(permit)) => permit,
                     }
                 }
             };
-            if let Some(ready) = pooled
-                .into_ready(reuse, settings.connect_timeout.get())
-                .await
-            {
-                // A pooled connection's wait is the whole checkout: queue,
-                // lookup and probe.
-                return Ok(stamp(ready, started.elapsed()));
+            match Box::pin(self.connect(permit)).await {
+                Err(ProxyError::NoLocalPort { .. }) if Instant::now() < pending_deadline => {
+                    short_of_ports = true;
+                    self.note_port_shortage(route);
+                }
+                connected => return connected.map(|p| stamp(p, waited)),
             }
-            // The connection was dead; its slot is free again. Try again.
+        }
+    }
+
+    /// A pooled connection probed and made ready, or `None` if it was dead
+    /// (its slot is free again).
+    async fn ready(&self, pooled: Pooled, reuse: Reuse, settings: &PoolConfig) -> Option<Pooled> {
+        pooled
+            .into_ready(reuse, settings.connect_timeout.get())
+            .await
+    }
+
+    /// A connect found no local port free; the request waits for a pooled
+    /// connection instead. Counted, and logged (at most once a window per
+    /// origin), as `proxy_internal_error`: the origin is not at fault.
+    fn note_port_shortage(&self, route: &Route) {
+        let metrics = self.shared.metrics.origin(route.origin.as_str());
+        let error = "proxy_internal_error";
+        if let crate::failures::Admit::Write { suppressed } = metrics.failed(error, "request") {
+            tracing::warn!(
+                target: "eddy::failure",
+                upstream = %route.origin,
+                error,
+                detail = "no local port free toward the origin (EADDRNOTAVAIL: ephemeral ports exhausted); requests wait for pooled connections",
+                suppressed,
+                "upstream connect failed"
+            );
         }
     }
 
@@ -542,14 +590,27 @@ impl Pool {
         result
     }
 
-    async fn connect(&self, permit: ConnectPermit) -> Result<Pooled, ProxyError> {
+    async fn connect(&self, mut permit: ConnectPermit) -> Result<Pooled, ProxyError> {
         let settings = &permit.route.settings;
         let deadline = Instant::now() + settings.connect_timeout.get();
         let origin = &permit.route.origin;
         let started = Instant::now();
         let deny_epoch = self.shared.connector.deny_epoch();
-        let connected = self.shared.connector.connect(origin, deadline).await;
+        let dns_changes = self.shared.connector.resolver().changes();
+        let connected = self
+            .shared
+            .connector
+            .connect(origin, settings, deadline)
+            .await;
         self.note_connect(origin, connected.as_ref().err());
+        if let Err(e @ ProxyError::NoLocalPort { .. }) = connected {
+            // The slot goes back with the origin capped, not to the next
+            // waiter, whose connect would fail the same way.
+            let origin = permit.route.origin.clone();
+            permit.armed = false;
+            self.with_core(|core, _, fx| core.ports_exhausted(&origin, Instant::now(), fx));
+            return Err(e);
+        }
         let connected = connected?;
         let metrics = match &permit.metrics {
             Some(m) => m.clone(),
@@ -576,6 +637,7 @@ impl Pool {
             .ok()
             .and_then(|a| a.as_socket())
             .map(|a| a.ip());
+        let peer_share = peer.map(|ip| self.shared.peers.join(origin, ip));
         let conn = Conn {
             id,
             sender: connected.sender,
@@ -589,6 +651,8 @@ impl Pool {
             peer,
             connect_took,
             deny_epoch,
+            dns_changes,
+            _peer_share: peer_share,
         };
         Ok(permit.fulfil(conn))
     }

@@ -15,7 +15,9 @@ impl Pool {
     /// idle list, or closed if it must retire.
     /// Returns whether the connection was kept (handed off or idle).
     pub(super) fn release(&self, origin: &Origin, mut conn: Conn) -> bool {
-        let retire = self.denied_since_dialled(&mut conn);
+        let retire = self
+            .denied_since_dialled(&mut conn)
+            .or_else(|| self.address_gone(origin, &mut conn));
         self.with_core(|core, deliver, fx| {
             core.release(origin, conn, retire, Instant::now(), deliver, fx)
         })

@@ -183,7 +183,23 @@ pub(crate) struct Slots<F: Family> {
     /// Connects that failed since the last that succeeded.
     connect_failures: u32,
     last_failure: Option<(Instant, &'static str)>,
+    /// Local ports ran out toward this origin: see [`PortCap`].
+    port_cap: Option<PortCap>,
 }
+
+/// eddy's host ran out of local ports toward an origin (`EADDRNOTAVAIL`).
+/// Opening more connections would only fail again, so the origin's bound
+/// drops to the connections it had then, and requests wait for one of
+/// those. While requests wait, one more connect is tried each
+/// [`PORT_RETRY`]; once nobody waits, the cap is lifted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PortCap {
+    pub(crate) limit: usize,
+    pub(crate) retry_at: Instant,
+}
+
+/// How long a [`PortCap`] holds before one more connect is tried.
+pub(crate) const PORT_RETRY: Duration = Duration::from_secs(1);
 
 impl<F: Family> Slots<F> {
     fn new(settings: Arc<PoolConfig>, generation: u64, meta: F::Meta) -> Slots<F> {
@@ -202,7 +218,19 @@ impl<F: Family> Slots<F> {
             pinned: false,
             connect_failures: 0,
             last_failure: None,
+            port_cap: None,
         }
+    }
+
+    /// How many connections may be open or opening now: the configured
+    /// bound, or fewer while local ports are short ([`PortCap`]).
+    pub(crate) fn bound(&self) -> usize {
+        let max = self.settings.max_connections_per_host;
+        self.port_cap.map_or(max, |c| c.limit.min(max))
+    }
+
+    pub(crate) fn port_cap(&self) -> Option<PortCap> {
+        self.port_cap
     }
 
     /// Idle + in use + connecting: what counts against the bound.
@@ -288,7 +316,7 @@ impl<F: Family> Slots<F> {
 
     /// Gives the oldest waiters permits while slots are free.
     fn dispatch_permits(&mut self, key: &F::Key, deliver: &mut Deliver<'_, F>) {
-        while self.total() < self.settings.max_connections_per_host {
+        while self.total() < self.bound() {
             let Some((_, waiter)) = self.waiters.pop_front() else {
                 return;
             };
@@ -422,7 +450,7 @@ impl<F: Family> Core<F> {
             reused = Some((idle.conn, idle_for));
             break;
         }
-        let bound = os.settings.max_connections_per_host;
+        let bound = os.bound();
         let step = if let Some((conn, idle_for)) = reused {
             Checkout::Reuse { conn, idle_for }
         } else if os.total() < bound || (reuse != Reuse::Any && !os.idle.is_empty()) {
@@ -504,6 +532,63 @@ impl<F: Family> Core<F> {
             os.dispatch_permits(key, deliver);
         }
         self.forget_if_unused(key);
+    }
+
+    /// A reserved slot's connect failed for lack of a local port: the slot
+    /// is free again, and the origin's bound drops to what it has open
+    /// ([`PortCap`]) so that waiters are not handed permits that would
+    /// fail the same way. The caller queues its request again.
+    pub(crate) fn ports_exhausted(
+        &mut self,
+        key: &F::Key,
+        now: Instant,
+        fx: &mut Effects<F::Conn>,
+    ) {
+        let Some(os) = self.origins.get_mut(key) else {
+            return;
+        };
+        os.connecting -= 1;
+        let retry_at = now + PORT_RETRY;
+        os.port_cap = Some(PortCap {
+            limit: os.total(),
+            retry_at,
+        });
+        if self.reaper_deadline.is_none_or(|d| retry_at < d) {
+            self.reaper_deadline = Some(retry_at);
+            fx.wake_reaper = true;
+        }
+    }
+
+    /// Closes `key`'s idle connections that `gone` picks, under `reason`
+    /// (their address left the origin's DNS answer). Returns how many.
+    pub(crate) fn close_idle_where(
+        &mut self,
+        key: &F::Key,
+        mut gone: impl FnMut(&F::Conn) -> bool,
+        reason: CloseReason,
+        deliver: &mut Deliver<'_, F>,
+        fx: &mut Effects<F::Conn>,
+    ) -> usize {
+        let Some(os) = self.origins.get_mut(key) else {
+            return 0;
+        };
+        let before = os.idle.len();
+        let mut i = 0;
+        while i < os.idle.len() {
+            if gone(&os.idle[i].conn) {
+                fx.close(os.idle.remove(i).conn, reason);
+            } else {
+                i += 1;
+            }
+        }
+        let closed = before - os.idle.len();
+        if closed > 0 {
+            fx.wake_prewarm |= os.pinned;
+            os.dispatch_permits(key, deliver);
+            self.idle_total -= closed;
+            self.forget_if_unused(key);
+        }
+        closed
     }
 
     /// A connection in use is traded for a reserved slot (a retry must go
@@ -639,6 +724,19 @@ impl<F: Family> Core<F> {
         let mut removed = 0;
         let mut emptied = Vec::new();
         for (key, os) in self.origins.iter_mut() {
+            if let Some(cap) = os.port_cap {
+                if cap.retry_at <= now {
+                    // Nobody waits: lift it. Otherwise try one more.
+                    os.port_cap = (!os.waiters.is_empty()).then(|| PortCap {
+                        limit: cap.limit.max(os.total()) + 1,
+                        retry_at: now + PORT_RETRY,
+                    });
+                    os.dispatch_permits(key, deliver);
+                }
+                if let Some(cap) = os.port_cap {
+                    next = Some(next.map_or(cap.retry_at, |n| n.min(cap.retry_at)));
+                }
+            }
             let idle_timeout = os.settings.idle_timeout.get();
             os.learner.grow(now, idle_timeout);
             let before = os.idle.len();
@@ -748,7 +846,7 @@ impl<F: Family> Core<F> {
         if !os.pinned
             || backing_off
             || os.idle.len() + os.connecting >= min
-            || os.total() >= os.settings.max_connections_per_host
+            || os.total() >= os.bound()
             || !os.waiters.is_empty()
         {
             return Prewarm::Done;

@@ -756,3 +756,85 @@ fn unreachable_mailbox() -> Mailbox {
         alive: Rc::new(RefCell::new(false)),
     }
 }
+
+#[test]
+fn a_port_shortage_caps_the_origin_at_what_it_has_open() {
+    let mut w = World::new(8, 16, 8, 10);
+    let a = w.new_conn(1, 0);
+    let _b = w.new_conn(1, 0);
+    // A third connect fails with EADDRNOTAVAIL.
+    assert!(matches!(w.checkout(1, Reuse::Any, 1).0, Checkout::Connect));
+    let mut fx = Effects::default();
+    w.core.ports_exhausted(&1, w.at(2), &mut fx);
+    assert!(fx.wake_reaper, "the reaper must lift the cap later");
+    assert_eq!(
+        w.core.origin(&1).and_then(Slots::port_cap).map(|c| c.limit),
+        Some(2)
+    );
+    // The request queues again instead of connecting and failing again.
+    let (c, _, waiter) = w.checkout(1, Reuse::Any, 3);
+    assert!(matches!(c, Checkout::Wait(_)), "{c:?}");
+    assert_eq!(w.counts(1), (0, 2, 0, 1));
+    // A connection coming back goes to it.
+    let (kept, _) = w.release(1, a, 4);
+    assert!(kept);
+    assert_eq!(
+        w.received.borrow().last().map(|(n, _)| *n),
+        Some(waiter.name)
+    );
+}
+
+#[test]
+fn a_port_cap_tries_one_more_while_requests_wait_and_lifts_when_none_do() {
+    let mut w = World::new(8, 16, 8, 10);
+    // Nothing open at all: every request waits.
+    assert!(matches!(w.checkout(1, Reuse::Any, 0).0, Checkout::Connect));
+    let mut fx = Effects::default();
+    w.core.ports_exhausted(&1, w.at(0), &mut fx);
+    let (c, _, waiter) = w.checkout(1, Reuse::Any, 1);
+    assert!(matches!(c, Checkout::Wait(_)));
+    // Before PORT_RETRY, the reaper changes nothing.
+    let received = w.received.clone();
+    let mut fx = Effects::default();
+    let next = w.core.reap(w.at(500), &mut deliverer(&received), &mut fx);
+    assert_eq!(next, Some(w.at(1_000)));
+    assert!(w.received.borrow().is_empty());
+    // At PORT_RETRY, the waiter gets a permit: one more connect is tried.
+    let mut fx = Effects::default();
+    w.core.reap(w.at(1_000), &mut deliverer(&received), &mut fx);
+    assert!(matches!(
+        w.received.borrow().last(),
+        Some((n, Grant::Permit)) if *n == waiter.name
+    ));
+    // It connects; nobody waits at the next retry: the cap is lifted.
+    w.open(1);
+    let mut fx = Effects::default();
+    w.core.reap(w.at(2_000), &mut deliverer(&received), &mut fx);
+    assert_eq!(w.core.origin(&1).and_then(Slots::port_cap), None);
+    assert!(matches!(
+        w.checkout(1, Reuse::Any, 2_001).0,
+        Checkout::Connect
+    ));
+}
+
+#[test]
+fn idle_connections_to_a_gone_address_are_closed_and_others_kept() {
+    let mut w = World::new(4, 4, 4, 10);
+    let a = w.new_conn(1, 0);
+    let b = w.new_conn(1, 0);
+    w.release(1, a, 1);
+    w.release(1, b, 2);
+    let received = w.received.clone();
+    let mut fx = Effects::default();
+    let closed = w.core.close_idle_where(
+        &1,
+        |c| c.id == 1,
+        CloseReason::AddressGone,
+        &mut deliverer(&received),
+        &mut fx,
+    );
+    assert_eq!(closed, 1);
+    assert_eq!(reasons(&fx), vec![CloseReason::AddressGone]);
+    assert_eq!(w.counts(1), (1, 0, 0, 0));
+    assert_eq!(w.core.idle_total(), 1);
+}
