@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod deploy;
+mod dns;
 mod drain;
 mod errors;
 mod headers;
@@ -26,4 +27,5 @@ mod soak;
 mod status_page;
 mod tls;
 mod tunnel;
+mod via;
 mod websocket;

@@ -160,6 +160,7 @@ async fn every_exported_metric_is_present_with_its_labels_and_agrees_with_the_or
                 "evicted",
                 "error",
                 "shutdown",
+                "address_gone",
                 "queue_full",
                 "timeout",
             ],
