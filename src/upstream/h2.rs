@@ -33,6 +33,8 @@ pub(crate) struct H2Conn {
     pub peer: Option<std::net::SocketAddr>,
     /// How long opening it took.
     pub connect_took: Option<std::time::Duration>,
+    /// The origin's `dns_refresh` when it opened.
+    pub dns_refresh: std::time::Duration,
 }
 
 /// One HTTP/2 origin: its connection, and what `/pools` shows of it.
@@ -141,6 +143,46 @@ impl H2Slots {
     pub(crate) fn retain(&self, keep: impl Fn(&Origin) -> bool) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.retain(|origin, _| keep(origin));
+    }
+
+    /// Origins with an open connection (whose names the pool keeps
+    /// fresh), with their `dns_refresh`.
+    pub(crate) fn open_origins(&self) -> Vec<(Origin, std::time::Duration)> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .filter_map(|(origin, slot)| {
+                let current = slot.conn.try_lock().ok()?;
+                let c = current.as_ref().filter(|c| !c.sender.is_closed())?;
+                Some((origin.clone(), c.dns_refresh))
+            })
+            .collect()
+    }
+
+    /// Drops each origin's connection whose address `gone` picks (it left
+    /// the origin's DNS answer): streams on it finish, and the next request
+    /// opens a connection to a current address. Returns how many.
+    pub(crate) fn forget_gone(&self, gone: impl Fn(&Origin, std::net::IpAddr) -> bool) -> usize {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dropped = 0;
+        for (origin, slot) in slots.iter() {
+            // Locked: a connect is under way, to a current address.
+            let Ok(mut current) = slot.conn.try_lock() else {
+                continue;
+            };
+            let leaving = current
+                .as_ref()
+                .and_then(|c| c.peer)
+                .is_some_and(|peer| gone(origin, peer.ip()));
+            if leaving {
+                if let Some(c) = current.take() {
+                    c.metrics
+                        .connection_closed(crate::metrics::CloseReason::AddressGone);
+                }
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// Forgets connection `id` if it is still the origin's current one.

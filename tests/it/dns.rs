@@ -317,3 +317,45 @@ async fn requests_wait_for_pooled_connections_when_local_ports_run_out() {
         .await;
     assert!(shortages >= 1.0, "no port shortage counted");
 }
+
+/// The same move for an HTTP/2 origin: its one connection is replaced by
+/// one to the new address, and requests follow.
+#[tokio::test]
+async fn an_http2_origin_follows_a_name_that_moves() {
+    use crate::support::h2::H2Origin;
+    let name = "an_http2_origin_follows_a_name_that_moves";
+    let (hosts, mount) = private_hosts(name);
+    if !in_namespaces(name, &["ip link set lo up", &mount]) {
+        return;
+    }
+    let a = H2Origin::start_at("127.0.0.2:0", None, Duration::ZERO, None).await;
+    let port = a.addr.port();
+    let b = H2Origin::start_at(&format!("127.0.0.3:{port}"), None, Duration::ZERO, None).await;
+    write_hosts(&hosts, "127.0.0.2 moving.test\n");
+    let proxy = eddy::start(
+        "",
+        &format!(
+            "[[upstream]]\nmatch = \"api.test\"\nconnect = \"http://moving.test:{port}\"\n\
+             http2 = true\n[upstream.pool]\ndns_refresh = \"1s\"\n"
+        ),
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get_status(proxy.addr, "http://api.test/").await, 200);
+    }
+    assert_eq!(a.streams.load(Ordering::SeqCst), 5);
+    write_hosts(&hosts, "127.0.0.3 moving.test\n");
+    // Requests keep going; within a few seconds they reach B.
+    let addr = proxy.addr;
+    let b_streams = b.streams.clone();
+    crate::support::eventually("requests reach B", Duration::from_secs(5), || {
+        let b_streams = b_streams.clone();
+        async move {
+            assert_eq!(get_status(addr, "http://api.test/").await, 200);
+            b_streams.load(Ordering::SeqCst) > 0
+        }
+    })
+    .await;
+    let upstream = format!("http://moving.test:{port}");
+    assert_eq!(proxy.closes(&upstream, "address_gone").await, 1.0);
+}

@@ -42,7 +42,17 @@ impl H2Origin {
         delay: Duration,
         max_streams: Option<u32>,
     ) -> H2Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        H2Origin::start_at("127.0.0.1:0", goaway_after, delay, max_streams).await
+    }
+
+    /// As [`start_with`](H2Origin::start_with), on `addr`.
+    pub async fn start_at(
+        addr: &str,
+        goaway_after: Option<usize>,
+        delay: Duration,
+        max_streams: Option<u32>,
+    ) -> H2Origin {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let streams = Arc::new(AtomicUsize::new(0));

@@ -32,6 +32,10 @@ use crate::upstream::origin::Origin;
 /// for again at most this long after it expired.
 const TICK: Duration = Duration::from_millis(500);
 
+/// The longest lookup for an HTTP/2 origin's name (its connection does not
+/// keep its `connect_timeout`).
+const H2_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Pool {
     /// Asks again for the names of pooled origins as their answers expire,
     /// and closes idle connections to addresses that left. Holds the pool
@@ -57,9 +61,16 @@ impl Pool {
                             s.connect_timeout.get(),
                         )
                     })
-                    .filter(|(host, ..)| host.parse::<IpAddr>().is_err())
                     .collect()
             };
+            names.extend(
+                pool.shared
+                    .h2
+                    .open_origins()
+                    .iter()
+                    .map(|(o, refresh)| (o.dial_host().0.to_string(), *refresh, H2_LOOKUP_TIMEOUT)),
+            );
+            names.retain(|(host, ..)| host.parse::<IpAddr>().is_err());
             names.sort();
             names.dedup_by(|a, b| a.0 == b.0);
             for (host, ceiling, timeout) in names {
@@ -97,6 +108,17 @@ impl Pool {
             if closed > 0 {
                 tracing::info!(%origin, closed, "closed idle connections to an address the origin's name no longer has");
             }
+        }
+        let dropped = self.shared.h2.forget_gone(|origin, ip| {
+            resolver
+                .current(origin.dial_host().0)
+                .is_some_and(|current| !current.contains(&ip))
+        });
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "HTTP/2 connections to addresses that left their origin's answer are replaced"
+            );
         }
     }
 

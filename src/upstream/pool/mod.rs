@@ -354,6 +354,7 @@ impl Pool {
             metrics,
             peer,
             connect_took: Some(took),
+            dns_refresh: settings.dns_refresh.get(),
         };
         *current = Some(conn.clone());
         Ok((conn, false))
