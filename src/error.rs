@@ -45,9 +45,9 @@ pub enum ProxyError {
     /// No connection became free within `pending_timeout` (503).
     #[error("no connection to {origin} became free within pending_timeout")]
     PendingTimeout { origin: String },
-    /// No local port was free toward the origin (`EADDRNOTAVAIL`), and no
-    /// pooled connection became free within `pending_timeout` (503).
-    #[error("no local port free toward {origin} (EADDRNOTAVAIL: ephemeral ports exhausted), and no pooled connection became free within pending_timeout")]
+    /// No local port was free toward the origin (`EADDRNOTAVAIL`); for a
+    /// pooled request, none came free within `pending_timeout` either (503).
+    #[error("no local port free toward {origin} (EADDRNOTAVAIL: local ports exhausted)")]
     NoLocalPort { origin: String },
     /// TCP connect did not finish within `connect_timeout` (504).
     #[error("connecting to {origin} timed out")]

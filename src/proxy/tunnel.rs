@@ -49,12 +49,19 @@ pub(super) async fn connect(
     if ctx.loop_guard.is_own_target(&target.host, target.port) {
         return Err(ProxyError::Loop(target.authority));
     }
-    let origin = Origin::new(false, &target.host, target.port);
+    let route = ctx.router.route(&target);
+    let mut origin = Origin::new(false, &target.host, target.port);
+    // An `[[upstream]]` with `via` for this host: the tunnel goes through
+    // the egress proxy (a CONNECT of eddy's own to it), as pooled
+    // connections to that origin do.
+    if let Some((host, port)) = route.origin.via_proxy() {
+        origin = origin.via(host, port);
+    }
     let destination = tunnel_destination(&origin);
     // Counted under the destination (`tcp://host:port`), within the label cap.
     record.origin = Some(ctx.metrics.origin(&destination));
     record.upstream = Some(Upstream::Tunnel(destination));
-    let settings = ctx.router.route(&target).settings;
+    let settings = route.settings;
     let started = std::time::Instant::now();
     let (upstream, listed) = ctx.pool.open_tunnel(&origin, &settings).await?;
     record.connect = Some(started.elapsed());

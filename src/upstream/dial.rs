@@ -80,11 +80,19 @@ pub(crate) async fn connect(
                     // A failed attempt starts the next one at once.
                     next_at = Instant::now();
                 }
-                Some(Err(join)) => failure = Some(DialError::Failed(io::Error::other(join))),
+                Some(Err(join)) => {
+                    failure = Some(worse(failure, DialError::Failed(io::Error::other(join))));
+                    next_at = Instant::now();
+                }
                 None => {}
             },
             _ = sleep_until(next_at), if next < addrs.len() => {}
-            _ = sleep_until(deadline) => return Err(DialError::Timeout),
+            // A port shortage seen on the way is the answer that matters:
+            // the pool waits it out instead of failing.
+            _ = sleep_until(deadline) => return Err(match failure {
+                Some(e @ DialError::NoLocalPort(_)) => e,
+                _ => DialError::Timeout,
+            }),
         }
     }
 }

@@ -17,6 +17,10 @@
 //! When a lookup fails, the last answer stays in use and the name is asked
 //! again a few seconds later: a resolver that is briefly down must not take
 //! every origin with it (RFC 8767 serves stale answers for the same reason).
+//! For the same reason a connect never waits long on a name it has an
+//! answer for: an answer that ran out less than `dns_refresh` ago is used
+//! at once while one lookup renews it in the background, and an older one
+//! gives the lookup at most [`HELD_LOOKUP_BUDGET`] before it is used.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -45,6 +49,13 @@ const MIN_LIFETIME: Duration = Duration::from_secs(1);
 /// `dns_refresh`, if shorter) before the name is asked for again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
+/// The longest a connect waits on a lookup for a name it holds an older
+/// answer for; past it, the old answer is used.
+const HELD_LOOKUP_BUDGET: Duration = Duration::from_secs(1);
+
+/// The longest a background renewal waits on the resolver.
+const BACKGROUND_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The system files are checked for changes at most this often.
 const SYSTEM_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -67,6 +78,18 @@ struct Answer {
     /// Asked for again from this moment on.
     fresh_until: Instant,
     last_used: Instant,
+    /// A background renewal is under way (one per name at a time).
+    renewing: bool,
+}
+
+/// What a connect finds held for a name.
+enum Held {
+    Fresh(AddressSet),
+    /// Ran out recently: use it; renew it in the background if `renew`.
+    Recent(AddressSet, bool),
+    /// Ran out long ago: look up, but not for long.
+    Old,
+    None,
 }
 
 /// The resolver and what the system files looked like when it was built.
@@ -86,6 +109,10 @@ pub(crate) struct Resolver {
     /// Turns the order new connections try addresses in, so they spread
     /// over all of a name's addresses.
     turn: AtomicUsize,
+    /// An answer was dropped to keep the map bounded: from then on a name
+    /// that arrives counts as a change, since it may be one whose
+    /// connections were checked against the answer that was dropped.
+    evicted: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Resolver {
@@ -105,6 +132,7 @@ impl Resolver {
             answers: Mutex::new(HashMap::new()),
             changes: AtomicU64::new(0),
             turn: AtomicUsize::new(0),
+            evicted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -112,7 +140,7 @@ impl Resolver {
     /// literal as it is, a name from its answer (asked for if it has none
     /// or it ran out), under `deadline`.
     pub(crate) async fn addresses(
-        &self,
+        self: &Arc<Self>,
         host: &str,
         ceiling: Duration,
         deadline: Instant,
@@ -121,16 +149,42 @@ impl Resolver {
             return Ok(vec![ip]);
         }
         let now = Instant::now();
-        let cached = {
+        let held = {
             let mut answers = lock(&self.answers);
-            answers.get_mut(host).and_then(|a| {
-                a.last_used = now;
-                (now < a.fresh_until).then(|| a.addrs.clone())
-            })
+            match answers.get_mut(host) {
+                Some(a) => {
+                    a.last_used = now;
+                    if now < a.fresh_until {
+                        Held::Fresh(a.addrs.clone())
+                    } else if now < a.fresh_until + ceiling {
+                        let renew = !a.renewing;
+                        a.renewing = true;
+                        Held::Recent(a.addrs.clone(), renew)
+                    } else {
+                        Held::Old
+                    }
+                }
+                None => Held::None,
+            }
         };
-        let addrs = match cached {
-            Some(addrs) => addrs,
-            None => self.lookup(host, ceiling, deadline).await?,
+        let addrs = match held {
+            Held::Fresh(addrs) => addrs,
+            Held::Recent(addrs, renew) => {
+                if renew {
+                    let this = self.clone();
+                    let host = host.to_string();
+                    tokio::spawn(async move {
+                        let deadline = Instant::now() + BACKGROUND_LOOKUP_TIMEOUT;
+                        let _ = this.lookup(&host, ceiling, deadline).await;
+                    });
+                }
+                addrs
+            }
+            Held::Old => {
+                let budget = deadline.min(now + HELD_LOOKUP_BUDGET);
+                self.lookup(host, ceiling, budget).await?
+            }
+            Held::None => self.lookup(host, ceiling, deadline).await?,
         };
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         Ok(dial_order(&addrs, turn))
@@ -209,11 +263,14 @@ impl Resolver {
                         }
                         held.addrs = addrs.clone();
                         held.fresh_until = fresh_until;
+                        held.last_used = now;
+                        held.renewing = false;
                         changed
                     }
                     None => {
                         if answers.len() >= MAX_NAMES {
                             drop_least_recent(&mut answers);
+                            self.evicted.store(true, Ordering::Relaxed);
                         }
                         answers.insert(
                             host.into(),
@@ -221,9 +278,10 @@ impl Resolver {
                                 addrs: addrs.clone(),
                                 fresh_until,
                                 last_used: now,
+                                renewing: false,
                             },
                         );
-                        false
+                        self.evicted.load(Ordering::Relaxed)
                     }
                 };
                 if changed {
@@ -235,6 +293,7 @@ impl Resolver {
                 Some(held) => {
                     tracing::warn!(host, error = %reason, "DNS lookup failed; the last answer stays in use");
                     held.fresh_until = now + RETRY_AFTER_FAILURE.min(ceiling);
+                    held.renewing = false;
                     Ok(held.addrs.clone())
                 }
                 None => Err(dns_error(reason)),

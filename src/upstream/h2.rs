@@ -35,6 +35,9 @@ pub(crate) struct H2Conn {
     pub connect_took: Option<std::time::Duration>,
     /// The origin's `dns_refresh` when it opened.
     pub dns_refresh: std::time::Duration,
+    /// The resolver's change count when `peer` was last checked against
+    /// the origin's answer.
+    pub dns_changes: u64,
 }
 
 /// One HTTP/2 origin: its connection, and what `/pools` shows of it.

@@ -31,7 +31,11 @@ pub(crate) fn absolute_form(origin: &Origin, uri: &Uri) -> Option<Uri> {
     if origin.via_proxy().is_none() || origin.is_tls() {
         return None;
     }
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = match uri.path_and_query().map_or("/", |p| p.as_str()) {
+        // `OPTIONS *` goes to a proxy as the bare origin (RFC 9112, 3.2.4).
+        "*" => "",
+        p => p,
+    };
     format!("{}{path}", origin.as_str()).parse().ok()
 }
 
@@ -140,6 +144,11 @@ mod tests {
         assert_eq!(
             absolute_form(&proxied, &uri).unwrap(),
             "http://api.test:8080/a?b=c"
+        );
+        let star: Uri = "*".parse().unwrap();
+        assert_eq!(
+            absolute_form(&proxied, &star).unwrap(),
+            "http://api.test:8080"
         );
         let tls = Origin::new(true, "api.test", 443).via("egress.test", 3128);
         assert_eq!(absolute_form(&tls, &uri), None);

@@ -254,3 +254,53 @@ async fn a_real_squid_as_the_egress_proxy() {
         "{handshakes} TLS handshakes through Squid"
     );
 }
+
+/// A client's own CONNECT to a host whose `[[upstream]]` names `via` goes
+/// through the egress proxy too: eddy asks the proxy for the tunnel.
+#[tokio::test]
+async fn a_client_tunnel_to_a_via_host_goes_through_the_egress_proxy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start(Behavior::default()).await;
+    let port = origin.addr.port();
+    let egress = eddy::start("", &format!("[security]\nconnect_ports = [{port}]\n")).await;
+    let proxy = eddy::start(
+        "",
+        &format!(
+            "[security]\nconnect_ports = [{port}]\n\
+             [[upstream]]\nmatch = \"127.0.0.1:{port}\"\nvia = \"http://{}\"\n",
+            egress.addr
+        ),
+    )
+    .await;
+    let (mut tunnel, head) = crate::tunnel::connect(proxy.addr, &format!("127.0.0.1:{port}")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tunnel
+        .write_all(b"GET /inside HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write through the tunnel");
+    // Until a whole response has arrived (the test origin keeps its
+    // connections open whatever the client asks).
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while crate::support::client::parse(&answer).is_none() {
+        let n = tokio::time::timeout(Duration::from_secs(10), tunnel.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(origin.stats.requests(), 1);
+    assert_eq!(
+        egress
+            .metric("eddy_tunnels_total", &[("listener", "proxy")])
+            .await,
+        1.0,
+        "the egress proxy carried the tunnel"
+    );
+}

@@ -44,13 +44,13 @@ impl Pool {
         let mut seen = 0;
         loop {
             tokio::time::sleep(TICK).await;
-            let Some(pool) = pool.upgrade() else { return };
-            if pool.lock().is_closing() {
+            let Some(strong) = pool.upgrade() else { return };
+            if strong.lock().is_closing() {
                 return;
             }
-            let resolver = pool.shared.connector.resolver().clone();
+            let resolver = strong.shared.connector.resolver().clone();
             let mut names: Vec<(String, Duration, Duration)> = {
-                let st = pool.lock();
+                let st = strong.lock();
                 st.origins()
                     .filter(|(_, os)| os.total() > 0 || os.pending() > 0)
                     .map(|(o, os)| {
@@ -64,7 +64,8 @@ impl Pool {
                     .collect()
             };
             names.extend(
-                pool.shared
+                strong
+                    .shared
                     .h2
                     .open_origins()
                     .iter()
@@ -73,12 +74,15 @@ impl Pool {
             names.retain(|(host, ..)| host.parse::<IpAddr>().is_err());
             names.sort();
             names.dedup_by(|a, b| a.0 == b.0);
+            // Not held while lookups wait: the pool may be dropped meanwhile.
+            drop(strong);
             for (host, ceiling, timeout) in names {
                 let now = Instant::now();
                 if resolver.fresh_until(&host).is_none_or(|t| t <= now) {
                     resolver.refresh(&host, ceiling, now + timeout).await;
                 }
             }
+            let Some(pool) = pool.upgrade() else { return };
             let changes = resolver.changes();
             if changes != seen {
                 seen = changes;
@@ -131,11 +135,37 @@ impl Pool {
         if conn.dns_changes == changes {
             return None;
         }
-        conn.dns_changes = changes;
+        // No answer held (an IP literal, or one dropped from the bounded
+        // map): checked again once there is one.
         let current = resolver.current(origin.dial_host().0)?;
+        conn.dns_changes = changes;
         conn.peer
             .is_some_and(|ip| !current.contains(&ip))
             .then_some(CloseReason::AddressGone)
+    }
+
+    /// The same check for an origin's HTTP/2 connection, as a request is
+    /// about to use it: a connection to a gone address is replaced (the
+    /// streams on it finish), counted as `address_gone`.
+    pub(super) fn h2_address_gone(
+        &self,
+        origin: &Origin,
+        conn: &mut crate::upstream::h2::H2Conn,
+    ) -> bool {
+        let resolver = self.shared.connector.resolver();
+        let changes = resolver.changes();
+        if conn.dns_changes == changes {
+            return false;
+        }
+        let Some(current) = resolver.current(origin.dial_host().0) else {
+            return false;
+        };
+        conn.dns_changes = changes;
+        let gone = conn.peer.is_some_and(|p| !current.contains(&p.ip()));
+        if gone {
+            conn.metrics.connection_closed(CloseReason::AddressGone);
+        }
+        gone
     }
 
     /// `origin`'s addresses for `/pools`: the current ones, and any other

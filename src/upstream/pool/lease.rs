@@ -130,7 +130,7 @@ impl Pooled {
     /// The address the connection is connected to.
     pub(crate) fn peer(&self) -> Option<std::net::SocketAddr> {
         let ip = self.conn.as_ref()?.peer?;
-        Some(std::net::SocketAddr::new(ip, self.origin.port()))
+        Some(std::net::SocketAddr::new(ip, self.origin.dial_host().1))
     }
 
     /// How long opening the connection took, for a new one.

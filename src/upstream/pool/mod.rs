@@ -331,11 +331,16 @@ impl Pool {
                 origin: origin.to_string(),
             });
         };
-        if let Some(c) = current.as_ref() {
+        if let Some(c) = current.as_mut() {
             if !c.sender.is_closed() {
-                return Ok((c.clone(), true));
+                if !self.h2_address_gone(origin, c) {
+                    return Ok((c.clone(), true));
+                }
+                // Its address left the origin's answer: not used again.
+                *current = None;
             }
         }
+        let dns_changes = self.shared.connector.resolver().changes();
         slot.connecting.store(true, Ordering::Relaxed);
         let connected = self
             .shared
@@ -355,6 +360,7 @@ impl Pool {
             peer,
             connect_took: Some(took),
             dns_refresh: settings.dns_refresh.get(),
+            dns_changes,
         };
         *current = Some(conn.clone());
         Ok((conn, false))
@@ -383,11 +389,14 @@ impl Pool {
         settings: &PoolConfig,
     ) -> Result<(tokio::net::TcpStream, OpenTunnel), ProxyError> {
         let deadline = Instant::now() + settings.connect_timeout.get();
-        let stream = self
+        let mut stream = self
             .shared
             .connector
             .tcp(origin, settings, deadline)
             .await?;
+        if origin.via_proxy().is_some() {
+            crate::upstream::via::open_tunnel(&mut stream, origin, deadline).await?;
+        }
         let destination = tunnel_destination(origin);
         Ok((stream, self.shared.tunnels.open(destination)))
     }
@@ -471,7 +480,12 @@ impl Pool {
                 }
             };
             match Box::pin(self.connect(permit)).await {
-                Err(ProxyError::NoLocalPort { .. }) if Instant::now() < pending_deadline => {
+                // A retry that must have a new connection cannot wait for
+                // a pooled one: it fails (trading a pooled connection for
+                // another failed connect would only shrink the pool).
+                Err(ProxyError::NoLocalPort { .. })
+                    if reuse != Reuse::Fresh && Instant::now() < pending_deadline =>
+                {
                     short_of_ports = true;
                     self.note_port_shortage(route);
                 }

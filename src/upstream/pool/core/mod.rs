@@ -453,7 +453,9 @@ impl<F: Family> Core<F> {
         let bound = os.bound();
         let step = if let Some((conn, idle_for)) = reused {
             Checkout::Reuse { conn, idle_for }
-        } else if os.total() < bound || (reuse != Reuse::Any && !os.idle.is_empty()) {
+        } else if os.total() < bound
+            || (reuse != Reuse::Any && !os.idle.is_empty() && os.port_cap.is_none())
+        {
             if os.total() >= bound && os.evict_oldest(fx) {
                 // Idle connections this request may not use held every
                 // slot: the least recently used made room.

@@ -838,3 +838,25 @@ fn idle_connections_to_a_gone_address_are_closed_and_others_kept() {
     assert_eq!(w.counts(1), (1, 0, 0, 0));
     assert_eq!(w.core.idle_total(), 1);
 }
+
+#[test]
+fn during_a_port_shortage_a_fresh_connection_does_not_evict_an_idle_one() {
+    let mut w = World::new(2, 16, 2, 10);
+    let a = w.new_conn(1, 0);
+    let b = w.new_conn(1, 0);
+    w.release(1, a, 1);
+    w.release(1, b, 2);
+    // Without a shortage, a request that needs a new connection makes room.
+    let (c, fx, _) = w.checkout(1, Reuse::Fresh, 3);
+    assert!(matches!(c, Checkout::Connect), "{c:?}");
+    assert_eq!(reasons(&fx), vec![CloseReason::Evicted]);
+    // Its connect finds no local port: the origin is capped at what is open.
+    let mut fx = Effects::default();
+    w.core.ports_exhausted(&1, w.at(4), &mut fx);
+    assert_eq!(w.counts(1), (1, 0, 0, 0));
+    // Now it waits instead of evicting the last idle connection.
+    let (c, fx, _) = w.checkout(1, Reuse::Fresh, 5);
+    assert!(matches!(c, Checkout::Wait(_)), "{c:?}");
+    assert!(fx.closed.is_empty());
+    assert_eq!(w.counts(1), (1, 0, 0, 1));
+}
