@@ -30,16 +30,23 @@
 //!   at another's expense, backing off after failed connects;
 //! - **reconfiguration**: new settings apply at once to idle connections
 //!   and waiters, and to busy connections when they come back.
+//! - **local ports**: after a connect found no local port free, the
+//!   origin is capped at what it has open (`port_cap`);
+//! - **gone addresses**: idle connections the socket layer picks (their
+//!   address left the origin's DNS answer) are closed on request.
 //!
 //! A connection handed out by the core is the caller's until it gives it
 //! back ([`Core::release`]) or reports it gone ([`Core::slot_freed`]); the
 //! property test in `prop_test.rs` checks that the counts always equal the
 //! connections actually held.
 
+mod port_cap;
 #[cfg(test)]
 mod prop_test;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use port_cap::PortCap;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
@@ -187,20 +194,6 @@ pub(crate) struct Slots<F: Family> {
     port_cap: Option<PortCap>,
 }
 
-/// eddy's host ran out of local ports toward an origin (`EADDRNOTAVAIL`).
-/// Opening more connections would only fail again, so the origin's bound
-/// drops to the connections it had then, and requests wait for one of
-/// those. While requests wait, one more connect is tried each
-/// [`PORT_RETRY`]; once nobody waits, the cap is lifted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PortCap {
-    pub(crate) limit: usize,
-    pub(crate) retry_at: Instant,
-}
-
-/// How long a [`PortCap`] holds before one more connect is tried.
-pub(crate) const PORT_RETRY: Duration = Duration::from_secs(1);
-
 impl<F: Family> Slots<F> {
     fn new(settings: Arc<PoolConfig>, generation: u64, meta: F::Meta) -> Slots<F> {
         Slots {
@@ -226,7 +219,7 @@ impl<F: Family> Slots<F> {
     /// bound, or fewer while local ports are short ([`PortCap`]).
     pub(crate) fn bound(&self) -> usize {
         let max = self.settings.max_connections_per_host;
-        self.port_cap.map_or(max, |c| c.limit.min(max))
+        self.port_cap.map_or(max, |c| c.bound(max))
     }
 
     pub(crate) fn port_cap(&self) -> Option<PortCap> {
@@ -550,11 +543,9 @@ impl<F: Family> Core<F> {
             return;
         };
         os.connecting -= 1;
-        let retry_at = now + PORT_RETRY;
-        os.port_cap = Some(PortCap {
-            limit: os.total(),
-            retry_at,
-        });
+        let cap = PortCap::new(os.total(), now);
+        let retry_at = cap.retry_at;
+        os.port_cap = Some(cap);
         if self.reaper_deadline.is_none_or(|d| retry_at < d) {
             self.reaper_deadline = Some(retry_at);
             fx.wake_reaper = true;
@@ -728,11 +719,7 @@ impl<F: Family> Core<F> {
         for (key, os) in self.origins.iter_mut() {
             if let Some(cap) = os.port_cap {
                 if cap.retry_at <= now {
-                    // Nobody waits: lift it. Otherwise try one more.
-                    os.port_cap = (!os.waiters.is_empty()).then(|| PortCap {
-                        limit: cap.limit.max(os.total()) + 1,
-                        retry_at: now + PORT_RETRY,
-                    });
+                    os.port_cap = cap.at_retry(now, !os.waiters.is_empty(), os.total());
                     os.dispatch_permits(key, deliver);
                 }
                 if let Some(cap) = os.port_cap {
