@@ -17,7 +17,8 @@ origin; a Go net/http origin). Each cell:
      (with any reason but `evicted`: an idle connection too old for a
      request that cannot be replayed).
 
-Then volume cells (Python requests.post without a Session, 4 processes x
+Then the same clients through a real Squid as eddy's egress proxy
+(`[[upstream]] via`), counted at the origin behind it; then volume cells (Python requests.post without a Session, 4 processes x
 1,500, 1 KiB and 60 KiB JSON, bound 16) and origin-event cells (two
 graceful nginx restarts). One line per cell; the run ends with
 'matrix: N cells, M failed' and exits non-zero on any failure.
@@ -25,7 +26,7 @@ graceful nginx restarts). One line per cell; the run ends with
     python3 tests/matrix/matrix.py --eddy target/debug/eddy \\
         --hyper-origin target/debug/examples/matrix-hyper-origin
 
-Needs nginx, curl, ab, go, node and Python requests (.ci/run installs
+Needs nginx, Squid, curl, ab, go, node and Python requests (.ci/run installs
 them). Everything listens on 127.0.0.1, on ports the kernel picks; every
 process started here is stopped by PID.
 """
@@ -316,7 +317,7 @@ class Ab:
 # ------------------------------------------------------------------ eddy
 
 
-def start_eddy(binary, work, name, bound):
+def start_eddy(binary, work, name, bound, extra=""):
     proxy_port, admin_port = free_port(), free_port()
     conf = os.path.join(work, f"{name}.toml")
     with open(conf, "w") as f:
@@ -329,7 +330,7 @@ access_log = false
 listen = "127.0.0.1:{proxy_port}"
 [pool]
 max_connections_per_host = {bound}
-""")
+{extra}""")
     start([binary, "--config", conf], os.path.join(work, f"{name}.log"))
     if not (wait_port(proxy_port) and wait_port(admin_port)):
         sys.exit(f"{name} did not start; see {name}.log")
@@ -493,6 +494,111 @@ def restart_cell(eddy_binary, work, nginx):
     report(conns <= 2 and timeout >= 5 and statuses == [200] * 10, text, f"statuses {statuses}")
 
 
+def start_squid(work):
+    """A Squid of our own (Debian's package) as an egress proxy on a free
+    port; its workers drop to Squid's own user, which must write here."""
+    d = os.path.join(work, "squid")
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o777)
+    port = free_port()
+    conf = os.path.join(d, "squid.conf")
+    with open(conf, "w") as f:
+        f.write(f"""http_port 127.0.0.1:{port}
+acl loopback src 127.0.0.0/8
+http_access allow loopback
+http_access deny all
+cache deny all
+cache_mem 8 MB
+pid_filename {d}/squid.pid
+access_log none
+cache_log {d}/cache.log
+coredump_dir {d}
+shutdown_lifetime 0 seconds
+""")
+    start(["squid", "-N", "-f", conf], os.path.join(work, "squid.log"))
+    if not wait_port(port, timeout=30):
+        sys.exit("squid did not start; see squid/cache.log")
+    return port
+
+
+class Relay:
+    """A TCP relay in front of Squid that counts the connections it
+    accepts: eddy's connections to its egress proxy, counted outside eddy."""
+
+    def __init__(self, target_port):
+        import threading
+        self.count = 0
+        self.lock = threading.Lock()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.target = ("127.0.0.1", target_port)
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        import threading
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.count += 1
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self.pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def accepts(self):
+        with self.lock:
+            return self.count
+
+
+VIA_SHAPES = [("GET", ""), ("HEAD", ""), ("POST", "1k"), ("PUT", "64k"), ("POST", "1m")]
+
+
+def via_cells(eddy_binary, work, clients, origins, n, only):
+    """The same cells with eddy reaching the origins `via` a real Squid
+    egress proxy. What eddy pools is its connections to Squid: a relay in
+    front of Squid counts them. (What reaches the origin is Squid's own
+    business: it opens a server connection for each POST and PUT, which it
+    will not send on a kept-alive one, so the origin's count would measure
+    Squid, not eddy.)"""
+    squid = start_squid(work)
+    relay = Relay(squid)
+    extra = "".join(
+        f'[[upstream]]\nmatch = "{url.split("//", 1)[1].split("/", 1)[0]}"\nvia = "http://127.0.0.1:{relay.port}"\n'
+        for _, url, _ in origins)
+    proxy, admin = start_eddy(eddy_binary, work, "eddy-via", BOUND, extra)
+    for client in clients:
+        for method, body in VIA_SHAPES:
+            for origin_name, url, origin in origins:
+                line = f"{client.name} {method} {body or 'empty'} {origin_name} via-squid"
+                if only and only not in line:
+                    continue
+                run_cell(client, method, body, origin_name + "+squid", url, relay, proxy, admin, n)
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -544,6 +650,10 @@ def main():
                     if args.only and args.only not in line:
                         continue
                     run_cell(client, method, body, origin_name, url, origin, proxy, admin, args.requests)
+        if not args.only or "via" in args.only:
+            via_clients = [c for c in clients if c.name in ("py-requests", "py-session", "go-default", "node-http", "curl")]
+            via_origins = [o for o in origins if o[0] in ("nginx-proxy", "hyper", "go")]
+            via_cells(args.eddy, work, via_clients, via_origins, args.requests, args.only)
         if not args.only or "volume" in args.only:
             volume_cells(args.eddy, work, nginx, args.posts)
         if not args.only or "restart" in args.only:
