@@ -94,7 +94,9 @@ enum Held {
 
 /// The resolver and what the system files looked like when it was built.
 struct System {
-    resolver: Arc<TokioResolver>,
+    /// Built at the first name eddy looks up: an eddy whose origins are
+    /// all IP literals never reads the system files or holds a resolver.
+    resolver: Option<Arc<TokioResolver>>,
     files: Vec<Option<(std::time::SystemTime, u64)>>,
     checked: Instant,
 }
@@ -125,8 +127,8 @@ impl Resolver {
     pub(crate) fn new() -> Resolver {
         Resolver {
             system: Mutex::new(System {
-                resolver: Arc::new(build_resolver()),
-                files: fingerprint(),
+                resolver: None,
+                files: Vec::new(),
                 checked: Instant::now(),
             }),
             answers: Mutex::new(HashMap::new()),
@@ -305,16 +307,22 @@ impl Resolver {
     fn resolver(&self) -> Arc<TokioResolver> {
         let mut system = lock(&self.system);
         let now = Instant::now();
-        if now.duration_since(system.checked) >= SYSTEM_CHECK_INTERVAL {
+        if system.resolver.is_some() && now.duration_since(system.checked) >= SYSTEM_CHECK_INTERVAL
+        {
             system.checked = now;
-            let files = fingerprint();
-            if files != system.files {
+            if fingerprint() != system.files {
                 tracing::info!("resolv.conf or /etc/hosts changed; reading them again");
-                system.files = files;
-                system.resolver = Arc::new(build_resolver());
+                system.resolver = None;
             }
         }
-        system.resolver.clone()
+        if system.resolver.is_none() {
+            system.files = fingerprint();
+            system.checked = now;
+        }
+        system
+            .resolver
+            .get_or_insert_with(|| Arc::new(build_resolver()))
+            .clone()
     }
 }
 
