@@ -405,3 +405,47 @@ async fn prewarming_never_evicts_to_stay_warm() {
     );
     assert!(proxy.pools_sum("idle").await <= 2);
 }
+
+/// `pool.source_address`: upstream connections come from that address (the
+/// origin sees it), and an origin of the other family cannot be reached
+/// from it: a clear 502, nothing dialled.
+#[tokio::test]
+async fn upstream_connections_come_from_the_source_address() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = listener.accept().await {
+            seen.lock().expect("peers").push(peer.ip());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0
+                        || s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = eddy::start("", "[pool]\nsource_address = \"127.0.0.5\"\n").await;
+    for _ in 0..3 {
+        let r = get(proxy.addr, &format!("http://127.0.0.1:{port}/")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let seen: Vec<std::net::IpAddr> = peers.lock().expect("peers").clone();
+    assert_eq!(seen.len(), 1, "one pooled connection: {seen:?}");
+    assert_eq!(seen[0].to_string(), "127.0.0.5");
+
+    let r = get(proxy.addr, "http://[::1]:9/").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("connection_refused"));
+    assert!(r.text().contains("source_address"), "{}", r.text());
+}
