@@ -111,6 +111,11 @@ pub(crate) struct Resolver {
     /// Turns the order new connections try addresses in, so they spread
     /// over all of a name's addresses.
     turn: AtomicUsize,
+    /// Names being looked up for a connect with no answer held: the first
+    /// connect asks, the others wait for its answer (a burst of requests to
+    /// a new name makes one query, not one per connection). Bounded by the
+    /// connects in flight.
+    asking: Mutex<HashMap<Box<str>, Arc<tokio::sync::Mutex<()>>>>,
     /// An answer was dropped to keep the map bounded: from then on a name
     /// that arrives counts as a change, since it may be one whose
     /// connections were checked against the answer that was dropped.
@@ -134,6 +139,7 @@ impl Resolver {
             answers: Mutex::new(HashMap::new()),
             changes: AtomicU64::new(0),
             turn: AtomicUsize::new(0),
+            asking: Mutex::new(HashMap::new()),
             evicted: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -186,10 +192,43 @@ impl Resolver {
                 let budget = deadline.min(now + HELD_LOOKUP_BUDGET);
                 self.lookup(host, ceiling, budget).await?
             }
-            Held::None => self.lookup(host, ceiling, deadline).await?,
+            Held::None => self.first_lookup(host, ceiling, deadline).await?,
         };
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         Ok(dial_order(&addrs, turn))
+    }
+
+    /// A lookup for a name with no answer held, one at a time per name:
+    /// a connect that waited on another's finds its answer held.
+    async fn first_lookup(
+        &self,
+        host: &str,
+        ceiling: Duration,
+        deadline: Instant,
+    ) -> Result<AddressSet, ProxyError> {
+        let turn = lock(&self.asking)
+            .entry(host.into())
+            .or_insert_with(Default::default)
+            .clone();
+        let asked = match timeout_at(deadline, turn.lock()).await {
+            Ok(_asking) => {
+                let held = lock(&self.answers).get(host).map(|a| a.addrs.clone());
+                match held {
+                    Some(addrs) => Ok(addrs),
+                    None => self.lookup(host, ceiling, deadline).await,
+                }
+            }
+            Err(_) => Err(ProxyError::Dns {
+                host: host.to_string(),
+                reason: "lookup timed out".into(),
+            }),
+        };
+        // The last one out removes the name's entry.
+        let mut asking = lock(&self.asking);
+        if Arc::strong_count(&turn) <= 2 {
+            asking.remove(host);
+        }
+        asked
     }
 
     /// When `host`'s answer runs out, if eddy holds one.
@@ -446,6 +485,26 @@ mod tests {
         let mut all = dial_order(&addrs, 7);
         all.sort();
         assert_eq!(all, addrs.to_vec());
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_lookups_of_a_name_share_one_and_leave_nothing_behind() {
+        let r = Arc::new(Resolver::new());
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let r = r.clone();
+            tasks.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                r.addresses("localhost", Duration::from_secs(30), deadline)
+                    .await
+            }));
+        }
+        for t in tasks {
+            let addrs = t.await.expect("task").expect("localhost resolves");
+            assert!(addrs.iter().all(|ip| ip.is_loopback()), "{addrs:?}");
+        }
+        assert!(lock(&r.asking).is_empty(), "no name left behind");
+        assert!(r.current("localhost").is_some());
     }
 
     #[test]
