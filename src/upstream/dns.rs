@@ -206,10 +206,7 @@ impl Resolver {
         ceiling: Duration,
         deadline: Instant,
     ) -> Result<AddressSet, ProxyError> {
-        let turn = lock(&self.asking)
-            .entry(host.into())
-            .or_insert_with(Default::default)
-            .clone();
+        let turn = lock(&self.asking).entry(host.into()).or_default().clone();
         let asked = match timeout_at(deadline, turn.lock()).await {
             Ok(_asking) => {
                 let held = lock(&self.answers).get(host).map(|a| a.addrs.clone());
