@@ -56,9 +56,6 @@ const HELD_LOOKUP_BUDGET: Duration = Duration::from_secs(1);
 /// The longest a background renewal waits on the resolver.
 const BACKGROUND_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The system files are checked for changes at most this often.
-const SYSTEM_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
 const SYSTEM_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
 
 /// How long an answer with `ttl` left is used before the name is asked
@@ -98,7 +95,6 @@ struct System {
     /// all IP literals never reads the system files or holds a resolver.
     resolver: Option<Arc<TokioResolver>>,
     files: Vec<Option<(std::time::SystemTime, u64)>>,
-    checked: Instant,
 }
 
 pub(crate) struct Resolver {
@@ -134,7 +130,6 @@ impl Resolver {
             system: Mutex::new(System {
                 resolver: None,
                 files: Vec::new(),
-                checked: Instant::now(),
             }),
             answers: Mutex::new(HashMap::new()),
             changes: AtomicU64::new(0),
@@ -340,21 +335,16 @@ impl Resolver {
     }
 
     /// The resolver, built again if the system files changed.
+    /// Checked at every lookup (two `stat`s; a name is looked up at most
+    /// about once a second), so an edit is in force at the next lookup.
     fn resolver(&self) -> Arc<TokioResolver> {
         let mut system = lock(&self.system);
-        let now = Instant::now();
-        if system.resolver.is_some() && now.duration_since(system.checked) >= SYSTEM_CHECK_INTERVAL
-        {
-            system.checked = now;
-            if fingerprint() != system.files {
-                tracing::info!("resolv.conf or /etc/hosts changed; reading them again");
-                system.resolver = None;
-            }
+        let files = fingerprint();
+        if system.resolver.is_some() && files != system.files {
+            tracing::info!("resolv.conf or /etc/hosts changed; reading them again");
+            system.resolver = None;
         }
-        if system.resolver.is_none() {
-            system.files = fingerprint();
-            system.checked = now;
-        }
+        system.files = files;
         system
             .resolver
             .get_or_insert_with(|| Arc::new(build_resolver()))
