@@ -759,6 +759,35 @@ mod tests {
     }
 
     #[test]
+    fn dns_source_and_via_keys_are_checked() {
+        let bad = |toml: &str, says: &str| {
+            let e = Config::from_toml(toml, "f.toml")
+                .expect_err(toml)
+                .to_string();
+            assert!(e.contains(says), "{toml}: {e}");
+        };
+        bad(
+            "[pool]\ndns_refresh = \"500ms\"\n",
+            "dns_refresh must be at least 1s",
+        );
+        bad("[pool]\nsource_address = \"0.0.0.0\"\n", "source_address");
+        bad("[pool]\nsource_address = \"not-an-ip\"\n", "source_address");
+        bad(
+            "[[upstream]]\nmatch = \"a.test\"\nvia = \"https://egress:3128\"\n",
+            "via must be an http:// proxy",
+        );
+        bad(
+            "[[upstream]]\nmatch = \"a.test\"\nvia = \"http://egress:3128\"\nhttp2 = true\n",
+            "via cannot be combined with http2",
+        );
+        let good = "[pool]\ndns_refresh = \"5s\"\nsource_address = \"10.0.0.5\"\n\
+                    [[upstream]]\nmatch = \"a.test\"\nvia = \"http://egress:3128\"\n";
+        let c = Config::from_toml(good, "f.toml").expect("valid");
+        assert_eq!(c.pool.dns_refresh.get(), std::time::Duration::from_secs(5));
+        assert_eq!(c.upstreams[0].via.as_ref().map(|v| v.port), Some(3128));
+    }
+
+    #[test]
     fn empty_file_is_the_default() {
         assert_eq!(
             Config::from_toml("", "x").expect("empty"),
