@@ -51,6 +51,8 @@ pub(crate) struct CtxParts {
     pub(crate) pool: Pool,
     pub(crate) loop_guard: Arc<LoopGuard>,
     pub(crate) via: http::HeaderValue,
+    /// `[tls_intercept]`, when it lists hosts (loaded at start).
+    pub(crate) intercept: Option<Arc<crate::intercept::Interceptor>>,
 }
 
 impl CtxParts {
@@ -89,6 +91,7 @@ impl CtxParts {
                 timeout: config.drain.timeout.get(),
             },
             access_log: config.log.access_log,
+            intercept: self.intercept.clone(),
         }
     }
 }
@@ -115,6 +118,7 @@ impl Eddy {
     /// anything: what `eddy check` adds to the file's own checks.
     pub fn check_files(config: &Config) -> Result<(), String> {
         TlsProfile::default_roots()?;
+        crate::intercept::Interceptor::from_config(&config.tls_intercept)?;
         Router::new(config).map(|_| ())
     }
 
@@ -170,6 +174,16 @@ impl Eddy {
         let metrics = Arc::new(Metrics::new(config.metrics.max_upstream_labels, &names));
         let default_tls = Arc::new(TlsProfile::default_roots().map_err(StartError::Tls)?);
         let router = Arc::new(Router::new(&config).map_err(StartError::Tls)?);
+        let intercept = crate::intercept::Interceptor::from_config(&config.tls_intercept)
+            .map_err(StartError::Tls)?
+            .map(Arc::new);
+        if let Some(i) = &intercept {
+            let hosts: Vec<String> = i.hosts().iter().map(|h| h.to_string()).collect();
+            tracing::warn!(
+                hosts = ?hosts,
+                "TLS interception is on: CONNECT tunnels to these hosts are terminated with the local CA and their requests pooled"
+            );
+        }
         let pool = Pool::new(
             Connector::new(
                 loop_guard.clone(),
@@ -193,6 +207,7 @@ impl Eddy {
             pool: pool.clone(),
             loop_guard: loop_guard.clone(),
             via: crate::proxy::via_entry(),
+            intercept,
         };
         for (index, (lc, b)) in bound.into_iter().enumerate() {
             let addr = match &b {
@@ -257,6 +272,14 @@ impl Eddy {
             ListenAddr::Tcp(a) => Some(*a),
             ListenAddr::Unix(_) => None,
         })
+    }
+
+    /// Leaf certificates `[tls_intercept]` holds now (0 when it is off).
+    pub fn tls_intercept_cached_certs(&self) -> usize {
+        self.parts
+            .intercept
+            .as_ref()
+            .map_or(0, |i| i.cached_certs())
     }
 
     /// Open client connections across all listeners.

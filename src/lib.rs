@@ -44,6 +44,7 @@ pub mod config;
 pub(crate) mod error;
 pub(crate) mod failures;
 pub mod head_scan;
+pub(crate) mod intercept;
 pub(crate) mod listener;
 pub(crate) mod metrics;
 pub mod proxy;

@@ -61,6 +61,8 @@ pub(crate) struct Metrics {
     connections_closed: IntCounterVec,
     errors: IntCounterVec,
     pub tunnels: IntCounterVec,
+    /// `eddy_tls_intercepted_requests_total`, by upstream.
+    pub intercepted: IntCounterVec,
     pub tunnels_open: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
@@ -201,6 +203,7 @@ impl Metrics {
             connections_closed: counter(&r, "eddy_upstream_connections_closed_total", "Upstream connections closed, by reason.", &["upstream", "reason"]),
             errors: counter(&r, "eddy_errors_total", "Failures, by Proxy-Status error type: responses eddy made itself, and connections it failed to open on its own (prewarming).", &["upstream", "error"]),
             tunnels: counter(&r, "eddy_tunnels_total", "CONNECT tunnels opened.", &["listener"]),
+            intercepted: counter(&r, "eddy_tls_intercepted_requests_total", "Requests read from CONNECT tunnels eddy terminated ([tls_intercept]) and sent through the pool.", &["upstream"]),
             tunnels_open: gauge(&r, "eddy_tunnels_open", "CONNECT tunnels open.", &["listener"]),
             config_reloads: counter(&r, "eddy_config_reloads_total", "Configuration reloads, by outcome.", &["outcome"]),
             config_last_reload_success,

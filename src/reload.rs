@@ -102,6 +102,11 @@ pub fn effective(running: &Config, mut new: Config) -> (Config, Vec<String>) {
         restart.push("log.format".to_string());
         new.log.format = running.log.format;
     }
+    if new.tls_intercept != running.tls_intercept {
+        // The CA and its leaves were loaded at start.
+        restart.push("[tls_intercept]".to_string());
+        new.tls_intercept = running.tls_intercept.clone();
+    }
     if new.metrics != running.metrics {
         restart.push("metrics.max_upstream_labels".to_string());
         new.metrics = running.metrics.clone();

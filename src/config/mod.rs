@@ -8,6 +8,7 @@
 //! position too. The same types serialise back to TOML for `eddy check` and
 //! `GET /config`; file paths are shown, the contents of key files never are.
 
+mod intercept;
 mod listen;
 mod pool;
 mod security;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use intercept::TlsInterceptConfig;
 pub use listen::{split_host_port, OriginUrl};
 pub(crate) use listen::{ListenAddr, ListenerConfig, ListenerMode};
 pub(crate) use pool::{DrainConfig, PoolConfig, PoolOverrides, RetryConfig};
@@ -80,6 +82,7 @@ pub struct Config {
     pub(crate) drain: DrainConfig,
     pub(crate) security: SecurityConfig,
     pub(crate) metrics: MetricsConfig,
+    pub(crate) tls_intercept: TlsInterceptConfig,
     #[serde(rename = "upstream", skip_serializing_if = "Vec::is_empty")]
     pub(crate) upstreams: Vec<UpstreamConfig>,
 }
@@ -96,6 +99,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             security: SecurityConfig::default(),
             metrics: MetricsConfig::default(),
+            tls_intercept: TlsInterceptConfig::default(),
             upstreams: Vec::new(),
         }
     }
@@ -563,6 +567,9 @@ impl Config {
                 Anchor::Header("[retry]", 1),
             ));
         }
+        self.tls_intercept
+            .validate()
+            .map_err(|e| Invalid::new(e, Anchor::Header("[tls_intercept]", 1)))?;
         if self.metrics.max_upstream_labels == 0 {
             return Err(Invalid::new(
                 "metrics.max_upstream_labels must be at least 1 (one value is kept for upstream=\"none\")",

@@ -8,6 +8,7 @@
 
 mod exchange;
 mod headers;
+mod intercept;
 mod request_body;
 mod retry;
 mod router;
@@ -39,6 +40,7 @@ use crate::upstream::h2::InFlight;
 use crate::upstream::{DrainLimits, LoopGuard, PaceRule, Pool, ReqBody, UpstreamBody};
 
 /// What a listener's requests share.
+#[derive(Clone)]
 pub(crate) struct ListenerCtx {
     /// Position in the configuration (indexes per-listener metric series).
     pub index: usize,
@@ -71,6 +73,8 @@ pub(crate) struct ListenerCtx {
     pub tunnels: prometheus::IntCounter,
     pub tunnels_open: prometheus::IntGauge,
     pub access_log: bool,
+    /// `[tls_intercept]`: CONNECT tunnels to its hosts are terminated here.
+    pub intercept: Option<Arc<crate::intercept::Interceptor>>,
 }
 
 /// A listener's [`ListenerCtx`], replaced whole by a configuration reload.
@@ -250,6 +254,33 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     // Written when dropped: also if this future is dropped because the
     // client went away before the answer.
+    let mut record = new_record(&req, ctx, client);
+    let result = if req.method() == Method::CONNECT && ctx.mode == ListenerMode::Forward {
+        // Rare paths are boxed so the common request future stays small:
+        // hyper moves it into place, and every byte of it is copied.
+        Box::pin(tunnel::connect(req, ctx, &mut record, client, hold)).await
+    } else {
+        proxy(req, ctx, &mut record, hold).await
+    };
+    respond(result, record)
+}
+
+/// Serves one request read from an intercepted tunnel: as [`handle`],
+/// but never a tunnel of its own (a CONNECT inside is refused by the
+/// route context), which also keeps this future from containing itself.
+pub(crate) async fn handle_intercepted(
+    req: Request<Incoming>,
+    ctx: &ListenerCtx,
+    client: SocketAddr,
+    hold: &ConnHold,
+) -> Response<ProxyBody> {
+    let mut record = new_record(&req, ctx, client);
+    let result = proxy(req, ctx, &mut record, hold).await;
+    respond(result, record)
+}
+
+/// The access record a request starts with.
+fn new_record(req: &Request<Incoming>, ctx: &ListenerCtx, client: SocketAddr) -> AccessRecord {
     let mut record = AccessRecord::new(
         ctx.index,
         ctx.name.clone(),
@@ -267,13 +298,15 @@ pub(crate) async fn handle(
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
         );
     }
-    let result = if req.method() == Method::CONNECT && ctx.mode == ListenerMode::Forward {
-        // Rare paths are boxed so the common request future stays small:
-        // hyper moves it into place, and every byte of it is copied.
-        Box::pin(tunnel::connect(req, ctx, &mut record, hold)).await
-    } else {
-        proxy(req, ctx, &mut record, hold).await
-    };
+    record
+}
+
+/// The response for `result`, carrying `record` to be written when the
+/// body ends.
+fn respond(
+    result: Result<Response<ProxyBody>, ProxyError>,
+    mut record: AccessRecord,
+) -> Response<ProxyBody> {
     let mut response = match result {
         Ok(resp) => resp,
         Err(e) => {

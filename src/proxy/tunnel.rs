@@ -36,6 +36,7 @@ pub(super) async fn connect(
     req: Request<Incoming>,
     ctx: &ListenerCtx,
     record: &mut AccessRecord,
+    client: std::net::SocketAddr,
     hold: &ConnHold,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let target = tunnel_target(&req)?;
@@ -48,6 +49,30 @@ pub(super) async fn connect(
     }
     if ctx.loop_guard.is_own_target(&target.host, target.port) {
         return Err(ProxyError::Loop(target.authority));
+    }
+    if let Some(interceptor) = ctx
+        .intercept
+        .as_ref()
+        .filter(|i| i.intercepts(&target.host))
+    {
+        // Terminated here; the requests inside are dialled by the pool.
+        let inner = Arc::new(super::intercept::tunnel_ctx(ctx, &target.host, target.port));
+        let interceptor = interceptor.clone();
+        let on_upgrade = hyper::upgrade::on(req);
+        ctx.tunnels.inc();
+        ctx.tunnels_open.inc();
+        let open = OpenTunnel(ctx.tunnels_open.clone());
+        let hold = hold.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    super::intercept::serve(upgraded, interceptor, inner, client, hold).await
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            }
+        });
+        return Ok(Response::new(ProxyBody::Full(None)));
     }
     let route = ctx.router.route(&target);
     let mut origin = Origin::new(false, &target.host, target.port);

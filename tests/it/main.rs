@@ -12,6 +12,7 @@ mod errors;
 mod headers;
 mod http2;
 mod idle;
+mod intercept;
 mod layers;
 mod listener;
 mod logs;

@@ -77,6 +77,29 @@ impl TestCa {
     }
 
     /// Writes the CA certificate where eddy's `ca_file` can read it.
+    /// The CA's certificate and key as files (the key mode 0600), for
+    /// eddy's `[tls_intercept]`.
+    pub fn write_ca_pair(&self, name: &str) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let cert = self.write_pem(name);
+        let key = cert.with_file_name("ca.key");
+        std::fs::write(&key, self.key.serialize_pem()).expect("write CA key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        (cert, key)
+    }
+
+    /// A rustls client configuration that trusts this CA alone.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(self.roots())
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    }
+
     pub fn write_pem(&self, name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("eddy-tls-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");

@@ -1,0 +1,185 @@
+//! Leaf certificates for intercepted hosts, minted with the operator's CA
+//! and kept in a bounded least-recently-used cache.
+//!
+//! Minting costs a key generation and a signature (about a millisecond in
+//! a release build); a cached leaf costs a map look-up. The cache is keyed
+//! by host name, which a client chooses among the listed patterns (any
+//! name under `*.suffix`), so it is bounded by `max_cached_certs`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rcgen::{
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+
+/// How long a minted leaf is valid: clients that cap a certificate's
+/// lifetime (some cap private CAs' too) accept it, and eddy mints a new one
+/// long before it ends (a restart, or the cache dropping it).
+const LEAF_DAYS: i64 = 90;
+
+/// The operator's CA, able to sign leaves.
+pub(crate) struct Minter {
+    issuer: Issuer<'static, KeyPair>,
+    ca_der: CertificateDer<'static>,
+    cache: Mutex<Cache>,
+}
+
+struct Cache {
+    max: usize,
+    tick: u64,
+    leaves: HashMap<String, (Arc<CertifiedKey>, u64)>,
+}
+
+impl Minter {
+    /// From the CA certificate and key, both PEM.
+    pub(crate) fn new(ca_pem: &str, key_pem: &str, max: usize) -> Result<Minter, String> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| format!("the CA key: {e}"))?;
+        let issuer = Issuer::from_ca_cert_pem(ca_pem, key)
+            .map_err(|e| format!("the CA certificate: {e}"))?;
+        let ca_der = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|e| format!("the CA certificate: {e}"))?;
+        Ok(Minter {
+            issuer,
+            ca_der,
+            cache: Mutex::new(Cache {
+                max,
+                tick: 0,
+                leaves: HashMap::new(),
+            }),
+        })
+    }
+
+    /// The leaf for `host`: cached, or minted now.
+    pub(crate) fn leaf(&self, host: &str) -> Result<Arc<CertifiedKey>, String> {
+        if let Some(hit) = self.lock().get(host) {
+            return Ok(hit);
+        }
+        // Minted outside the lock: two connections to a new host at once
+        // may both mint; the second one's leaf replaces the first's.
+        let minted = Arc::new(self.mint(host)?);
+        self.lock().put(host, minted.clone());
+        Ok(minted)
+    }
+
+    /// Leaves held now.
+    pub(crate) fn cached(&self) -> usize {
+        self.lock().leaves.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mint(&self, host: &str) -> Result<CertifiedKey, String> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        params.subject_alt_names = vec![match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(
+                host.to_string()
+                    .try_into()
+                    .map_err(|e| format!("{host}: {e}"))?,
+            ),
+        }];
+        params.distinguished_name.push(DnType::CommonName, host);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(LEAF_DAYS);
+        let key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| e.to_string())?;
+        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signing =
+            rustls::crypto::ring::sign::any_supported_type(&private).map_err(|e| e.to_string())?;
+        Ok(CertifiedKey::new(
+            vec![cert.der().clone(), self.ca_der.clone()],
+            signing,
+        ))
+    }
+}
+
+impl Cache {
+    fn get(&mut self, host: &str) -> Option<Arc<CertifiedKey>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.leaves.get_mut(host).map(|(leaf, used)| {
+            *used = tick;
+            leaf.clone()
+        })
+    }
+
+    fn put(&mut self, host: &str, leaf: Arc<CertifiedKey>) {
+        self.tick += 1;
+        if !self.leaves.contains_key(host) && self.leaves.len() >= self.max {
+            // A linear scan, only when a new leaf was minted (which costs
+            // far more): no second structure to keep in step.
+            let oldest = self
+                .leaves
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(h, _)| h.clone());
+            if let Some(h) = oldest {
+                self.leaves.remove(&h);
+            }
+        }
+        self.leaves.insert(host.to_string(), (leaf, self.tick));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, IsCa};
+
+    fn test_ca() -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "eddy unit-test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("CA");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn leaves_are_cached_up_to_the_bound_least_recently_used_out() {
+        let (ca, key) = test_ca();
+        let m = Minter::new(&ca, &key, 3).expect("minter");
+        let a = m.leaf("a.test").expect("a");
+        assert!(Arc::ptr_eq(&a, &m.leaf("a.test").expect("a again")));
+        m.leaf("b.test").expect("b");
+        m.leaf("c.test").expect("c");
+        // a was used most recently of the three before d arrives... after
+        // b and c, so b is the least recently used.
+        m.leaf("a.test").expect("a touched");
+        m.leaf("d.test").expect("d");
+        assert_eq!(m.cached(), 3);
+        assert!(Arc::ptr_eq(&a, &m.leaf("a.test").expect("a kept")));
+        let cache = m.lock();
+        assert!(!cache.leaves.contains_key("b.test"), "b was the oldest");
+    }
+
+    #[test]
+    fn a_leaf_names_its_host_and_chains_to_the_ca() {
+        let (ca, key) = test_ca();
+        let m = Minter::new(&ca, &key, 10).expect("minter");
+        let leaf = m.leaf("api.example.com").expect("leaf");
+        assert_eq!(leaf.cert.len(), 2);
+        let ip = m.leaf("10.1.2.3").expect("an IP literal host");
+        assert_eq!(ip.cert.len(), 2);
+    }
+
+    #[test]
+    fn a_key_that_is_not_pem_is_refused() {
+        let (ca, _) = test_ca();
+        assert!(Minter::new(&ca, "not a key", 10).is_err());
+        assert!(Minter::new("not a cert", &test_ca().1, 10).is_err());
+    }
+}

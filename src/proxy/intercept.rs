@@ -1,0 +1,111 @@
+//! An intercepted CONNECT tunnel (`[tls_intercept]`): eddy is the TLS
+//! server inside it, as the host the client asked for, and each request
+//! read from it goes through the pool to `https://host:port` exactly as a
+//! route listener's request would: every pool rule, retry, drain, metric
+//! and access-log field applies, and so do `[[upstream]]` entries matching
+//! `host:port`.
+//!
+//! The handshake is read first (`LazyConfigAcceptor`): a server name
+//! (SNI) other than the CONNECT host ends the connection, so a client
+//! cannot use a listed CONNECT to obtain a leaf for another name. A client
+//! that does not trust the CA fails its own handshake, before any request
+//! exists, so nothing reaches the origin.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::tunnel::ConnHold;
+use super::{ListenerCtx, Target};
+use crate::config::ListenerMode;
+use crate::intercept::Interceptor;
+
+/// The context an intercepted tunnel's requests are served under: the
+/// listener's, routed to `https://host:port` like a route listener's.
+pub(super) fn tunnel_ctx(ctx: &ListenerCtx, host: &str, port: u16) -> ListenerCtx {
+    let authority = if port == 443 {
+        host.to_string()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut inner = ctx.clone();
+    inner.mode = ListenerMode::Route;
+    inner.route_target = Some(Target {
+        host: host.to_string(),
+        port,
+        authority,
+        tls: true,
+    });
+    inner
+}
+
+/// Serves one intercepted tunnel until the client closes it.
+pub(super) async fn serve(
+    upgraded: Upgraded,
+    interceptor: Arc<Interceptor>,
+    ctx: Arc<ListenerCtx>,
+    client: SocketAddr,
+    hold: ConnHold,
+) {
+    let Some(target) = ctx.route_target.clone() else {
+        return;
+    };
+    let acceptor =
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let start = match acceptor.await {
+        Ok(start) => start,
+        Err(e) => {
+            tracing::debug!(host = %target.host, error = %e, "intercepted tunnel: no TLS ClientHello");
+            return;
+        }
+    };
+    let sni = start
+        .client_hello()
+        .server_name()
+        .map(str::to_ascii_lowercase);
+    if sni.as_deref().is_some_and(|name| name != target.host) {
+        tracing::debug!(host = %target.host, sni = ?sni, "intercepted tunnel: the server name is not the CONNECT host");
+        return;
+    }
+    let config = match interceptor.server_config(&target.host) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(host = %target.host, error = %e, "intercepted tunnel: no leaf certificate");
+            return;
+        }
+    };
+    let tls = match start.into_stream(config).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            // Usually a client that does not trust the CA, or that offers
+            // only h2.
+            tracing::debug!(host = %target.host, error = %e, "intercepted tunnel: TLS handshake failed");
+            return;
+        }
+    };
+    let route = ctx.router.route(&target);
+    let origin = ctx.metrics.origin(route.origin.as_str());
+    let intercepted = ctx
+        .metrics
+        .intercepted
+        .with_label_values(&[origin.label.as_str()]);
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let (ctx, hold, intercepted) = (ctx.clone(), hold.clone(), intercepted.clone());
+        async move {
+            intercepted.inc();
+            Ok::<_, Infallible>(super::handle_intercepted(req, &ctx, client, &hold).await)
+        }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.preserve_header_case(true);
+    if let Err(e) = http.serve_connection(TokioIo::new(tls), service).await {
+        tracing::debug!(host = %target.host, error = %e, "intercepted connection ended");
+    }
+}

@@ -1,0 +1,327 @@
+//! `[tls_intercept]`: CONNECT tunnels to listed hosts are terminated with a
+//! local CA and the requests inside are pooled. The clients here are a
+//! rustls client, curl and Python `requests` (the latter two skip where
+//! they are missing, unless `EDDY_REQUIRE_CLIENTS` is set, as `.ci/run`
+//! sets it).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::client::parse;
+use crate::support::eddy::{self, Proxy};
+use crate::support::origin::find;
+use crate::support::tls::{TestCa, TlsOrigin};
+
+/// The CA the applications trust, the origin's own CA, an origin, and an
+/// eddy that intercepts `localhost` and trusts the origin's CA.
+struct World {
+    app_ca: TestCa,
+    origin_ca: TestCa,
+    origin: TlsOrigin,
+    proxy: Proxy,
+}
+
+impl World {
+    async fn new(name: &str, extra: &str) -> World {
+        let app_ca = TestCa::new("eddy intercept CA");
+        let origin_ca = TestCa::new("origin CA");
+        let origin = TlsOrigin::start(&origin_ca).await;
+        let port = origin.addr.port();
+        let (cert, key) = app_ca.write_ca_pair(&format!("intercept-{name}"));
+        let proxy = eddy::start(
+            "",
+            &format!(
+                "[security]\nconnect_ports = [443, {port}]\n\
+                 [tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"localhost\", \"*.test\"]\n{extra}\
+                 [[upstream]]\nmatch = \"localhost:{port}\"\nca_file = \"{}\"\n\
+                 [upstream.pool]\nmax_connections_per_host = 2\n",
+                cert.display(),
+                key.display(),
+                origin_ca.write_pem(&format!("origin-{name}")).display(),
+            ),
+        )
+        .await;
+        World {
+            app_ca,
+            origin_ca,
+            origin,
+            proxy,
+        }
+    }
+
+    fn target(&self) -> String {
+        format!("localhost:{}", self.origin.addr.port())
+    }
+}
+
+/// Opens `CONNECT target` through `proxy`; the stream once eddy said 200.
+async fn tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.expect("connect to eddy");
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .expect("CONNECT");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while find(&head, b"\r\n\r\n").is_none() {
+        let n = s.read(&mut byte).await.expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// One request over a new tunnel and a new TLS session (a legacy app):
+/// the status and body.
+async fn request_through(
+    proxy: SocketAddr,
+    target: &str,
+    trust: Arc<rustls::ClientConfig>,
+    sni: &str,
+    raw: String,
+) -> std::io::Result<(u16, String)> {
+    let tcp = tunnel(proxy, target).await;
+    let connector = tokio_rustls::TlsConnector::from(trust);
+    let name = ServerName::try_from(sni.to_string()).expect("name");
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(raw.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(r) = parse(&buf) {
+            return Ok((r.status, r.text()));
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("no answer in time"))??;
+        if n == 0 {
+            return Err(std::io::Error::other(format!(
+                "closed: {}",
+                String::from_utf8_lossy(&buf)
+            )));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn get(target: &str, i: usize) -> String {
+    format!("GET /get/{i} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+}
+
+fn post(target: &str, i: usize) -> String {
+    let body = format!("{{\"n\": {i}}}");
+    format!(
+        "POST /post/{i} HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intercepted_tunnels_share_pooled_tls_connections() {
+    let w = World::new("pooled", "").await;
+    let target = w.target();
+    let trust = w.app_ca.client_config();
+    let addr = w.proxy.addr;
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let (target, trust) = (target.clone(), trust.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..25 {
+                let raw = if i % 2 == 0 {
+                    get(&target, i)
+                } else {
+                    post(&target, i)
+                };
+                out.push(request_through(addr, &target, trust.clone(), "localhost", raw).await);
+                let _ = worker;
+            }
+            out
+        }));
+    }
+    for t in tasks {
+        for r in t.await.expect("task") {
+            let (status, body) = r.expect("an answer");
+            assert_eq!((status, body.as_str()), (200, "tls ok\n"));
+        }
+    }
+    assert_eq!(w.origin.requests.load(Ordering::SeqCst), 100);
+    let handshakes = w.origin.handshakes.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&handshakes),
+        "{handshakes} TLS handshakes at the origin for 100 tunnels"
+    );
+    let upstream = format!("https://{target}");
+    assert_eq!(
+        w.proxy
+            .metric(
+                "eddy_tls_intercepted_requests_total",
+                &[("upstream", &upstream)]
+            )
+            .await,
+        100.0
+    );
+    // /pools shows them under their https:// origin.
+    let pools = w.proxy.pools().await;
+    assert!(
+        pools[&upstream]["opened_total"].as_u64().is_some(),
+        "{pools}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_without_the_ca_fails_its_handshake_and_nothing_reaches_the_origin() {
+    let w = World::new("untrusted", "").await;
+    let target = w.target();
+    let stranger = TestCa::new("someone else").client_config();
+    let r = request_through(
+        w.proxy.addr,
+        &target,
+        stranger,
+        "localhost",
+        get(&target, 0),
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(w.origin.requests.load(Ordering::SeqCst), 0);
+    assert_eq!(w.origin.handshakes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_server_name_other_than_the_connect_host_is_refused() {
+    let w = World::new("sni", "").await;
+    let target = w.target();
+    let r = request_through(
+        w.proxy.addr,
+        &target,
+        w.app_ca.client_config(),
+        "other.test",
+        get(&target, 0),
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(w.origin.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_client_offering_only_h2_fails_cleanly() {
+    let w = World::new("h2", "").await;
+    let target = w.target();
+    let mut config = (*w.app_ca.client_config()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let r = request_through(
+        w.proxy.addr,
+        &target,
+        Arc::new(config),
+        "localhost",
+        get(&target, 0),
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(w.origin.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_host_not_listed_is_a_raw_tunnel_as_before() {
+    let w = World::new("raw", "").await;
+    // By its IP address, which is not listed: the client talks TLS with
+    // the origin itself, so it must trust the origin's CA.
+    let target = format!("127.0.0.1:{}", w.origin.addr.port());
+    for i in 0..3 {
+        let (status, body) = request_through(
+            w.proxy.addr,
+            &target,
+            w.origin_ca.client_config(),
+            "localhost",
+            get(&target, i),
+        )
+        .await
+        .expect("a raw tunnel");
+        assert_eq!((status, body.as_str()), (200, "tls ok\n"));
+    }
+    assert_eq!(
+        w.origin.handshakes.load(Ordering::SeqCst),
+        3,
+        "one origin connection per tunnel"
+    );
+}
+
+#[tokio::test]
+async fn an_origin_eddy_does_not_trust_is_a_502_inside_the_tunnel() {
+    // The origin's certificate comes from a CA eddy was not given.
+    let app_ca = TestCa::new("eddy intercept CA");
+    let origin = TlsOrigin::start(&TestCa::new("unknown origin CA")).await;
+    let port = origin.addr.port();
+    let (cert, key) = app_ca.write_ca_pair("intercept-untrusted-origin");
+    let proxy = eddy::start(
+        "",
+        &format!(
+            "[security]\nconnect_ports = [{port}]\n\
+             [tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"localhost\"]\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let target = format!("localhost:{port}");
+    let raw = get(&target, 0);
+    let tcp = tunnel(proxy.addr, &target).await;
+    let connector = tokio_rustls::TlsConnector::from(app_ca.client_config());
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("the client trusts eddy's CA");
+    tls.write_all(raw.as_bytes()).await.expect("send");
+    let mut buf = Vec::new();
+    tls.read_to_end(&mut buf).await.ok();
+    let r = parse(&buf).expect("a response");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.proxy_error().as_deref(), Some("tls_certificate_error"));
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaf_cache_stays_at_its_bound() {
+    let w = World::new("cache", "max_cached_certs = 50\n").await;
+    let trust = w.app_ca.client_config();
+    let connector = tokio_rustls::TlsConnector::from(trust);
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let mut at_half = 0;
+    for i in 0..1_000 {
+        let name = format!("n{i}.test");
+        let tcp = tunnel(w.proxy.addr, &format!("{name}:443")).await;
+        let tls = connector
+            .connect(ServerName::try_from(name.clone()).expect("name"), tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        drop(tls);
+        if i == 499 {
+            at_half = rss();
+        }
+    }
+    assert_eq!(w.proxy.eddy.tls_intercept_cached_certs(), 50);
+    let grown_kib = rss().saturating_sub(at_half);
+    assert!(
+        grown_kib < 4 * 1024,
+        "RSS grew {grown_kib} KiB over the second 500 names"
+    );
+}
