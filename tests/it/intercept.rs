@@ -325,3 +325,188 @@ async fn the_leaf_cache_stays_at_its_bound() {
         "RSS grew {grown_kib} KiB over the second 500 names"
     );
 }
+
+#[tokio::test]
+async fn a_group_readable_ca_key_stops_eddy_from_starting() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = TestCa::new("eddy intercept CA");
+    let (cert, key) = ca.write_ca_pair("intercept-mode");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let toml = eddy::config_text(
+        "",
+        &format!(
+            "[tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"a.test\"]\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let config = ::eddy::Config::from_toml(&toml, "t.toml").expect("the file itself is valid");
+    let err = match ::eddy::Eddy::start(config).await {
+        Ok(_) => panic!("eddy started with a group-readable CA key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("readable by group or others"), "{err}");
+    // The key's contents never appear in /config.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let proxy = eddy::start(
+        "",
+        &format!(
+            "[tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"a.test\"]\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let shown = proxy.admin_get("/config").await.text();
+    assert!(shown.contains("[tls_intercept]"), "{shown}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+}
+
+/// Real clients nobody here wrote, each making every request on a new
+/// connection through `HTTPS_PROXY`, trusting the local CA: Python
+/// `requests` without a Session (500 GETs, 500 POSTs), curl and a Go
+/// client. The origin sees at most `max_connections_per_host` TLS
+/// connections for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_are_pooled_through_interception() {
+    let w = World::new("clients", "").await;
+    let port = w.origin.addr.port();
+    let ca = w.app_ca.write_pem("clients-trust");
+    let proxy = format!("http://{}", w.proxy.addr);
+    let url = format!("https://localhost:{port}");
+    let require = std::env::var_os("EDDY_REQUIRE_CLIENTS").is_some();
+    let have = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let mut ran = Vec::new();
+
+    if have("python3", &["-c", "import requests"]) {
+        let script = r#"
+import sys, requests
+proxy, url, ca = sys.argv[1:4]
+bad = 0
+for i in range(500):
+    r = requests.get(f"{url}/get/{i}", proxies={"https": proxy}, verify=ca, timeout=30)
+    bad += r.status_code != 200 or r.text != "tls ok\n"
+for i in range(500):
+    r = requests.post(f"{url}/post/{i}", json={"n": i}, proxies={"https": proxy}, verify=ca, timeout=30)
+    bad += r.status_code != 200 or r.text != "tls ok\n"
+print(bad)
+"#;
+        let out = tokio::process::Command::new("python3")
+            .args(["-c", script, &proxy, &url, &ca.to_string_lossy()])
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .output()
+            .await
+            .expect("python3 runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.trim() == "0",
+            "python requests: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ran.push("python-requests");
+    } else {
+        assert!(!require, "Python requests is required here");
+    }
+
+    if have("curl", &["--version"]) {
+        for i in 0..50 {
+            let out = tokio::process::Command::new("curl")
+                .args(["-sS", "--max-time", "20", "-p", "-x", &proxy, "--cacert"])
+                .arg(&ca)
+                .arg(format!("{url}/curl/{i}"))
+                .output()
+                .await
+                .expect("curl runs");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "tls ok\n",
+                "curl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ran.push("curl");
+    } else {
+        assert!(!require, "curl is required here");
+    }
+
+    if have("go", &["version"]) {
+        let dir = std::env::temp_dir().join(format!("eddy-go-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let main = dir.join("main.go");
+        std::fs::write(&main, GO_CLIENT).expect("write the Go client");
+        let out = tokio::process::Command::new("go")
+            .arg("run")
+            .arg(&main)
+            .args([&proxy, &url, &ca.to_string_lossy().into_owned()])
+            .env("GOCACHE", dir.join("cache"))
+            .env("GOFLAGS", "-mod=mod")
+            .output()
+            .await
+            .expect("go runs");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "0",
+            "go client: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ran.push("go");
+    } else {
+        assert!(!require, "Go is required here");
+    }
+
+    eprintln!("clients run: {ran:?}");
+    let handshakes = w.origin.handshakes.load(Ordering::SeqCst);
+    assert!(
+        handshakes <= 2,
+        "{handshakes} TLS handshakes at the origin for {ran:?}"
+    );
+}
+
+/// A Go client: a new Transport (no keep-alive across requests) for each
+/// of 100 GETs, the proxy set explicitly (ProxyFromEnvironment never
+/// proxies loopback), the CA in RootCAs. Prints the number of failures.
+const GO_CLIENT: &str = r#"package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+)
+
+func main() {
+	proxy, _ := url.Parse(os.Args[1])
+	target, caFile := os.Args[2], os.Args[3]
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		panic(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	bad := 0
+	for i := 0; i < 100; i++ {
+		tr := &http.Transport{Proxy: http.ProxyURL(proxy), TLSClientConfig: &tls.Config{RootCAs: roots}, DisableKeepAlives: true}
+		resp, err := (&http.Client{Transport: tr}).Get(fmt.Sprintf("%s/go/%d", target, i))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			bad++
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "tls ok\n" {
+			bad++
+		}
+	}
+	fmt.Println(bad)
+}
+"#;
