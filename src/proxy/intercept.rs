@@ -96,6 +96,7 @@ pub(super) async fn serve(
         .metrics
         .intercepted
         .with_label_values(&[origin.label.as_str()]);
+    let idle = ctx.body_pace.idle;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let (ctx, hold, intercepted) = (ctx.clone(), hold.clone(), intercepted.clone());
         async move {
@@ -104,7 +105,12 @@ pub(super) async fn serve(
         }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.preserve_header_case(true);
+    // hyper's head timer runs while it waits for the next request, so
+    // this is also the longest an intercepted connection stays idle: the
+    // listener's `client_idle_timeout`, as on its plain connections.
+    http.preserve_header_case(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(idle);
     if let Err(e) = http.serve_connection(TokioIo::new(tls), service).await {
         tracing::debug!(host = %target.host, error = %e, "intercepted connection ended");
     }

@@ -510,3 +510,39 @@ func main() {
 	fmt.Println(bad)
 }
 "#;
+
+#[tokio::test]
+async fn an_idle_intercepted_connection_is_closed_after_client_idle_timeout() {
+    let app_ca = TestCa::new("eddy intercept CA");
+    let origin_ca = TestCa::new("origin CA");
+    let origin = TlsOrigin::start(&origin_ca).await;
+    let port = origin.addr.port();
+    let (cert, key) = app_ca.write_ca_pair("intercept-idle");
+    let proxy = eddy::start(
+        "client_idle_timeout = \"1s\"\n",
+        &format!(
+            "[security]\nconnect_ports = [{port}]\n\
+             [tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"localhost\"]\n\
+             [[upstream]]\nmatch = \"localhost:{port}\"\nca_file = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            origin_ca.write_pem("origin-idle").display()
+        ),
+    )
+    .await;
+    let target = format!("localhost:{port}");
+    let tcp = tunnel(proxy.addr, &target).await;
+    let connector = tokio_rustls::TlsConnector::from(app_ca.client_config());
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    // Nothing sent: eddy ends the connection (EOF or reset) well within
+    // the generous limit.
+    let mut buf = [0u8; 64];
+    let ended = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut buf)).await;
+    match ended {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        other => panic!("the idle intercepted connection is still open: {other:?}"),
+    }
+}
