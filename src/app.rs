@@ -53,6 +53,8 @@ pub(crate) struct CtxParts {
     pub(crate) via: http::HeaderValue,
     /// `[tls_intercept]`, when it lists hosts (loaded at start).
     pub(crate) intercept: Option<Arc<crate::intercept::Interceptor>>,
+    /// The listeners' shutdown signal.
+    pub(crate) shutdown: crate::shutdown::ShutdownSignal,
 }
 
 impl CtxParts {
@@ -92,6 +94,12 @@ impl CtxParts {
             },
             access_log: config.log.access_log,
             intercept: self.intercept.clone(),
+            heads: crate::proxy::HeadLimits {
+                timeout: lc.client_header_timeout.get(),
+                max_bytes: lc.max_header_bytes.as_usize(),
+                max_fields: lc.max_headers,
+            },
+            shutdown: self.shutdown.clone(),
         }
     }
 }
@@ -208,6 +216,7 @@ impl Eddy {
             loop_guard: loop_guard.clone(),
             via: crate::proxy::via_entry(),
             intercept,
+            shutdown: listeners_signal.clone(),
         };
         for (index, (lc, b)) in bound.into_iter().enumerate() {
             let addr = match &b {

@@ -2,9 +2,11 @@
 //! and kept in a bounded least-recently-used cache.
 //!
 //! Minting costs a key generation and a signature (about a millisecond in
-//! a release build); a cached leaf costs a map look-up. The cache is keyed
-//! by host name, which a client chooses among the listed patterns (any
-//! name under `*.suffix`), so it is bounded by `max_cached_certs`.
+//! a release build); a cached leaf costs a map look-up. What is cached is
+//! the host's whole TLS server configuration, so its session cache lives
+//! on and returning clients resume. The cache is keyed by host name,
+//! which a client chooses among the listed patterns (any name under
+//! `*.suffix`), so it is bounded by `max_cached_certs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,7 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
 
 /// How long a minted leaf is valid: clients that cap a certificate's
 /// lifetime (some cap private CAs' too) accept it, and eddy mints a new one
@@ -30,7 +33,17 @@ pub(crate) struct Minter {
 struct Cache {
     max: usize,
     tick: u64,
-    leaves: HashMap<String, (Arc<CertifiedKey>, u64)>,
+    leaves: HashMap<String, (Arc<ServerConfig>, u64)>,
+}
+
+/// One leaf for every handshake of a host's configuration.
+#[derive(Debug)]
+struct Leaf(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Leaf {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
 impl Minter {
@@ -39,8 +52,21 @@ impl Minter {
         let key = KeyPair::from_pem(key_pem).map_err(|e| format!("the CA key: {e}"))?;
         let issuer = Issuer::from_ca_cert_pem(ca_pem, key)
             .map_err(|e| format!("the CA certificate: {e}"))?;
-        let ca_der = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
-            .map_err(|e| format!("the CA certificate: {e}"))?;
+        let ca_der: CertificateDer<'static> =
+            rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
+                .map_err(|e| format!("the CA certificate: {e}"))?;
+        // The key must be the certificate's own, or every leaf it signs
+        // fails every client's handshake.
+        let ca_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            KeyPair::from_pem(key_pem)
+                .map_err(|e| format!("the CA key: {e}"))?
+                .serialize_der(),
+        ));
+        let signing = rustls::crypto::ring::sign::any_supported_type(&ca_key)
+            .map_err(|e| format!("the CA key: {e}"))?;
+        CertifiedKey::new(vec![ca_der.clone()], signing)
+            .keys_match()
+            .map_err(|_| "the CA key does not belong to the CA certificate".to_string())?;
         Ok(Minter {
             issuer,
             ca_der,
@@ -52,16 +78,25 @@ impl Minter {
         })
     }
 
-    /// The leaf for `host`: cached, or minted now.
-    pub(crate) fn leaf(&self, host: &str) -> Result<Arc<CertifiedKey>, String> {
+    /// The TLS server configuration for `host`, with its leaf: cached, or
+    /// minted now. HTTP/1.1 is the only application protocol offered.
+    pub(crate) fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
         if let Some(hit) = self.lock().get(host) {
             return Ok(hit);
         }
         // Minted outside the lock: two connections to a new host at once
-        // may both mint; the second one's leaf replaces the first's.
-        let minted = Arc::new(self.mint(host)?);
-        self.lock().put(host, minted.clone());
-        Ok(minted)
+        // may both mint; the second one's replaces the first's.
+        let leaf = Arc::new(self.mint(host)?);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Leaf(leaf)));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        self.lock().put(host, config.clone());
+        Ok(config)
     }
 
     /// Leaves held now.
@@ -104,7 +139,7 @@ impl Minter {
 }
 
 impl Cache {
-    fn get(&mut self, host: &str) -> Option<Arc<CertifiedKey>> {
+    fn get(&mut self, host: &str) -> Option<Arc<ServerConfig>> {
         self.tick += 1;
         let tick = self.tick;
         self.leaves.get_mut(host).map(|(leaf, used)| {
@@ -113,7 +148,7 @@ impl Cache {
         })
     }
 
-    fn put(&mut self, host: &str, leaf: Arc<CertifiedKey>) {
+    fn put(&mut self, host: &str, leaf: Arc<ServerConfig>) {
         self.tick += 1;
         if !self.leaves.contains_key(host) && self.leaves.len() >= self.max {
             // A linear scan, only when a new leaf was minted (which costs
@@ -152,16 +187,18 @@ mod tests {
     fn leaves_are_cached_up_to_the_bound_least_recently_used_out() {
         let (ca, key) = test_ca();
         let m = Minter::new(&ca, &key, 3).expect("minter");
-        let a = m.leaf("a.test").expect("a");
-        assert!(Arc::ptr_eq(&a, &m.leaf("a.test").expect("a again")));
-        m.leaf("b.test").expect("b");
-        m.leaf("c.test").expect("c");
-        // a was used most recently of the three before d arrives... after
-        // b and c, so b is the least recently used.
-        m.leaf("a.test").expect("a touched");
-        m.leaf("d.test").expect("d");
+        let a = m.server_config("a.test").expect("a");
+        assert!(Arc::ptr_eq(
+            &a,
+            &m.server_config("a.test").expect("a again")
+        ));
+        m.server_config("b.test").expect("b");
+        m.server_config("c.test").expect("c");
+        // a, touched after b and c, is not the least recently used: b is.
+        m.server_config("a.test").expect("a touched");
+        m.server_config("d.test").expect("d");
         assert_eq!(m.cached(), 3);
-        assert!(Arc::ptr_eq(&a, &m.leaf("a.test").expect("a kept")));
+        assert!(Arc::ptr_eq(&a, &m.server_config("a.test").expect("a kept")));
         let cache = m.lock();
         assert!(!cache.leaves.contains_key("b.test"), "b was the oldest");
     }
@@ -170,10 +207,12 @@ mod tests {
     fn a_leaf_names_its_host_and_chains_to_the_ca() {
         let (ca, key) = test_ca();
         let m = Minter::new(&ca, &key, 10).expect("minter");
-        let leaf = m.leaf("api.example.com").expect("leaf");
+        let leaf = m.mint("api.example.com").expect("leaf");
         assert_eq!(leaf.cert.len(), 2);
-        let ip = m.leaf("10.1.2.3").expect("an IP literal host");
+        let ip = m.mint("10.1.2.3").expect("an IP literal host");
         assert_eq!(ip.cert.len(), 2);
+        let c = m.server_config("api.example.com").expect("config");
+        assert_eq!(c.alpn_protocols, vec![b"http/1.1".to_vec()]);
     }
 
     #[test]
@@ -181,5 +220,8 @@ mod tests {
         let (ca, _) = test_ca();
         assert!(Minter::new(&ca, "not a key", 10).is_err());
         assert!(Minter::new("not a cert", &test_ca().1, 10).is_err());
+        // Another CA's key.
+        let err = Minter::new(&ca, &test_ca().1, 10).err().expect("refused");
+        assert!(err.contains("does not belong"), "{err}");
     }
 }

@@ -66,33 +66,11 @@ impl Interceptor {
         self.minter.cached()
     }
 
-    /// The TLS server side for one intercepted connection to `host`: its
-    /// leaf, and HTTP/1.1 as the only application protocol (a client that
-    /// offers only `h2` fails the handshake cleanly).
+    /// The TLS server side for connections to `host`: its leaf, and
+    /// HTTP/1.1 as the only application protocol (a client that offers
+    /// only `h2` fails the handshake cleanly).
     pub(crate) fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
-        let leaf = self.minter.leaf(host)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Leaf(leaf)));
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
-    }
-}
-
-/// One leaf for every handshake of a connection (its host was chosen by
-/// the CONNECT line, and the SNI checked against it).
-#[derive(Debug)]
-struct Leaf(Arc<rustls::sign::CertifiedKey>);
-
-impl rustls::server::ResolvesServerCert for Leaf {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.clone())
+        self.minter.server_config(host)
     }
 }
 

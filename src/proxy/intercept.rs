@@ -28,12 +28,15 @@ use crate::intercept::Interceptor;
 /// The context an intercepted tunnel's requests are served under: the
 /// listener's, routed to `https://host:port` like a route listener's.
 pub(super) fn tunnel_ctx(ctx: &ListenerCtx, host: &str, port: u16) -> ListenerCtx {
-    let authority = if port == 443 {
-        host.to_string()
-    } else if host.contains(':') {
-        format!("[{host}]:{port}")
+    let bracketed = if host.contains(':') {
+        format!("[{host}]")
     } else {
-        format!("{host}:{port}")
+        host.to_string()
+    };
+    let authority = if port == 443 {
+        bracketed
+    } else {
+        format!("{bracketed}:{port}")
     };
     let mut inner = ctx.clone();
     inner.mode = ListenerMode::Route;
@@ -46,7 +49,8 @@ pub(super) fn tunnel_ctx(ctx: &ListenerCtx, host: &str, port: u16) -> ListenerCt
     inner
 }
 
-/// Serves one intercepted tunnel until the client closes it.
+/// Serves one intercepted tunnel until the client closes it, it idles
+/// past `client_idle_timeout`, or eddy shuts down.
 pub(super) async fn serve(
     upgraded: Upgraded,
     interceptor: Arc<Interceptor>,
@@ -57,12 +61,19 @@ pub(super) async fn serve(
     let Some(target) = ctx.route_target.clone() else {
         return;
     };
+    // The handshake gets `client_header_timeout`, as a request head does:
+    // a client that sends nothing does not hold its slot for ever.
+    let deadline = tokio::time::Instant::now() + ctx.heads.timeout;
     let acceptor =
         LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
-    let start = match acceptor.await {
-        Ok(start) => start,
-        Err(e) => {
+    let start = match tokio::time::timeout_at(deadline, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
             tracing::debug!(host = %target.host, error = %e, "intercepted tunnel: no TLS ClientHello");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(host = %target.host, "intercepted tunnel: no TLS ClientHello in time");
             return;
         }
     };
@@ -81,12 +92,16 @@ pub(super) async fn serve(
             return;
         }
     };
-    let tls = match start.into_stream(config).await {
-        Ok(tls) => tls,
-        Err(e) => {
+    let tls = match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
             // Usually a client that does not trust the CA, or that offers
             // only h2.
             tracing::debug!(host = %target.host, error = %e, "intercepted tunnel: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(host = %target.host, "intercepted tunnel: TLS handshake not finished in time");
             return;
         }
     };
@@ -97,6 +112,9 @@ pub(super) async fn serve(
         .intercepted
         .with_label_values(&[origin.label.as_str()]);
     let idle = ctx.body_pace.idle;
+    let heads = ctx.heads;
+    let preserve_case = ctx.preserve_header_case;
+    let shutdown = ctx.shutdown.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let (ctx, hold, intercepted) = (ctx.clone(), hold.clone(), intercepted.clone());
         async move {
@@ -105,13 +123,30 @@ pub(super) async fn serve(
         }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
-    // hyper's head timer runs while it waits for the next request, so
-    // this is also the longest an intercepted connection stays idle: the
-    // listener's `client_idle_timeout`, as on its plain connections.
-    http.preserve_header_case(true)
+    // The listener's own limits. hyper's head timer runs while it waits
+    // for the next request too, so `client_idle_timeout` is also the
+    // longest an intercepted connection stays idle, as plain ones do.
+    // (hyper answers an oversized head itself, without `Proxy-Status`.)
+    if heads.max_fields != crate::head_scan::DEFAULT_MAX_HEADERS {
+        http.max_headers(heads.max_fields);
+    }
+    http.preserve_header_case(preserve_case)
+        .max_buf_size(heads.max_bytes.saturating_add(8192).max(8192))
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(idle);
-    if let Err(e) = http.serve_connection(TokioIo::new(tls), service).await {
+    let conn = http
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    // At shutdown the request in flight finishes and no other is taken.
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = shutdown.wait() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(host = %target.host, error = %e, "intercepted connection ended");
     }
 }

@@ -75,6 +75,24 @@ pub(crate) struct ListenerCtx {
     pub access_log: bool,
     /// `[tls_intercept]`: CONNECT tunnels to its hosts are terminated here.
     pub intercept: Option<Arc<crate::intercept::Interceptor>>,
+    /// The listener's limits on request heads, for the connections eddy
+    /// serves inside intercepted tunnels (plain ones get them from the
+    /// listener's own connection task).
+    pub heads: HeadLimits,
+    /// Fired when eddy starts shutting down: intercepted connections stop
+    /// taking requests.
+    pub shutdown: crate::shutdown::ShutdownSignal,
+}
+
+/// A listener's limits on client request heads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeadLimits {
+    /// `client_header_timeout`.
+    pub timeout: std::time::Duration,
+    /// `max_header_bytes`.
+    pub max_bytes: usize,
+    /// `max_headers`.
+    pub max_fields: usize,
 }
 
 /// A listener's [`ListenerCtx`], replaced whole by a configuration reload.

@@ -50,13 +50,26 @@ pub(super) async fn connect(
     if ctx.loop_guard.is_own_target(&target.host, target.port) {
         return Err(ProxyError::Loop(target.authority));
     }
-    if let Some(interceptor) = ctx
+    let intercepted = ctx
         .intercept
         .as_ref()
         .filter(|i| i.intercepts(&target.host))
-    {
+        .map(|i| (i, super::intercept::tunnel_ctx(ctx, &target.host, target.port)))
+        // The app asked for TLS to this host: an `[[upstream]]` that would
+        // send its requests on in plain text leaves the tunnel alone.
+        .filter(|(_, inner)| {
+            let tls = inner
+                .route_target
+                .as_ref()
+                .is_some_and(|t| inner.router.route(t).origin.is_tls());
+            if !tls {
+                tracing::warn!(host = %target.host, "not intercepted: its [[upstream]] connects without TLS");
+            }
+            tls
+        });
+    if let Some((interceptor, inner)) = intercepted {
         // Terminated here; the requests inside are dialled by the pool.
-        let inner = Arc::new(super::intercept::tunnel_ctx(ctx, &target.host, target.port));
+        let inner = Arc::new(inner);
         let interceptor = interceptor.clone();
         let on_upgrade = hyper::upgrade::on(req);
         ctx.tunnels.inc();

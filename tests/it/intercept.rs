@@ -546,3 +546,69 @@ async fn an_idle_intercepted_connection_is_closed_after_client_idle_timeout() {
         other => panic!("the idle intercepted connection is still open: {other:?}"),
     }
 }
+
+/// A listed host whose `[[upstream]]` connects in plain text is not
+/// intercepted (the app asked for TLS): its tunnel stays raw.
+#[tokio::test]
+async fn a_listed_host_routed_to_plain_http_is_left_a_raw_tunnel() {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = echo.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let ca = TestCa::new("eddy intercept CA");
+    let (cert, key) = ca.write_ca_pair("intercept-plain");
+    let proxy = eddy::start(
+        "",
+        &format!(
+            "[security]\nconnect_ports = [{port}]\n\
+             [tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"localhost\"]\n\
+             [[upstream]]\nmatch = \"localhost\"\nconnect = \"http://127.0.0.1:9\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let mut s = tunnel(proxy.addr, &format!("localhost:{port}")).await;
+    s.write_all(b"not tls").await.expect("send");
+    let mut buf = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("echoed in time")
+        .expect("echoed");
+    assert_eq!(&buf, b"not tls");
+}
+
+/// A client that opens an intercepted tunnel and sends no ClientHello is
+/// let go after `client_header_timeout`.
+#[tokio::test]
+async fn a_silent_intercepted_tunnel_is_closed_after_client_header_timeout() {
+    let ca = TestCa::new("eddy intercept CA");
+    let (cert, key) = ca.write_ca_pair("intercept-silent");
+    let proxy = eddy::start(
+        "client_header_timeout = \"1s\"\n",
+        &format!(
+            "[tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"a.test\"]\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let mut s = tunnel(proxy.addr, "a.test:443").await;
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        other => panic!("the silent tunnel is still open: {other:?}"),
+    }
+}
