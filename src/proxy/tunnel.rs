@@ -71,21 +71,9 @@ pub(super) async fn connect(
         // Terminated here; the requests inside are dialled by the pool.
         let inner = Arc::new(inner);
         let interceptor = interceptor.clone();
-        let on_upgrade = hyper::upgrade::on(req);
-        ctx.tunnels.inc();
-        ctx.tunnels_open.inc();
-        let open = OpenTunnel(ctx.tunnels_open.clone());
-        let hold = hold.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    super::intercept::serve(upgraded, interceptor, inner, client, hold).await
-                }
-                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
-            }
-        });
-        return Ok(Response::new(ProxyBody::Full(None)));
+        return Ok(after_upgrade(req, ctx, hold, move |upgraded, hold| {
+            super::intercept::serve(upgraded, interceptor, inner, client, hold)
+        }));
     }
     let route = ctx.router.route(&target);
     let mut origin = Origin::new(false, &target.host, target.port);
@@ -106,28 +94,49 @@ pub(super) async fn connect(
     record.first_byte = Some(std::time::Instant::now());
     record.peer = upstream.peer_addr().ok();
     record.reused = Some(false);
+    Ok(after_upgrade(
+        req,
+        ctx,
+        hold,
+        move |upgraded, hold| async move {
+            let _hold = hold;
+            let _listed = listed;
+            let mut client = TokioIo::new(upgraded);
+            let mut upstream = upstream;
+            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                Ok((up, down)) => tracing::debug!(%origin, up, down, "tunnel closed"),
+                Err(e) => tracing::debug!(%origin, error = %e, "tunnel ended with an error"),
+            }
+        },
+    ))
+}
+
+/// The 200 that opens a tunnel; `relay` then runs on the client's
+/// connection once hyper hands it over, counted in `eddy_tunnels_open`
+/// and holding the client connection's slot (`hold`) while it runs.
+fn after_upgrade<F, Fut>(
+    req: Request<Incoming>,
+    ctx: &ListenerCtx,
+    hold: &ConnHold,
+    relay: F,
+) -> Response<ProxyBody>
+where
+    F: FnOnce(hyper::upgrade::Upgraded, ConnHold) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let on_upgrade = hyper::upgrade::on(req);
     ctx.tunnels.inc();
     ctx.tunnels_open.inc();
     let open = OpenTunnel(ctx.tunnels_open.clone());
     let hold = hold.clone();
     tokio::spawn(async move {
-        let _hold = hold;
         let _open = open;
-        let _listed = listed;
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let mut client = TokioIo::new(upgraded);
-                let mut upstream = upstream;
-                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    Ok((up, down)) => tracing::debug!(%origin, up, down, "tunnel closed"),
-                    Err(e) => tracing::debug!(%origin, error = %e, "tunnel ended with an error"),
-                }
-            }
-            Err(e) => tracing::debug!(%origin, error = %e, "CONNECT upgrade failed"),
+            Ok(upgraded) => relay(upgraded, hold).await,
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
     });
-    Ok(Response::new(ProxyBody::Full(None)))
+    Response::new(ProxyBody::Full(None))
 }
 
 /// The `host:port` of a CONNECT request (authority-form; the port is
