@@ -20,8 +20,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::tunnel::ConnHold;
-use super::{ListenerCtx, Target};
+use super::{ConnHold, ListenerCtx, Target};
 use crate::config::ListenerMode;
 use crate::intercept::Interceptor;
 

@@ -30,7 +30,6 @@ use hyper::body::Incoming;
 pub(crate) use headers::strip_hop_by_hop;
 pub(crate) use router::Router;
 pub use target::{forward_target, origin_form, Target};
-pub(crate) use tunnel::ConnHold;
 
 use crate::access::{AccessRecord, BytesIn, Upstream};
 use crate::config::{HostPattern, ListenerMode, RetryConfig};
@@ -38,6 +37,11 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::upstream::h2::InFlight;
 use crate::upstream::{DrainLimits, LoopGuard, PaceRule, Pool, ReqBody, UpstreamBody};
+
+/// Held by a tunnel for as long as it relays: whatever the client
+/// connection holds (its `max_client_connections` permit, its place in
+/// graceful shutdown), so a tunnel counts as an open connection.
+pub(crate) type ConnHold = Arc<dyn std::any::Any + Send + Sync>;
 
 /// What a listener's requests share.
 #[derive(Clone)]

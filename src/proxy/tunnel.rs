@@ -11,17 +11,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::{ListenerCtx, ProxyBody, Target};
+use super::{ConnHold, ListenerCtx, ProxyBody, Target};
 use crate::access::{AccessRecord, Upstream};
 use crate::config::split_host_port;
 use crate::error::ProxyError;
 use crate::upstream::tunnels::tunnel_destination;
 use crate::upstream::Origin;
-
-/// Held by a tunnel for as long as it relays: whatever the client
-/// connection holds (its `max_client_connections` permit, its place in
-/// graceful shutdown), so a tunnel counts as an open connection.
-pub(crate) type ConnHold = Arc<dyn std::any::Any + Send + Sync>;
 
 /// Keeps `eddy_tunnels_open` true.
 struct OpenTunnel(prometheus::IntGauge);
