@@ -122,7 +122,7 @@ def main():
     try:
         PROCS.start("origin", ["nginx", "-p", WORK, "-c", write("origin.conf", nginx_conf("origin", 1, f"""
     server {{ listen 127.0.0.1:{ORIGIN}; location / {{ return 200 "{BODY}"; }} }}"""))], ORIGIN)
-        eddy = PROCS.start("eddy", [os.path.join(ROOT, "target", "release", "eddy"), "--config", write("eddy.toml", f"""
+        eddy = PROCS.start("eddy", [os.path.join(ROOT, "target", "profiling", "eddy"), "--config", write("eddy.toml", f"""
 [admin]
 listen = "127.0.0.1:{EDDY_ADMIN}"
 [log]
