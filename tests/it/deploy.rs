@@ -595,3 +595,36 @@ fn the_example_config_documents_every_key() {
     // And the example itself is valid.
     eddy::Config::from_toml(&example, "config/eddy.toml").expect("the example parses");
 }
+
+/// The repository stands alone: no file names a path outside it, or the
+/// team's contract file that a clone does not have.
+#[test]
+fn no_file_points_outside_the_repository() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let listed = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(root)
+        .output()
+        .expect("git ls-files");
+    assert!(listed.status.success(), "git ls-files failed");
+    // Spelt in pieces, so this file does not name them itself.
+    let outside = ["..", "/shared"].concat();
+    let contract = ["SP", "EC"].concat();
+    let mut offenders = Vec::new();
+    for path in listed.stdout.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+        let path = String::from_utf8_lossy(path).into_owned();
+        let Ok(text) = std::fs::read_to_string(root.join(&path)) else {
+            continue; // binary files
+        };
+        let spec = text
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .any(|word| word == contract);
+        if text.contains(&outside) || spec {
+            offenders.push(path);
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "files that point outside the repository: {offenders:?}"
+    );
+}
