@@ -115,7 +115,9 @@ pub enum StartError {
         /// What the operating system said.
         source: io::Error,
     },
-    /// A TLS file (`ca_file`, `client_cert`, `client_key`) is unusable.
+    /// A TLS file is unusable: an upstream's `ca_file`, `client_cert` or
+    /// `client_key`, or `[tls_intercept]`'s CA (unreadable, readable by
+    /// group or others, or a key that is not the certificate's).
     #[error("TLS settings: {0}")]
     Tls(String),
 }

@@ -15,7 +15,6 @@ use tokio::net::TcpStream;
 
 use crate::support::client::parse;
 use crate::support::eddy::{self, Proxy};
-use crate::support::origin::find;
 use crate::support::tls::{TestCa, TlsOrigin};
 
 /// The CA the applications trust, the origin's own CA, an origin, and an
@@ -33,16 +32,17 @@ impl World {
         let origin_ca = TestCa::new("origin CA");
         let origin = TlsOrigin::start(&origin_ca).await;
         let port = origin.addr.port();
-        let (cert, key) = app_ca.write_ca_pair(&format!("intercept-{name}"));
+        let intercept = intercept_table(
+            &app_ca,
+            &format!("intercept-{name}"),
+            "\"localhost\", \"*.test\"",
+        );
         let proxy = eddy::start(
             "",
             &format!(
-                "[security]\nconnect_ports = [443, {port}]\n\
-                 [tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"localhost\", \"*.test\"]\n{extra}\
+                "[security]\nconnect_ports = [443, {port}]\n{intercept}{extra}\
                  [[upstream]]\nmatch = \"localhost:{port}\"\nca_file = \"{}\"\n\
                  [upstream.pool]\nmax_connections_per_host = 2\n",
-                cert.display(),
-                key.display(),
                 origin_ca.write_pem(&format!("origin-{name}")).display(),
             ),
         )
@@ -62,23 +62,20 @@ impl World {
 
 /// Opens `CONNECT target` through `proxy`; the stream once eddy said 200.
 async fn tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.expect("connect to eddy");
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .expect("CONNECT");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while find(&head, b"\r\n\r\n").is_none() {
-        let n = s.read(&mut byte).await.expect("read");
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&head));
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let (s, head) = crate::tunnel::connect(proxy, target).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s
+}
+
+/// A `[tls_intercept]` table for `hosts` (TOML array items), with `ca`
+/// written to files named after `name` (the key mode 0600).
+fn intercept_table(ca: &TestCa, name: &str, hosts: &str) -> String {
+    let (cert, key) = ca.write_ca_pair(name);
+    format!(
+        "[tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [{hosts}]\n",
+        cert.display(),
+        key.display()
+    )
 }
 
 /// One request over a new tunnel and a new TLS session (a legacy app):
@@ -262,15 +259,10 @@ async fn an_origin_eddy_does_not_trust_is_a_502_inside_the_tunnel() {
     let app_ca = TestCa::new("eddy intercept CA");
     let origin = TlsOrigin::start(&TestCa::new("unknown origin CA")).await;
     let port = origin.addr.port();
-    let (cert, key) = app_ca.write_ca_pair("intercept-untrusted-origin");
+    let intercept = intercept_table(&app_ca, "intercept-untrusted-origin", "\"localhost\"");
     let proxy = eddy::start(
         "",
-        &format!(
-            "[security]\nconnect_ports = [{port}]\n\
-             [tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"localhost\"]\n",
-            cert.display(),
-            key.display()
-        ),
+        &format!("[security]\nconnect_ports = [{port}]\n{intercept}"),
     )
     .await;
     let target = format!("localhost:{port}");
@@ -517,15 +509,12 @@ async fn an_idle_intercepted_connection_is_closed_after_client_idle_timeout() {
     let origin_ca = TestCa::new("origin CA");
     let origin = TlsOrigin::start(&origin_ca).await;
     let port = origin.addr.port();
-    let (cert, key) = app_ca.write_ca_pair("intercept-idle");
+    let intercept = intercept_table(&app_ca, "intercept-idle", "\"localhost\"");
     let proxy = eddy::start(
         "client_idle_timeout = \"1s\"\n",
         &format!(
-            "[security]\nconnect_ports = [{port}]\n\
-             [tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"localhost\"]\n\
+            "[security]\nconnect_ports = [{port}]\n{intercept}\
              [[upstream]]\nmatch = \"localhost:{port}\"\nca_file = \"{}\"\n",
-            cert.display(),
-            key.display(),
             origin_ca.write_pem("origin-idle").display()
         ),
     )
@@ -568,15 +557,12 @@ async fn a_listed_host_routed_to_plain_http_is_left_a_raw_tunnel() {
         }
     });
     let ca = TestCa::new("eddy intercept CA");
-    let (cert, key) = ca.write_ca_pair("intercept-plain");
+    let intercept = intercept_table(&ca, "intercept-plain", "\"localhost\"");
     let proxy = eddy::start(
         "",
         &format!(
-            "[security]\nconnect_ports = [{port}]\n\
-             [tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"localhost\"]\n\
-             [[upstream]]\nmatch = \"localhost\"\nconnect = \"http://127.0.0.1:9\"\n",
-            cert.display(),
-            key.display()
+            "[security]\nconnect_ports = [{port}]\n{intercept}\
+             [[upstream]]\nmatch = \"localhost\"\nconnect = \"http://127.0.0.1:9\"\n"
         ),
     )
     .await;
@@ -595,14 +581,9 @@ async fn a_listed_host_routed_to_plain_http_is_left_a_raw_tunnel() {
 #[tokio::test]
 async fn a_silent_intercepted_tunnel_is_closed_after_client_header_timeout() {
     let ca = TestCa::new("eddy intercept CA");
-    let (cert, key) = ca.write_ca_pair("intercept-silent");
     let proxy = eddy::start(
         "client_header_timeout = \"1s\"\n",
-        &format!(
-            "[tls_intercept]\nca_cert = \"{}\"\nca_key = \"{}\"\nhosts = [\"a.test\"]\n",
-            cert.display(),
-            key.display()
-        ),
+        &intercept_table(&ca, "intercept-silent", "\"a.test\""),
     )
     .await;
     let mut s = tunnel(proxy.addr, "a.test:443").await;

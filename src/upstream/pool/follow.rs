@@ -130,17 +130,7 @@ impl Pool {
     /// answer since it was last checked (one atomic read when nothing
     /// changed).
     pub(super) fn address_gone(&self, origin: &Origin, conn: &mut Conn) -> Option<CloseReason> {
-        let resolver = self.shared.connector.resolver();
-        let changes = resolver.changes();
-        if conn.dns_changes == changes {
-            return None;
-        }
-        // No answer held (an IP literal, or one dropped from the bounded
-        // map): checked again once there is one.
-        let current = resolver.current(origin.dial_host().0)?;
-        conn.dns_changes = changes;
-        conn.peer
-            .is_some_and(|ip| !current.contains(&ip))
+        self.left_answer(origin, &mut conn.dns_changes, conn.peer)
             .then_some(CloseReason::AddressGone)
     }
 
@@ -152,20 +142,28 @@ impl Pool {
         origin: &Origin,
         conn: &mut crate::upstream::h2::H2Conn,
     ) -> bool {
+        let gone = self.left_answer(origin, &mut conn.dns_changes, conn.peer.map(|p| p.ip()));
+        if gone {
+            conn.metrics.connection_closed(CloseReason::AddressGone);
+        }
+        gone
+    }
+
+    /// Whether `peer` left `origin`'s answer since the resolver's change
+    /// count was `seen` (updated once checked). Nothing to check when no
+    /// answer is held (an IP literal, or one dropped from the bounded map):
+    /// `seen` stays, so the check runs again once there is one.
+    fn left_answer(&self, origin: &Origin, seen: &mut u64, peer: Option<IpAddr>) -> bool {
         let resolver = self.shared.connector.resolver();
         let changes = resolver.changes();
-        if conn.dns_changes == changes {
+        if *seen == changes {
             return false;
         }
         let Some(current) = resolver.current(origin.dial_host().0) else {
             return false;
         };
-        conn.dns_changes = changes;
-        let gone = conn.peer.is_some_and(|p| !current.contains(&p.ip()));
-        if gone {
-            conn.metrics.connection_closed(CloseReason::AddressGone);
-        }
-        gone
+        *seen = changes;
+        peer.is_some_and(|ip| !current.contains(&ip))
     }
 
     /// `origin`'s addresses for `/pools`: the current ones, and any other
