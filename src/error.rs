@@ -207,4 +207,100 @@ mod tests {
             "http_response_timeout"
         );
     }
+
+    /// One of each kind of error. The `match` has no wildcard arm, so a new
+    /// variant does not compile until it is added here, and with it to the
+    /// errors reference.
+    fn one_of_each() -> Vec<ProxyError> {
+        let o = || "http://a:80".to_string();
+        let all = vec![
+            ProxyError::BadRequest("x"),
+            ProxyError::HeadTooLarge { limit: 1 },
+            ProxyError::TooManyHeaders { limit: 1 },
+            ProxyError::Dns {
+                host: o(),
+                reason: o(),
+            },
+            ProxyError::ConnectionRefused {
+                origin: o(),
+                reason: o(),
+            },
+            ProxyError::ConnectionTerminated {
+                origin: o(),
+                reason: o(),
+            },
+            ProxyError::TlsCertificate {
+                origin: o(),
+                reason: o(),
+            },
+            ProxyError::TlsProtocol {
+                origin: o(),
+                reason: o(),
+            },
+            ProxyError::HttpProtocol {
+                origin: o(),
+                reason: o(),
+            },
+            ProxyError::QueueFull {
+                origin: o(),
+                pending: 1,
+            },
+            ProxyError::PendingTimeout { origin: o() },
+            ProxyError::NoLocalPort { origin: o() },
+            ProxyError::ConnectTimeout { origin: o() },
+            ProxyError::ResponseTimeout { origin: o() },
+            ProxyError::Denied("x"),
+            ProxyError::Prohibited(o()),
+            ProxyError::Loop(o()),
+        ];
+        for e in &all {
+            match e {
+                ProxyError::BadRequest(_)
+                | ProxyError::HeadTooLarge { .. }
+                | ProxyError::TooManyHeaders { .. }
+                | ProxyError::Dns { .. }
+                | ProxyError::ConnectionRefused { .. }
+                | ProxyError::ConnectionTerminated { .. }
+                | ProxyError::TlsCertificate { .. }
+                | ProxyError::TlsProtocol { .. }
+                | ProxyError::HttpProtocol { .. }
+                | ProxyError::QueueFull { .. }
+                | ProxyError::PendingTimeout { .. }
+                | ProxyError::NoLocalPort { .. }
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::ResponseTimeout { .. }
+                | ProxyError::Denied(_)
+                | ProxyError::Prohibited(_)
+                | ProxyError::Loop(_) => {}
+            }
+        }
+        all
+    }
+
+    /// docs/errors.md documents every status and Proxy-Status type eddy
+    /// answers with, each in a section of its own, and no other.
+    #[test]
+    fn the_errors_reference_documents_every_error_and_no_other() {
+        let doc = include_str!("../docs/errors.md");
+        let mut rows = std::collections::BTreeSet::new();
+        for line in doc.lines() {
+            let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+            if let [status, ty, _] = cells[..] {
+                if let Ok(status) = status.parse::<u16>() {
+                    rows.insert((status, ty.trim_matches('`').to_string()));
+                }
+            }
+        }
+        let made: std::collections::BTreeSet<(u16, String)> = one_of_each()
+            .iter()
+            .map(|e| (e.status().as_u16(), e.proxy_status().to_string()))
+            .collect();
+        assert_eq!(rows, made, "docs/errors.md's summary against ProxyError");
+        for (_, ty) in &made {
+            assert!(
+                doc.contains(&format!("\n## `{ty}`")),
+                "docs/errors.md has no section for {ty}"
+            );
+        }
+    }
 }

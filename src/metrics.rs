@@ -1,6 +1,6 @@
 //! Prometheus metrics, in a registry eddy owns. Their names and labels are
 //! part of eddy's interface (dashboards and alerts select on them; the
-//! README's "Metrics" lists them): rename one only with all its users.
+//! docs/metrics.md describes them): rename one only with all its users.
 //!
 //! No global statics: each [`Metrics`] has its own registry, so two eddys can
 //! run in one test process without sharing counters. The hot path never
@@ -374,6 +374,24 @@ impl CloseReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/metrics.md explains every close reason, and no other.
+    #[test]
+    fn the_metrics_reference_explains_every_close_reason() {
+        let doc = include_str!("../docs/metrics.md");
+        let block = doc
+            .split_once("of `eddy_upstream_connections_closed_total`")
+            .and_then(|(_, rest)| rest.split_once("\n- **"))
+            .map(|(block, _)| block)
+            .expect("a list of close reasons");
+        let documented: Vec<&str> = block
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- `"))
+            .filter_map(|l| l.split_once("`:").map(|(name, _)| name))
+            .collect();
+        let reasons: Vec<&str> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(documented, reasons);
+    }
 
     #[test]
     fn upstream_labels_are_capped() {

@@ -1,5 +1,5 @@
-//! The configuration file: every key eddy reads (the operator's guide in the
-//! README lists them all), its default, and its validation.
+//! The configuration file: every key eddy reads (docs/configuration.md
+//! describes them all), its default, and its validation.
 //!
 //! One layer of serde types with `deny_unknown_fields` on every table, so a
 //! misspelt key is an error that names the key and its position instead of a

@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod deploy;
 mod dns;
+mod docs;
 mod drain;
 mod errors;
 mod headers;

@@ -133,7 +133,7 @@ async fn every_exported_metric_is_present_with_its_labels_and_agrees_with_the_or
     assert!(text.contains("process_resident_memory_bytes"));
     // Label values come from fixed lists: status classes, connection
     // states, close and rejection reasons, outcomes (`1xx` is a 101
-    // upgrade's class, as the README says).
+    // upgrade's class, as docs/metrics.md says).
     let values = |label: &str| -> BTreeSet<String> {
         let key = format!("{label}=\"");
         text.lines()
