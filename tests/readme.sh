@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The README's commands, run in order on a fresh clone, as a newcomer would.
+#
+#   bash tests/readme.sh        (run by .ci/run; about 6 minutes warm)
+#
+# It clones this repository's HEAD (what is committed, nothing else) into a
+# scratch directory and runs every ```sh block of its README.md, in order, in
+# one shell with `set -e`, so a failing command fails the script. Two things
+# are done for it that a person does by hand:
+#   - `cargo run --release` runs in the background, and the script waits for
+#     eddy's /readyz before it goes on (a person opens another terminal);
+#   - `cargo install` installs into the scratch directory, which is put first
+#     on PATH, instead of ~/.cargo/bin.
+# Blocks in other languages (the Python, Go, Java and Node snippets) are code
+# for an application, not commands; the reuse matrix runs those clients.
+#
+# After the blocks it checks the quick start's claim from eddy's /pools: the
+# 100 requests reached the origin over one connection. Everything it started
+# is stopped by PID, and the scratch directory removed.
+#
+# The clone shares the checkout's target directory (CARGO_TARGET_DIR), so
+# dependencies are not compiled again; eddy itself is, from the clone.
+# Needs: git, python3, curl, and the ports the README uses (3128, 9901, 8000)
+# free on 127.0.0.1.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+work=$(mktemp -d)
+eddy_pid=
+cleanup() {
+  # Background jobs the README started (the demo origin), then eddy.
+  for pid in $(jobs -p) $eddy_pid; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for port in 3128 9901 8000; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "readme: port $port on 127.0.0.1 is taken; the README's commands need it"
+    exit 1
+  fi
+done
+
+if [ -n "$(git -C "$repo" status --porcelain)" ]; then
+  echo "readme: note: the working tree has changes; the clone has only what is committed"
+fi
+git clone -q --no-local "$repo" "$work/eddy"
+cd "$work/eddy"
+echo "readme: fresh clone of $(git rev-parse --short HEAD) in $work/eddy"
+
+# `cargo run --release` as the README means it: eddy runs until stopped.
+start_eddy() {
+  cargo run --release "$@" > "$work/eddy.log" 2>&1 &
+  eddy_pid=$!
+  local deadline=$((SECONDS + 900)) # a cold release build takes minutes
+  until curl -sf --noproxy '*' -o /dev/null http://127.0.0.1:9901/readyz; do
+    if ! kill -0 "$eddy_pid" 2>/dev/null; then
+      echo "readme: cargo run --release exited:"; tail -20 "$work/eddy.log"; exit 1
+    fi
+    if [ "$SECONDS" -gt "$deadline" ]; then
+      echo "readme: eddy not ready after 15 minutes"; tail -20 "$work/eddy.log"; exit 1
+    fi
+    sleep 1
+  done
+  echo "readme: eddy is ready (pid $eddy_pid)"
+}
+
+export CARGO_INSTALL_ROOT=$work/install
+export PATH=$work/install/bin:$PATH
+
+# The ```sh blocks, with the one substitution above.
+python3 - README.md > "$work/commands.sh" <<'EOF'
+import re, shlex, sys
+text = open(sys.argv[1]).read()
+blocks = re.findall(r"^```sh\n(.*?)^```", text, flags=re.S | re.M)
+if len(blocks) < 4:
+    sys.exit(f"readme: only {len(blocks)} sh blocks in the README")
+for i, block in enumerate(blocks, 1):
+    print(f"echo '--- README block {i}'")
+    for line in block.splitlines():
+        if re.match(r"^cargo run --release\s*(#.*)?$", line):
+            line = "start_eddy"
+        if line.strip():
+            print("echo " + shlex.quote("$ " + line))
+        print(line)
+EOF
+# shellcheck disable=SC1091
+source "$work/commands.sh"
+
+echo "--- checking the quick start's claim"
+pools=$(curl -s --noproxy '*' http://127.0.0.1:9901/pools)
+python3 - "$pools" <<'EOF'
+import json, sys
+pools = json.loads(sys.argv[1])
+demo = pools.get("http://127.0.0.1:8000")
+assert demo, f"no pool for the demo origin: {pools}"
+assert demo["opened_total"] == 1, f"the demo's 100 requests opened {demo['opened_total']} connections"
+assert demo["reused_total"] >= 99, f"only {demo['reused_total']} reuses"
+print(f"readme: 100 requests, {demo['opened_total']} upstream connection, {demo['reused_total']} reuses")
+EOF
+echo "readme: every command of the README worked on a fresh clone"
