@@ -29,6 +29,11 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 work=$(mktemp -d)
 eddy_pid=
 cleanup() {
+  local rc=$?
+  if [ "$rc" != 0 ] && [ -f "$work/eddy.log" ]; then
+    echo "readme: failed ($rc); eddy (pid $eddy_pid) $(kill -0 "$eddy_pid" 2>/dev/null && echo runs || echo is gone); its log ends:"
+    tail -20 "$work/eddy.log"
+  fi
   # Background jobs the README started (the demo origin), then eddy.
   for pid in $(jobs -p) $eddy_pid; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
