@@ -35,7 +35,10 @@ cleanup() {
     tail -20 "$work/eddy.log"
   fi
   # Background jobs the README started (the demo origin), then eddy.
-  for pid in $(jobs -p) $eddy_pid; do kill "$pid" 2>/dev/null || true; done
+  # `cargo run` does not pass a signal on to eddy: stop eddy by its own PID.
+  local children=
+  [ -n "$eddy_pid" ] && children=$(pgrep -P "$eddy_pid" || true)
+  for pid in $(jobs -p) $children $eddy_pid; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
