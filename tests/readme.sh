@@ -88,10 +88,10 @@ if len(blocks) < 4:
 for i, block in enumerate(blocks, 1):
     print(f"echo '--- README block {i}'")
     for line in block.splitlines():
-        if re.match(r"^cargo run --release\s*(#.*)?$", line):
-            line = "start_eddy"
         if line.strip():
             print("echo " + shlex.quote("$ " + line))
+        if re.match(r"^cargo run --release\s*(#.*)?$", line):
+            line = "start_eddy"
         print(line)
 EOF
 # shellcheck disable=SC1091
