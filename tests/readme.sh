@@ -19,7 +19,11 @@
 # is stopped by PID, and the scratch directory removed.
 #
 # The clone shares the checkout's target directory (CARGO_TARGET_DIR), so
-# dependencies are not compiled again; eddy itself is, from the clone.
+# dependencies are not compiled again; eddy itself is, from the clone. cargo
+# would then take the clone's builds of eddy (which carry the clone's path,
+# env!("CARGO_MANIFEST_DIR")) as fresh for the checkout, whose sources are
+# older: at the end the checkout's sources are touched, so its next build is
+# its own.
 # Needs: git, python3, curl, and the ports the README uses (3128, 9901, 8000)
 # free on 127.0.0.1.
 set -euo pipefail
@@ -41,6 +45,9 @@ cleanup() {
   for pid in $(jobs -p) $children $eddy_pid; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
+  if [ "$CARGO_TARGET_DIR" = "$repo/target" ]; then
+    find "$repo/src" "$repo/tests" -name '*.rs' -exec touch {} + 2>/dev/null || true
+  fi
 }
 trap cleanup EXIT
 

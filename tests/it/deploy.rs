@@ -6,6 +6,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::docs::repo_file;
+
 const EXPORTED_METRICS: &[&str] = &[
     "eddy_client_connections_total",
     "eddy_client_connections_open",
@@ -335,56 +337,14 @@ fn every_dashboard_panel_has_one_unit() {
     assert!(memory && cpu, "the dashboard shows memory and CPU");
 }
 
-fn repo_file(path: &str) -> String {
-    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
-}
-
-/// Dotted names of every key in a TOML table (`pool.idle_timeout`); an
-/// array of tables contributes the keys of its first entry.
-fn dotted_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
-    for (key, value) in table {
-        let name = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        match value {
-            toml::Value::Table(t) => dotted_keys(&name, t, out),
-            toml::Value::Array(a) => match a.first() {
-                Some(toml::Value::Table(t)) => dotted_keys(&name, t, out),
-                _ => {
-                    out.insert(name);
-                }
-            },
-            _ => {
-                out.insert(name);
-            }
-        }
-    }
-}
-
-/// Every configuration key, dotted: those of the printed default, and the
-/// keys of `[[upstream]]`, which is empty by default, and the route
-/// listener's `upstream`, which the default forward listener leaves out.
+/// Every configuration key, dotted, as the schema allows them; the copies
+/// of the `[pool]` keys under `[upstream.pool]` are left out (the example
+/// says any `[pool]` key may go there).
 fn every_config_key() -> BTreeSet<String> {
-    let printed: toml::Table =
-        toml::from_str(&eddy::Config::default().to_toml()).expect("the default prints as TOML");
-    let mut keys = BTreeSet::new();
-    dotted_keys("", &printed, &mut keys);
-    for k in [
-        "match",
-        "connect",
-        "http2",
-        "ca_file",
-        "client_cert",
-        "client_key",
-        "sni",
-    ] {
-        keys.insert(format!("upstream.{k}"));
-    }
-    keys.insert("listener.upstream".to_string());
-    keys
+    crate::docs::schema_keys()
+        .into_iter()
+        .filter(|k| !k.starts_with("upstream.pool."))
+        .collect()
 }
 
 /// The alert names of a rules file, in order.

@@ -11,7 +11,7 @@ use crate::support::client::get;
 use crate::support::eddy;
 use crate::support::origin::{Behavior, Origin};
 
-fn repo_file(path: &str) -> String {
+pub(crate) fn repo_file(path: &str) -> String {
     let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
 }
@@ -40,7 +40,7 @@ fn table_rows(doc: &str) -> BTreeMap<String, Vec<String>> {
 /// Every key the configuration's JSON Schema (generated from the types
 /// that read the file) allows, dotted: `pool.idle_timeout`,
 /// `listener.name`, `upstream.pool.max_connections_per_host`.
-fn schema_keys() -> BTreeSet<String> {
+pub(crate) fn schema_keys() -> BTreeSet<String> {
     let schema: serde_json::Value =
         serde_json::from_str(&repo_file("config/eddy.schema.json")).expect("the schema is JSON");
     let defs = &schema["definitions"];
