@@ -209,8 +209,9 @@ mod tests {
     }
 
     /// One of each kind of error. The `match` has no wildcard arm, so a new
-    /// variant does not compile until it is added here, and with it to the
-    /// errors reference.
+    /// variant does not compile until it has a place here, and the places
+    /// must all be taken, so it must be in the list too (and with it in the
+    /// errors reference).
     fn one_of_each() -> Vec<ProxyError> {
         let o = || "http://a:80".to_string();
         let all = vec![
@@ -253,27 +254,33 @@ mod tests {
             ProxyError::Prohibited(o()),
             ProxyError::Loop(o()),
         ];
-        for e in &all {
-            match e {
-                ProxyError::BadRequest(_)
-                | ProxyError::HeadTooLarge { .. }
-                | ProxyError::TooManyHeaders { .. }
-                | ProxyError::Dns { .. }
-                | ProxyError::ConnectionRefused { .. }
-                | ProxyError::ConnectionTerminated { .. }
-                | ProxyError::TlsCertificate { .. }
-                | ProxyError::TlsProtocol { .. }
-                | ProxyError::HttpProtocol { .. }
-                | ProxyError::QueueFull { .. }
-                | ProxyError::PendingTimeout { .. }
-                | ProxyError::NoLocalPort { .. }
-                | ProxyError::ConnectTimeout { .. }
-                | ProxyError::ResponseTimeout { .. }
-                | ProxyError::Denied(_)
-                | ProxyError::Prohibited(_)
-                | ProxyError::Loop(_) => {}
-            }
-        }
+        // Each variant's place in the list; all places taken means every
+        // variant is in it.
+        let index = |e: &ProxyError| match e {
+            ProxyError::BadRequest(_) => 0,
+            ProxyError::HeadTooLarge { .. } => 1,
+            ProxyError::TooManyHeaders { .. } => 2,
+            ProxyError::Dns { .. } => 3,
+            ProxyError::ConnectionRefused { .. } => 4,
+            ProxyError::ConnectionTerminated { .. } => 5,
+            ProxyError::TlsCertificate { .. } => 6,
+            ProxyError::TlsProtocol { .. } => 7,
+            ProxyError::HttpProtocol { .. } => 8,
+            ProxyError::QueueFull { .. } => 9,
+            ProxyError::PendingTimeout { .. } => 10,
+            ProxyError::NoLocalPort { .. } => 11,
+            ProxyError::ConnectTimeout { .. } => 12,
+            ProxyError::ResponseTimeout { .. } => 13,
+            ProxyError::Denied(_) => 14,
+            ProxyError::Prohibited(_) => 15,
+            ProxyError::Loop(_) => 16,
+        };
+        let places: Vec<usize> = all.iter().map(index).collect();
+        assert_eq!(
+            places,
+            (0..17).collect::<Vec<_>>(),
+            "one of each variant, in order"
+        );
         all
     }
 

@@ -393,6 +393,46 @@ mod tests {
         assert_eq!(documented, reasons);
     }
 
+    /// docs/metrics.md's summary gives every family the registry defines
+    /// its type and exact labels (with a series in each, so none is left
+    /// out of the exposition; the pool's gauges are checked live by
+    /// tests/it/docs.rs).
+    #[test]
+    fn the_metrics_reference_gives_every_family_its_type_and_labels() {
+        let doc = include_str!("../docs/metrics.md");
+        let m = Metrics::new(10, &["proxy".to_string()]);
+        let o = m.origin("http://a:80");
+        o.error("dns_error");
+        m.intercepted.with_label_values(&["https://a:443"]).inc();
+        m.config_reloads.with_label_values(&["success"]).inc();
+        let families = m.gather();
+        assert!(families.len() >= 18, "{}", families.len());
+        for family in families {
+            let name = family.name();
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}` |")))
+                .unwrap_or_else(|| panic!("docs/metrics.md has no row for {name}"));
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            let kind = format!("{:?}", family.get_field_type()).to_lowercase();
+            assert_eq!(cells.get(1).copied(), Some(kind.as_str()), "{name}: type");
+            let documented: std::collections::BTreeSet<&str> = cells
+                .get(2)
+                .map(|c| {
+                    c.split(", ")
+                        .map(|l| l.trim_matches('`'))
+                        .filter(|l| !l.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for metric in family.get_metric() {
+                let labels: std::collections::BTreeSet<&str> =
+                    metric.get_label().iter().map(|l| l.name()).collect();
+                assert_eq!(labels, documented, "{name}: labels");
+            }
+        }
+    }
+
     #[test]
     fn upstream_labels_are_capped() {
         // A cap of 3: one slot is kept for `none`, two for origins.
