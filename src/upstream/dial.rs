@@ -73,19 +73,16 @@ pub(crate) async fn connect(
             ))));
         }
         tokio::select! {
-            done = racing.join_next() => match done {
-                Some(Ok(Ok(stream))) => return Ok(stream),
-                Some(Ok(Err(e))) => {
-                    failure = Some(worse(failure, e));
-                    // A failed attempt starts the next one at once.
-                    next_at = Instant::now();
-                }
-                Some(Err(join)) => {
-                    failure = Some(worse(failure, DialError::Failed(io::Error::other(join))));
-                    next_at = Instant::now();
-                }
-                None => {}
-            },
+            Some(done) = racing.join_next() => {
+                let e = match done {
+                    Ok(Ok(stream)) => return Ok(stream),
+                    Ok(Err(e)) => e,
+                    Err(join) => DialError::Failed(io::Error::other(join)),
+                };
+                failure = Some(worse(failure, e));
+                // A failed attempt starts the next one at once.
+                next_at = Instant::now();
+            }
             _ = sleep_until(next_at), if next < addrs.len() => {}
             // A port shortage seen on the way is the answer that matters:
             // the pool waits it out instead of failing.

@@ -116,6 +116,9 @@ pub(crate) struct Resolver {
     /// that arrives counts as a change, since it may be one whose
     /// connections were checked against the answer that was dropped.
     evicted: std::sync::atomic::AtomicBool,
+    /// Queries sent to the system resolver, for the tests.
+    #[cfg(test)]
+    queries: AtomicUsize,
 }
 
 impl Default for Resolver {
@@ -136,6 +139,8 @@ impl Resolver {
             turn: AtomicUsize::new(0),
             asking: Mutex::new(HashMap::new()),
             evicted: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            queries: AtomicUsize::new(0),
         }
     }
 
@@ -204,7 +209,7 @@ impl Resolver {
         let turn = lock(&self.asking).entry(host.into()).or_default().clone();
         let asked = match timeout_at(deadline, turn.lock()).await {
             Ok(_asking) => {
-                let held = lock(&self.answers).get(host).map(|a| a.addrs.clone());
+                let held = self.current(host);
                 match held {
                     Some(addrs) => Ok(addrs),
                     None => self.lookup(host, ceiling, deadline).await,
@@ -263,6 +268,8 @@ impl Resolver {
             ));
         }
         let resolver = self.resolver();
+        #[cfg(test)]
+        self.queries.fetch_add(1, Ordering::Relaxed);
         let looked_up = match timeout_at(deadline, resolver.lookup_ip(host)).await {
             Ok(Ok(found)) => {
                 let ttl = found
@@ -475,7 +482,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_first_lookups_of_a_name_share_one_and_leave_nothing_behind() {
+    async fn concurrent_first_lookups_of_a_name_resolve_and_leave_nothing_behind() {
         let r = Arc::new(Resolver::new());
         let mut tasks = Vec::new();
         for _ in 0..8 {
@@ -492,6 +499,54 @@ mod tests {
         }
         assert!(lock(&r.asking).is_empty(), "no name left behind");
         assert!(r.current("localhost").is_some());
+    }
+
+    /// Connects that arrive while a first lookup of their name is under
+    /// way wait for it and take its answer: they send no query of their
+    /// own.
+    #[tokio::test]
+    async fn connects_during_a_first_lookup_wait_for_its_answer() {
+        let r = Arc::new(Resolver::new());
+        let name = "shared.test";
+        // A lookup of the name is under way: its turn is taken.
+        let turn = lock(&r.asking).entry(name.into()).or_default().clone();
+        let under_way = turn.clone().lock_owned().await;
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let r = r.clone();
+            tasks.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                r.addresses(name, Duration::from_secs(30), deadline).await
+            }));
+        }
+        // All eight wait for the turn: the map, this test's two handles,
+        // and one each.
+        while Arc::strong_count(&turn) < 11 {
+            tokio::task::yield_now().await;
+        }
+        // The lookup under way ends with an answer.
+        let now = Instant::now();
+        lock(&r.answers).insert(
+            name.into(),
+            Answer {
+                addrs: AddressSet::from(vec![ip("192.0.2.7")]),
+                fresh_until: now + Duration::from_secs(30),
+                last_used: now,
+                renewing: false,
+            },
+        );
+        drop(turn);
+        drop(under_way);
+        for t in tasks {
+            let addrs = t.await.expect("task").expect("the answer under way");
+            assert_eq!(&addrs[..], &[ip("192.0.2.7")]);
+        }
+        assert_eq!(
+            r.queries.load(Ordering::Relaxed),
+            0,
+            "no query of their own"
+        );
+        assert!(lock(&r.asking).is_empty(), "no name left behind");
     }
 
     #[test]

@@ -150,20 +150,20 @@ impl Pool {
     }
 
     /// Whether `peer` left `origin`'s answer since the resolver's change
-    /// count was `seen` (updated once checked). Nothing to check when no
-    /// answer is held (an IP literal, or one dropped from the bounded map):
-    /// `seen` stays, so the check runs again once there is one.
+    /// count was `seen` (updated here). Nothing to check when no answer is
+    /// held: an IP literal never has one, and a name dropped from the
+    /// bounded map counts as a change when it comes back, so its
+    /// connections are checked then.
     fn left_answer(&self, origin: &Origin, seen: &mut u64, peer: Option<IpAddr>) -> bool {
         let resolver = self.shared.connector.resolver();
         let changes = resolver.changes();
         if *seen == changes {
             return false;
         }
-        let Some(current) = resolver.current(origin.dial_host().0) else {
-            return false;
-        };
         *seen = changes;
-        peer.is_some_and(|ip| !current.contains(&ip))
+        resolver
+            .current(origin.dial_host().0)
+            .is_some_and(|current| peer.is_some_and(|ip| !current.contains(&ip)))
     }
 
     /// `origin`'s addresses for `/pools`: the current ones, and any other
