@@ -50,6 +50,7 @@ impl Minter {
     /// From the CA certificate and key, both PEM.
     pub(crate) fn new(ca_pem: &str, key_pem: &str, max: usize) -> Result<Minter, String> {
         let key = KeyPair::from_pem(key_pem).map_err(|e| format!("the CA key: {e}"))?;
+        let key_der = key.serialize_der();
         let issuer = Issuer::from_ca_cert_pem(ca_pem, key)
             .map_err(|e| format!("the CA certificate: {e}"))?;
         let ca_der: CertificateDer<'static> =
@@ -57,11 +58,7 @@ impl Minter {
                 .map_err(|e| format!("the CA certificate: {e}"))?;
         // The key must be the certificate's own, or every leaf it signs
         // fails every client's handshake.
-        let ca_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            KeyPair::from_pem(key_pem)
-                .map_err(|e| format!("the CA key: {e}"))?
-                .serialize_der(),
-        ));
+        let ca_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
         let signing = rustls::crypto::ring::sign::any_supported_type(&ca_key)
             .map_err(|e| format!("the CA key: {e}"))?;
         CertifiedKey::new(vec![ca_der.clone()], signing)
@@ -207,10 +204,35 @@ mod tests {
     fn a_leaf_names_its_host_and_chains_to_the_ca() {
         let (ca, key) = test_ca();
         let m = Minter::new(&ca, &key, 10).expect("minter");
+        use rustls::client::danger::ServerCertVerifier;
+        // What a client that trusts the CA checks: the chain, and the name.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(m.ca_der.clone()).expect("the CA as a root");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier");
+        let verify = |leaf: &CertifiedKey, name: &str| {
+            let name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
+            verifier.verify_server_cert(
+                &leaf.cert[0],
+                &leaf.cert[1..],
+                &name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+        };
         let leaf = m.mint("api.example.com").expect("leaf");
         assert_eq!(leaf.cert.len(), 2);
+        verify(&leaf, "api.example.com").expect("the leaf chains to the CA and names its host");
+        assert!(
+            verify(&leaf, "other.example.com").is_err(),
+            "and no other host"
+        );
         let ip = m.mint("10.1.2.3").expect("an IP literal host");
-        assert_eq!(ip.cert.len(), 2);
+        verify(&ip, "10.1.2.3").expect("an IP literal leaf names its address");
         let c = m.server_config("api.example.com").expect("config");
         assert_eq!(c.alpn_protocols, vec![b"http/1.1".to_vec()]);
     }

@@ -21,7 +21,7 @@ use rustls::ServerConfig;
 
 use crate::config::{HostPattern, TlsInterceptConfig};
 
-pub(crate) use certs::Minter;
+use certs::Minter;
 
 /// The listed hosts and the CA that speaks for them.
 pub(crate) struct Interceptor {

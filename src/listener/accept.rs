@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::conn::{http1_builder, ClientConn, ClientLimits};
+use super::conn::{ClientConn, ClientLimits};
 use super::socket::Bound;
 use crate::config::ListenerConfig;
+use crate::proxy::http1_builder;
 use crate::proxy::ListenerSlot;
 use crate::shutdown::{ConnTracker, ShutdownSignal};
 

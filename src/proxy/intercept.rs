@@ -24,9 +24,8 @@ use super::{ConnHold, ListenerCtx, Target};
 use crate::config::ListenerMode;
 use crate::intercept::Interceptor;
 
-/// The context an intercepted tunnel's requests are served under: the
-/// listener's, routed to `https://host:port` like a route listener's.
-pub(super) fn tunnel_ctx(ctx: &ListenerCtx, host: &str, port: u16) -> ListenerCtx {
+/// The `https://` target the requests of a tunnel to `host:port` go to.
+pub(super) fn tls_target(host: &str, port: u16) -> Target {
     let bracketed = if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -37,15 +36,35 @@ pub(super) fn tunnel_ctx(ctx: &ListenerCtx, host: &str, port: u16) -> ListenerCt
     } else {
         format!("{bracketed}:{port}")
     };
-    let mut inner = ctx.clone();
-    inner.mode = ListenerMode::Route;
-    inner.route_target = Some(Target {
+    Target {
         host: host.to_string(),
         port,
         authority,
         tls: true,
-    });
-    inner
+    }
+}
+
+/// One tunnel to intercept: its target, the context its requests are
+/// served under (the listener's, routed to the target like a route
+/// listener's), and the counter of its requests.
+pub(super) struct Tunnel {
+    pub(super) target: Target,
+    pub(super) ctx: Arc<ListenerCtx>,
+    pub(super) intercepted: prometheus::IntCounter,
+}
+
+impl Tunnel {
+    pub(super) fn new(ctx: &ListenerCtx, target: Target, origin_label: &str) -> Tunnel {
+        let intercepted = ctx.metrics.intercepted.with_label_values(&[origin_label]);
+        let mut inner = ctx.clone();
+        inner.mode = ListenerMode::Route;
+        inner.route_target = Some(target.clone());
+        Tunnel {
+            target,
+            ctx: Arc::new(inner),
+            intercepted,
+        }
+    }
 }
 
 /// Serves one intercepted tunnel until the client closes it, it idles
@@ -53,13 +72,15 @@ pub(super) fn tunnel_ctx(ctx: &ListenerCtx, host: &str, port: u16) -> ListenerCt
 pub(super) async fn serve(
     upgraded: Upgraded,
     interceptor: Arc<Interceptor>,
-    ctx: Arc<ListenerCtx>,
+    tunnel: Tunnel,
     client: SocketAddr,
     hold: ConnHold,
 ) {
-    let Some(target) = ctx.route_target.clone() else {
-        return;
-    };
+    let Tunnel {
+        target,
+        ctx,
+        intercepted,
+    } = tunnel;
     // The handshake gets `client_header_timeout`, as a request head does:
     // a client that sends nothing does not hold its slot for ever.
     let deadline = tokio::time::Instant::now() + ctx.heads.timeout;
@@ -76,11 +97,10 @@ pub(super) async fn serve(
             return;
         }
     };
-    let sni = start
-        .client_hello()
-        .server_name()
-        .map(str::to_ascii_lowercase);
-    if sni.as_deref().is_some_and(|name| name != target.host) {
+    // The CONNECT host is lower case already.
+    let hello = start.client_hello();
+    let sni = hello.server_name();
+    if sni.is_some_and(|name| !name.eq_ignore_ascii_case(&target.host)) {
         tracing::debug!(host = %target.host, sni = ?sni, "intercepted tunnel: the server name is not the CONNECT host");
         return;
     }
@@ -104,34 +124,22 @@ pub(super) async fn serve(
             return;
         }
     };
-    let route = ctx.router.route(&target);
-    let origin = ctx.metrics.origin(route.origin.as_str());
-    let intercepted = ctx
-        .metrics
-        .intercepted
-        .with_label_values(&[origin.label.as_str()]);
     let idle = ctx.body_pace.idle;
     let heads = ctx.heads;
     let preserve_case = ctx.preserve_header_case;
     let shutdown = ctx.shutdown.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let (ctx, hold, intercepted) = (ctx.clone(), hold.clone(), intercepted.clone());
-        async move {
-            intercepted.inc();
-            Ok::<_, Infallible>(super::handle_intercepted(req, &ctx, client, &hold).await)
-        }
+        intercepted.inc();
+        let (ctx, hold) = (ctx.clone(), hold.clone());
+        async move { Ok::<_, Infallible>(super::handle_intercepted(req, &ctx, client, &hold).await) }
     });
-    let mut http = hyper::server::conn::http1::Builder::new();
     // The listener's own limits. hyper's head timer runs while it waits
     // for the next request too, so `client_idle_timeout` is also the
     // longest an intercepted connection stays idle, as plain ones do.
-    // (hyper answers an oversized head itself, without `Proxy-Status`.)
-    if heads.max_fields != crate::head_scan::DEFAULT_MAX_HEADERS {
-        http.max_headers(heads.max_fields);
-    }
-    http.preserve_header_case(preserve_case)
-        .max_buf_size(heads.max_bytes.saturating_add(8192).max(8192))
-        .timer(hyper_util::rt::TokioTimer::new())
+    // (No head scanner here: hyper answers an oversized head itself,
+    // without `Proxy-Status`.)
+    let mut http = super::http1_builder(heads.max_bytes, heads.max_fields, preserve_case);
+    http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(idle);
     let conn = http
         .serve_connection(TokioIo::new(tls), service)

@@ -12,6 +12,7 @@ mod intercept;
 mod request_body;
 mod retry;
 mod router;
+mod server;
 mod target;
 mod tunnel;
 mod upgrade;
@@ -29,6 +30,7 @@ use hyper::body::Incoming;
 
 pub(crate) use headers::strip_hop_by_hop;
 pub(crate) use router::Router;
+pub(crate) use server::http1_builder;
 pub use target::{forward_target, origin_form, Target};
 
 use crate::access::{AccessRecord, BytesIn, Upstream};

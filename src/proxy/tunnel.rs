@@ -5,8 +5,6 @@
 //! done (a half-close is passed on). Tunnels are never pooled; only ports in
 //! `security.connect_ports` may be tunnelled to.
 
-use std::sync::Arc;
-
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -45,30 +43,25 @@ pub(super) async fn connect(
     if ctx.loop_guard.is_own_target(&target.host, target.port) {
         return Err(ProxyError::Loop(target.authority));
     }
-    let intercepted = ctx
+    if let Some(interceptor) = ctx
         .intercept
         .as_ref()
         .filter(|i| i.intercepts(&target.host))
-        .map(|i| (i, super::intercept::tunnel_ctx(ctx, &target.host, target.port)))
+    {
+        let inner = super::intercept::tls_target(&target.host, target.port);
+        let route = ctx.router.route(&inner);
         // The app asked for TLS to this host: an `[[upstream]]` that would
         // send its requests on in plain text leaves the tunnel alone.
-        .filter(|(_, inner)| {
-            let tls = inner
-                .route_target
-                .as_ref()
-                .is_some_and(|t| inner.router.route(t).origin.is_tls());
-            if !tls {
-                tracing::warn!(host = %target.host, "not intercepted: its [[upstream]] connects without TLS");
-            }
-            tls
-        });
-    if let Some((interceptor, inner)) = intercepted {
-        // Terminated here; the requests inside are dialled by the pool.
-        let inner = Arc::new(inner);
-        let interceptor = interceptor.clone();
-        return Ok(after_upgrade(req, ctx, hold, move |upgraded, hold| {
-            super::intercept::serve(upgraded, interceptor, inner, client, hold)
-        }));
+        if route.origin.is_tls() {
+            // Terminated here; the requests inside are dialled by the pool.
+            let label = ctx.metrics.origin(route.origin.as_str());
+            let tunnel = super::intercept::Tunnel::new(ctx, inner, &label.label);
+            let interceptor = interceptor.clone();
+            return Ok(after_upgrade(req, ctx, hold, move |upgraded, hold| {
+                super::intercept::serve(upgraded, interceptor, tunnel, client, hold)
+            }));
+        }
+        tracing::warn!(host = %target.host, "not intercepted: its [[upstream]] connects without TLS");
     }
     let route = ctx.router.route(&target);
     let mut origin = Origin::new(false, &target.host, target.port);
